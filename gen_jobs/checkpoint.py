@@ -1,0 +1,91 @@
+"""Checkpoints: a folder (local path or s3:// URI) that rebuilds a model on its own.
+
+    recipe.json          the resolved recipe (family, sizes, data, defaults)
+    raygen.json          family, raygen version, epoch, training figures
+    model.safetensors    the weights sampling uses (the EMA generator for GANs)
+    *.safetensors        other weights training needs to resume
+    train_state.pt       optimiser state; loaded with torch.load(weights_only=True)
+
+Weights are safetensors, never an arbitrary pickle, so a checkpoint from
+someone else cannot run code when loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gen_jobs import __version__, storage
+from gen_jobs.errors import UserError
+from gen_jobs.recipes import RecipeBase, recipe_from_dict
+
+RECIPE_FILE = "recipe.json"
+INFO_FILE = "raygen.json"
+SAMPLER_WEIGHTS = "model.safetensors"
+
+
+def write(folder: Path, recipe: RecipeBase, weights: dict[str, dict], info: dict[str, Any]) -> None:
+    """Write a checkpoint into a local folder. `weights` maps file stem -> state dict."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, state in weights.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / f"{stem}.safetensors"))
+    (folder / RECIPE_FILE).write_text(recipe.model_dump_json(indent=2))
+    (folder / INFO_FILE).write_text(
+        json.dumps({"family": recipe.family, "raygen_version": __version__, **info}, indent=2, sort_keys=True)
+    )
+
+
+def read_recipe(uri: str) -> RecipeBase:
+    """The recipe stored in a checkpoint; a clear error if `uri` is not a raygen checkpoint."""
+    if not storage.exists(uri):
+        raise UserError(f"checkpoint {uri} does not exist: pass the URI printed as 'checkpoint: ...' by raygen train")
+    recipe_uri = storage.join(uri, RECIPE_FILE)
+    if not storage.exists(recipe_uri) or not storage.exists(storage.join(uri, SAMPLER_WEIGHTS)):
+        raise UserError(
+            f"{uri} is not a raygen checkpoint (it needs {RECIPE_FILE} and {SAMPLER_WEIGHTS}): "
+            "pass the folder printed as 'checkpoint: ...' by raygen train"
+        )
+    try:
+        data = json.loads(storage.read_bytes(recipe_uri))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{recipe_uri} is not valid JSON ({e}); the checkpoint is damaged") from e
+    return recipe_from_dict(data)
+
+
+def weights_sha256(uri: str) -> str:
+    return hashlib.sha256(storage.read_bytes(storage.join(uri, SAMPLER_WEIGHTS))).hexdigest()
+
+
+def load_state(folder: Path, stem: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / f"{stem}.safetensors"))
+
+
+class LocalCheckpoint:
+    """A checkpoint's files on local disk (downloaded from S3 when needed).
+
+    Use as a context manager: a temporary download is removed on exit.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.recipe = read_recipe(uri)
+        self._tmp = None
+        if storage.is_s3(uri):
+            self._tmp = tempfile.TemporaryDirectory(prefix="raygen-ckpt-")
+            self.path = storage.download_dir(uri, self._tmp.name)
+        else:
+            self.path = storage.download_dir(uri, "")
+
+    def __enter__(self) -> "LocalCheckpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()

@@ -1,0 +1,301 @@
+"""Generate a sharded, verifiable dataset from a checkpoint with Ray Data.
+
+    raygen generate --checkpoint URI --out URI --num-samples N [--rows-per-shard R]
+        [--seed S] [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite]
+    python -m gen_jobs.generate ...        # the same, for `ray job submit`
+
+Pipeline: shard ids -> actor pool of W ShardWriters, each holding the family's
+Sampler (row ids -> seeds -> samples in the recipe's fixed micro-batches ->
+PNG -> Parquet bytes -> atomic write) -> `_manifest.json` written last.
+
+Row i is a pure function of (checkpoint, recipe, base seed, i), so any number of
+workers, first try or resumed, writes the same bytes. --resume regenerates only
+shards that are missing or fail their checksum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator
+
+from gen_jobs import checkpoint, storage
+from gen_jobs.cli_args import run_main, validate_args
+from gen_jobs.errors import UserError
+from gen_jobs.manifest import (
+    MANIFEST,
+    PENDING,
+    DatasetIdentity,
+    Manifest,
+    ShardEntry,
+    read_manifest,
+    read_pending,
+    schema_description,
+    sha256,
+    shard_files,
+    shard_name,
+)
+from gen_jobs.recipes import StrictModel
+from gen_jobs.seeding import row_seeds
+
+
+class GenerateArgs(StrictModel):
+    checkpoint: str
+    out: str
+    num_samples: int = Field(gt=0)
+    rows_per_shard: int | None = Field(None, gt=0)
+    seed: int | None = Field(None, ge=0)
+    workers: int = Field(2, gt=0, le=4096)
+    gpu: bool = False
+    labels: str = "uniform"
+    resume: bool = False
+    overwrite: bool = False
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: str) -> str:
+        parse_labels(v)
+        return v
+
+
+def parse_labels(spec: str) -> list[int] | None:
+    """'uniform' -> None (drawn from each row's seed); 'K[,K...]' -> labels cycled by row id."""
+    if spec == "uniform":
+        return None
+    try:
+        labels = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError("must be 'uniform' or comma-separated class numbers such as 3 or 0,1,2") from None
+    if any(k < 0 for k in labels):
+        raise ValueError("class numbers must be >= 0")
+    return labels
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raygen generate", description="Generate a sharded Parquet dataset with Ray Data.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (path or s3:// URI) printed by raygen train")
+    p.add_argument("--out", required=True, help="dataset folder: path or s3:// URI")
+    p.add_argument("--num-samples", type=int, required=True, help="rows to generate")
+    p.add_argument("--rows-per-shard", type=int, help="rows per part file (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="base seed (default: the recipe's)")
+    p.add_argument("--workers", type=int, default=2, help="sampler actors")
+    p.add_argument("--gpu", action="store_true", help="one GPU per sampler actor")
+    p.add_argument("--labels", default="uniform", help="'uniform' (drawn per row) or K[,K...] cycled by row id")
+    p.add_argument("--resume", action="store_true", help="complete an interrupted or damaged dataset")
+    p.add_argument("--overwrite", action="store_true", help="replace whatever dataset is at --out")
+    return p
+
+
+# ---------------------------------------------------------------- one shard
+
+
+class ShardWriter:
+    """Ray Data callable class: {shard: k} -> writes part-k, returns its manifest entry."""
+
+    def __init__(self, identity: dict, out: str, micro_batch: int, device: str):
+        from gen_jobs.models import family_module
+
+        self.identity = DatasetIdentity.model_validate(identity)
+        self.family = family_module(self.identity.family)
+        self.sampler = self.family.Sampler(self.identity.checkpoint, device)
+        self.out = out
+        self.micro_batch = micro_batch
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entries = [write_shard(self.sampler, self.family, self.identity, self.out, int(k), self.micro_batch) for k in batch["shard"]]
+        return {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}
+
+
+def requests(identity: DatasetIdentity, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The sampler's input rows: id, its seed, and its label when labels are fixed."""
+    batch = {"id": ids, "seed": row_seeds(identity.seed, ids)}
+    if identity.labels is not None:
+        batch["label"] = np.asarray(identity.labels, dtype=np.int64)[ids % len(identity.labels)]
+    return batch
+
+
+def shard_table(sampler, family, identity: DatasetIdentity, k: int, micro_batch: int) -> pa.Table:
+    ids = np.arange(identity.shard_ids(k).start, identity.shard_ids(k).stop, dtype=np.int64)
+    # Micro-batches start at multiples of `micro_batch` from the shard's first row,
+    # whatever the worker count, so batch composition never changes the bytes.
+    parts = [
+        family.to_table(sampler(requests(identity, ids[i: i + micro_batch])), sampler.recipe)
+        for i in range(0, len(ids), micro_batch)
+    ]
+    return pa.concat_tables(parts)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=len(table), compression="zstd")
+    return buf.getvalue()
+
+
+def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, micro_batch: int) -> ShardEntry:
+    data = parquet_bytes(shard_table(sampler, family, identity, k, micro_batch))
+    storage.write_bytes_atomic(storage.join(out, shard_name(k)), data)
+    ids = identity.shard_ids(k)
+    return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sha256(data))
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
+    recipe = checkpoint.read_recipe(args.checkpoint)
+    labels = parse_labels(args.labels)
+    num_classes = getattr(getattr(recipe, "model", None), "num_classes", None)
+    if labels is not None:
+        if not getattr(recipe.model, "conditional", False):
+            raise UserError("--labels needs a class-conditional checkpoint; this model is unconditional, use --labels uniform")
+        bad = [k for k in labels if k >= num_classes]
+        if bad:
+            raise UserError(f"--labels {args.labels}: classes {bad} out of range; this model has classes 0..{num_classes - 1}")
+    identity = DatasetIdentity(
+        family=recipe.family,
+        recipe=recipe.model_dump(mode="json"),
+        checkpoint=args.checkpoint,
+        checkpoint_sha256=checkpoint.weights_sha256(args.checkpoint),
+        seed=recipe.generate.seed if args.seed is None else args.seed,
+        num_rows=args.num_samples,
+        rows_per_shard=args.rows_per_shard or recipe.generate.rows_per_shard,
+        labels=labels,
+    )
+    return identity, recipe.generate.batch_size
+
+
+def shards_to_write(identity: DatasetIdentity, out: str, manifest: Manifest | None) -> tuple[list[int], dict[int, ShardEntry]]:
+    """(shards to (re)generate, entries of the shards already good)."""
+    present = shard_files(out)
+    expected = {e.file: e for e in manifest.shards} if manifest else {}
+    todo, good = [], {}
+    for k in range(identity.num_shards):
+        name = shard_name(k)
+        if name not in present:
+            todo.append(k)
+            continue
+        data = storage.read_bytes(present[name])
+        entry = expected.get(name)
+        if entry is not None:
+            ok = entry.sha256 == sha256(data)
+        else:  # no manifest yet: a shard under its final name was written whole; check it is ours
+            entry = _entry_from_file(identity, k, data)
+            ok = entry is not None
+        if ok:
+            good[k] = entry
+        else:
+            todo.append(k)
+    return todo, good
+
+
+def _entry_from_file(identity: DatasetIdentity, k: int, data: bytes) -> ShardEntry | None:
+    try:
+        ids = pq.read_table(io.BytesIO(data), columns=["id"]).column("id").to_numpy()
+    except (pa.ArrowInvalid, KeyError, OSError):
+        return None
+    expected = identity.shard_ids(k)
+    if not np.array_equal(ids, np.arange(expected.start, expected.stop)):
+        return None
+    return ShardEntry(file=shard_name(k), first_id=expected.start, rows=len(expected), sha256=sha256(data))
+
+
+def prepare_output(args: GenerateArgs, identity: DatasetIdentity) -> Manifest | None:
+    """Check what is at --out against the request; returns the manifest to resume from."""
+    manifest = read_manifest(args.out)
+    previous = manifest.identity() if manifest else read_pending(args.out)
+    strays = shard_files(args.out)
+    if args.overwrite:
+        for uri in [storage.join(args.out, MANIFEST), storage.join(args.out, PENDING), *strays.values()]:
+            storage.delete_file(uri)
+        return None
+    if previous is None and strays:
+        raise UserError(f"{args.out} holds part files but no raygen manifest; choose an empty --out or pass --overwrite")
+    if previous is not None and not args.resume:
+        state = "a complete dataset" if manifest else "an unfinished dataset"
+        raise UserError(f"{args.out} already holds {state}; pass --resume to complete it, --overwrite to replace it, or choose another --out")
+    if previous is not None:
+        diff = identity.differences(previous)
+        if diff:
+            raise UserError(
+                f"refusing to resume {args.out}: it was made with a different {', '.join(diff)}; "
+                "pass --overwrite to replace it or choose another --out (the existing data was left as it was)"
+            )
+    return manifest
+
+
+def generate(args: GenerateArgs, log=print) -> Manifest:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from gen_jobs.cluster import connect, quiet_data_progress
+
+    identity, micro_batch = plan(args)
+    manifest = prepare_output(args, identity)
+    todo, good = shards_to_write(identity, args.out, manifest)
+    if not todo and manifest is not None:
+        log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
+        return manifest
+    storage.write_bytes_atomic(storage.join(args.out, PENDING), identity.model_dump_json(indent=2).encode())
+    if good:
+        log(f"resuming: {len(good)} of {identity.num_shards} shards already done, {len(todo)} to write")
+
+    if todo:
+        connect()
+        quiet_data_progress()
+    started = time.perf_counter()  # after Ray start-up: the rate is the pipeline's own
+    if todo:
+        workers = min(args.workers, len(todo))
+        shards = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
+        written = shards.map_batches(
+            ShardWriter,
+            fn_constructor_kwargs={
+                "identity": identity.model_dump(mode="json"),
+                "out": args.out,
+                "micro_batch": micro_batch,
+                "device": "cuda" if args.gpu else "cpu",
+            },
+            batch_size=1,
+            compute=ActorPoolStrategy(size=workers),
+            num_cpus=1,
+            num_gpus=1 if args.gpu else 0,
+        )
+        rows_written = 0
+        for done, row in enumerate(written.iter_rows(), start=1):
+            entry = ShardEntry.model_validate(row)
+            good[entry.first_id // identity.rows_per_shard] = entry
+            rows_written += entry.rows
+            rate = rows_written / max(time.perf_counter() - started, 1e-9)
+            log(f"shard {entry.file} written ({done}/{len(todo)}, {rate:,.0f} rows/s)")
+
+    entries = [good[k] for k in range(identity.num_shards)]
+    first = storage.join(args.out, entries[0].file)
+    fs, path = storage.resolve(first)
+    schema = pq.read_schema(path, filesystem=fs)
+    result = Manifest(**identity.model_dump(), shards=entries, schema_=schema_description(schema))
+    storage.write_bytes_atomic(storage.join(args.out, MANIFEST), result.to_json())
+    storage.delete_file(storage.join(args.out, PENDING))
+    seconds = time.perf_counter() - started
+    written_rows = sum(good[k].rows for k in todo)
+    log(f"wrote {written_rows:,} rows in {len(todo)} shards to {args.out} in {seconds:.1f} s")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        ns = parser().parse_args(argv)
+        args = validate_args(GenerateArgs, vars(ns))
+        manifest = generate(args)
+        print(f"dataset: {args.out} ({manifest.num_rows:,} rows, {len(manifest.shards)} shards)", flush=True)
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The dataset manifest (`_manifest.json`) and shard bookkeeping.
+
+A dataset folder (local or s3://) holds:
+
+    part-00000.parquet ...  shard k: rows k*R .. (k+1)*R-1, in id order
+    _manifest.json          written last: what made the data, and every shard's
+                            file, first id, row count and sha256
+    _pending.json           only while a run is unfinished: what is being made,
+                            so that --resume can check it continues the same dataset
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from pydantic import BaseModel
+
+from gen_jobs import __version__, storage
+from gen_jobs.errors import UserError
+
+MANIFEST = "_manifest.json"
+PENDING = "_pending.json"
+SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+def shard_name(k: int) -> str:
+    return f"part-{k:05d}.parquet"
+
+
+class DatasetIdentity(BaseModel):
+    """What makes a dataset's bytes: equal identities give byte-identical shards."""
+
+    family: str
+    recipe: dict
+    checkpoint: str
+    checkpoint_sha256: str
+    seed: int
+    num_rows: int
+    rows_per_shard: int
+    labels: list[int] | None = None
+
+    def differences(self, other: "DatasetIdentity") -> list[str]:
+        """Names of the fields that change the bytes (the checkpoint's location does not)."""
+        fields = [f for f in DatasetIdentity.model_fields if f != "checkpoint"]
+        return [f for f in fields if getattr(self, f) != getattr(other, f)]
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_rows // self.rows_per_shard)
+
+    def shard_ids(self, k: int) -> range:
+        start = k * self.rows_per_shard
+        return range(start, min(start + self.rows_per_shard, self.num_rows))
+
+
+class ShardEntry(BaseModel):
+    file: str
+    first_id: int
+    rows: int
+    sha256: str
+
+
+class Manifest(DatasetIdentity):
+    shards: list[ShardEntry]
+    schema_: dict
+    raygen_version: str = __version__
+
+    model_config = {"populate_by_name": True}
+
+    def to_json(self) -> bytes:
+        data = self.model_dump(mode="json")
+        data["schema"] = data.pop("schema_")
+        return json.dumps(data, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Manifest":
+        data = json.loads(raw)
+        data["schema_"] = data.pop("schema", {})
+        return cls.model_validate(data)
+
+    def identity(self) -> DatasetIdentity:
+        return DatasetIdentity.model_validate(self.model_dump(include=set(DatasetIdentity.model_fields)))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(out: str) -> Manifest | None:
+    uri = storage.join(out, MANIFEST)
+    if not storage.exists(uri):
+        return None
+    try:
+        return Manifest.from_json(storage.read_bytes(uri))
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{uri} is not a valid raygen manifest ({e}); pass --overwrite to regenerate the dataset") from e
+
+
+def read_pending(out: str) -> DatasetIdentity | None:
+    uri = storage.join(out, PENDING)
+    if not storage.exists(uri):
+        return None
+    return DatasetIdentity.model_validate_json(storage.read_bytes(uri))
+
+
+def shard_files(out: str) -> dict[str, str]:
+    """{file name: URI} of every `part-*` file directly in the dataset folder."""
+    files = {}
+    for uri in storage.list_files(out):
+        name = uri.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("part-"):
+            files[name] = uri
+    return files
+
+
+def schema_description(schema) -> dict:
+    """A pyarrow schema as JSON: field names and types, plus its HuggingFace features."""
+    meta = schema.metadata or {}
+    features = json.loads(meta[b"huggingface"])["info"]["features"] if b"huggingface" in meta else None
+    return {"fields": [{"name": f.name, "type": str(f.type)} for f in schema], "huggingface_features": features}

@@ -1,0 +1,19 @@
+"""The model families: family name -> module.
+
+A family module holds its pydantic `Recipe`, its torch modules, its Ray Train
+loop (`train_loop_per_worker`), its `Sampler` (used by Ray Data and Serve alike)
+and `to_table` (sampler output -> Arrow table with the dataset's schema).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+FAMILIES: dict[str, str] = {
+    "dcgan": "gen_jobs.models.dcgan",
+}
+
+
+def family_module(name: str) -> ModuleType:
+    return importlib.import_module(FAMILIES[name])
