@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dataset:     {result['dataset']}  (verified)")
         print(f"sample grid: {result['grid']}  (one row per label 0-9)")
         print(f"quality:     {result['quality'].summary()}")
+        for warning in result["quality"].warnings():
+            print(f"warning:     {warning}")
         print(
             f"time:        {time.perf_counter() - started:.0f} s in all "
             f"(train {t['train']:.0f} s, generate {t['generate']:.0f} s, score {t['score']:.0f} s)"

@@ -229,6 +229,16 @@ def prepare_output(args: GenerateArgs, identity: DatasetIdentity) -> Manifest | 
     return manifest
 
 
+def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> Manifest:
+    """Record the finished dataset: the manifest goes last, then the pending marker goes."""
+    fs, path = storage.resolve(storage.join(out, entries[0].file))
+    schema = pq.read_schema(path, filesystem=fs)
+    manifest = Manifest(**identity.model_dump(), shards=entries, schema_=schema_description(schema))
+    storage.write_bytes_atomic(storage.join(out, MANIFEST), manifest.to_json())
+    storage.delete_file(storage.join(out, PENDING))
+    return manifest
+
+
 def generate(args: GenerateArgs, log=print) -> Manifest:
     import ray
     from ray.data import ActorPoolStrategy
@@ -237,6 +247,9 @@ def generate(args: GenerateArgs, log=print) -> Manifest:
 
     identity, micro_batch = plan(args)
     manifest = prepare_output(args, identity)
+    for uri in storage.list_files(args.out):  # temporaries of a killed run: never valid shards
+        if uri.rsplit("/", 1)[-1].startswith(".part-") and uri.endswith(".tmp"):
+            storage.delete_file(uri)
     todo, good = shards_to_write(identity, args.out, manifest)
     if not todo and manifest is not None:
         log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
@@ -273,13 +286,7 @@ def generate(args: GenerateArgs, log=print) -> Manifest:
             rate = rows_written / max(time.perf_counter() - started, 1e-9)
             log(f"shard {entry.file} written ({done}/{len(todo)}, {rate:,.0f} rows/s)")
 
-    entries = [good[k] for k in range(identity.num_shards)]
-    first = storage.join(args.out, entries[0].file)
-    fs, path = storage.resolve(first)
-    schema = pq.read_schema(path, filesystem=fs)
-    result = Manifest(**identity.model_dump(), shards=entries, schema_=schema_description(schema))
-    storage.write_bytes_atomic(storage.join(args.out, MANIFEST), result.to_json())
-    storage.delete_file(storage.join(args.out, PENDING))
+    result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)])
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
     log(f"wrote {written_rows:,} rows in {len(todo)} shards to {args.out} in {seconds:.1f} s")

@@ -4,6 +4,8 @@
                       fewer than 10 means mode collapse
     kl_to_uniform     KL(p(predicted label) || uniform): 0 when classes are balanced
     mean_confidence   mean top-class probability: low for blurry or ambiguous digits
+    diversity         spread of samples around their class mean, relative to real digits:
+                      1.0 = as varied as real; near 0 = each class collapsed to a few images
     label_agreement   share of conditional samples classified as their requested label
     tstr_accuracy     train on synthetic, test on real: accuracy on held-out real digits of
                       a classifier trained only on the samples
@@ -35,16 +37,22 @@ class DigitsQuality(BaseModel):
     classes_covered: int
     kl_to_uniform: float
     mean_confidence: float
+    diversity: float
     label_agreement: float | None = None
     tstr_accuracy: float | None = None
     real_accuracy: float | None = None
     tstr_ratio: float | None = None
+
+    def warnings(self) -> list[str]:
+        """What a user should look at: mode collapse across or within classes, label drift."""
+        return collapse_warnings(self.model_dump())
 
     def summary(self) -> str:
         parts = [
             f"classes covered {self.classes_covered}/10",
             f"KL to uniform {self.kl_to_uniform:.3f}",
             f"mean confidence {self.mean_confidence:.3f}",
+            f"diversity {self.diversity:.2f} of real",
         ]
         if self.label_agreement is not None:
             parts.append(f"label agreement {self.label_agreement:.3f}")
@@ -53,11 +61,38 @@ class DigitsQuality(BaseModel):
         return ", ".join(parts)
 
 
+# Below these, samples are flagged: fewer classes than real, or classes collapsed to
+# a handful of near-identical images (real digits score 1.0 on diversity).
+MIN_DIVERSITY = 0.35
+MIN_LABEL_AGREEMENT = 0.9
+
+
+def collapse_warnings(figures: dict) -> list[str]:
+    out = []
+    if figures.get("classes_covered", NUM_CLASSES) < NUM_CLASSES:
+        out.append(f"mode collapse: only {figures['classes_covered']} of {NUM_CLASSES} classes appear")
+    if figures.get("diversity", 1.0) < MIN_DIVERSITY:
+        out.append(f"mode collapse within classes: diversity {figures['diversity']:.3f} of real (< {MIN_DIVERSITY})")
+    if figures.get("label_agreement", 1.0) < MIN_LABEL_AGREEMENT:
+        out.append(f"samples often miss their label: agreement {figures['label_agreement']:.3f} (< {MIN_LABEL_AGREEMENT})")
+    return out
+
+
 def digit_features(images: np.ndarray) -> np.ndarray:
     """uint8 N x H x W x C -> float N x 64: grayscale, area-averaged to 8x8, scaled 0..16."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float().mean(dim=-1)[:, None]  # N x 1 x H x W
     x = F.adaptive_avg_pool2d(x, 8)
     return (x.reshape(len(images), 64) * (16.0 / 255.0)).numpy()
+
+
+def class_spread(features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean distance of samples to their class's mean, averaged over classes (8x8 feature space)."""
+    spreads = [
+        np.linalg.norm(features[labels == k] - features[labels == k].mean(axis=0), axis=1).mean()
+        for k in np.unique(labels)
+        if (labels == k).sum() > 1
+    ]
+    return float(np.mean(spreads)) if spreads else 0.0
 
 
 def _reference_classifier() -> LogisticRegression:
@@ -81,6 +116,7 @@ class DigitsReference:
         )
         self.model = _reference_classifier().fit(self.x_train, self.y_train)
         self._real_tstr_accuracy: float | None = None
+        self.real_spread = class_spread(self.x_train, self.y_train)
 
     def real_accuracy(self) -> float:
         """Held-out accuracy of the TSTR classifier trained on the real training split."""
@@ -101,6 +137,7 @@ class DigitsReference:
             classes_covered=int(nonzero.sum()),
             kl_to_uniform=round(kl, 4),
             mean_confidence=round(float(probs.max(axis=1).mean()), 4),
+            diversity=round(class_spread(x, predicted if labels is None else labels) / self.real_spread, 4),
         )
         if labels is not None:
             result.label_agreement = round(float((predicted == labels).mean()), 4)

@@ -94,6 +94,7 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
             failure_config=ray.train.FailureConfig(max_failures=recipe.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[EpochLog(recipe.family, recipe.train.epochs)],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # EpochLog says what matters
         ),
     )
     try:

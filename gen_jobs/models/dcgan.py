@@ -67,6 +67,8 @@ class TrainConfig(StrictModel):
     beta2: float = Field(0.99, ge=0, lt=1)
     loss: Literal["hinge", "nonsaturating"] = "hinge"
     spectral_norm: bool = True
+    minibatch_std: int = Field(4, ge=0, description="group size of D's minibatch-stddev feature against mode collapse; 0 = off")
+    mode_seeking: float = Field(0.1, ge=0, description="weight of the mode-seeking term (MSGAN) in G's loss; 0 = off")
     ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of G's weights; 0 disables it")
     diffaugment: list[Augmentation] = Field(default_factory=lambda: ["translation", "color"])
     seed: int = Field(0, ge=0)
@@ -131,7 +133,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """(image B x C x S x S, label B) -> realness score B. Projection D when conditional."""
 
-    def __init__(self, cfg: ModelConfig, use_spectral_norm: bool = True):
+    def __init__(self, cfg: ModelConfig, use_spectral_norm: bool = True, minibatch_std: int = 0):
         super().__init__()
         sn = spectral_norm if use_spectral_norm else (lambda m: m)
         n_down = _num_upsamplings(cfg.image_size)
@@ -139,17 +141,33 @@ class Discriminator(nn.Module):
         layers = []
         for c_in, c_out in zip(chans[:-1], chans[1:]):
             layers += [sn(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, inplace=True)]
-        layers += [sn(nn.Conv2d(chans[-1], chans[-1], 3, padding=1)), nn.LeakyReLU(0.2, inplace=True)]
-        self.features = nn.Sequential(*layers)
+        self.down = nn.Sequential(*layers)
+        self.minibatch_std = minibatch_std
+        extra = 1 if minibatch_std else 0
+        self.final = nn.Sequential(sn(nn.Conv2d(chans[-1] + extra, chans[-1], 3, padding=1)), nn.LeakyReLU(0.2, inplace=True))
         self.head = sn(nn.Linear(chans[-1], 1))
         self.embed = sn(nn.Embedding(cfg.num_classes, chans[-1])) if cfg.conditional else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x).sum(dim=(2, 3))  # B x F
+        h = self.down(x)  # B x F x 4 x 4
+        if self.minibatch_std:
+            h = _append_minibatch_std(h, self.minibatch_std)  # B x (F+1) x 4 x 4
+        h = self.final(h).sum(dim=(2, 3))  # B x F
         out = self.head(h).squeeze(1)  # B
         if self.embed is not None:
             out = out + (self.embed(labels) * h).sum(dim=1)  # projection: <e_y, h>
         return out
+
+
+def _append_minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
+    """ProGAN's minibatch standard deviation: D sees how varied a group of samples is,
+    so a G that collapses to few outputs per class is easy to tell from real data."""
+    b, c, height, width = h.shape
+    g = math.gcd(group, b)
+    y = h.view(g, -1, c, height, width)  # G x (B/G) x F x H x W
+    std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # B/G
+    std = std.view(1, -1, 1, 1, 1).expand(g, -1, 1, height, width).reshape(b, 1, height, width)
+    return torch.cat([h, std], dim=1)
 
 
 def _groups(channels: int) -> int:
@@ -198,6 +216,18 @@ def diff_augment(x: torch.Tensor, policy: list[str]) -> torch.Tensor:
     return x
 
 
+def _mode_seeking_penalty(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """MSGAN (Mao et al., 2019): penalise G when two latents give near-identical images.
+
+    Pairs sample i with sample i + B/2 (same label, different latent).
+    Returns 1 / (image distance / latent distance).
+    """
+    half = fake.shape[0] // 2
+    image_dist = (fake[:half] - fake[half: 2 * half]).abs().mean()
+    latent_dist = (z[:half] - z[half: 2 * half]).abs().mean()
+    return 1.0 / (image_dist / latent_dist + 1e-5)
+
+
 def d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "hinge":
         return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
@@ -218,7 +248,7 @@ class GAN:
         self.recipe = recipe
         self.device = device
         self.G = Generator(recipe.model).to(device)
-        self.D = Discriminator(recipe.model, t.spectral_norm).to(device)
+        self.D = Discriminator(recipe.model, t.spectral_norm, t.minibatch_std).to(device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
@@ -248,8 +278,13 @@ class GAN:
 
         # G: fool D
         z = torch.randn(b, cfg.latent_dim, device=self.device)
+        if t.mode_seeking and fake_labels is not None:  # pairs (i, i + B/2) share a label
+            half = b // 2
+            fake_labels = torch.cat([fake_labels[:half], fake_labels[:half], fake_labels[2 * half:]])
         fake = self.G(z, fake_labels)
         loss_g = g_loss(self.D(diff_augment(fake, t.diffaugment), fake_labels), t.loss)
+        if t.mode_seeking:
+            loss_g = loss_g + t.mode_seeking * _mode_seeking_penalty(fake, z)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         if sync:
@@ -399,12 +434,17 @@ def _scorable(recipe: Recipe) -> bool:
 
 def describe_epoch(m: dict, epochs: int) -> str:
     """The training log's line for one epoch (rank 0's reported metrics)."""
+    from gen_jobs.quality import collapse_warnings
+
     line = f"epoch {m['epoch']}/{epochs}  loss_d {m['loss_d']:.3f}  loss_g {m['loss_g']:.3f}"
     if "classes_covered" in m:
-        line += f"  classes {m['classes_covered']}/10  KL {m['kl_to_uniform']:.3f}"
+        line += f"  classes {m['classes_covered']}/10  KL {m['kl_to_uniform']:.3f}  diversity {m['diversity']:.2f}"
         if "label_agreement" in m:
             line += f"  label agreement {m['label_agreement']:.2f}"
-    return line + f"  ({m['seconds']:.1f} s)"
+    line += f"  ({m['seconds']:.1f} s)"
+    if "classes_covered" in m and m["epoch"] > epochs // 4:  # early epochs are expected to look collapsed
+        line += "".join(f"\n  warning: {w}" for w in collapse_warnings(m))
+    return line
 
 
 # ---------------------------------------------------------------- sampling

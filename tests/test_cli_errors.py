@@ -1,0 +1,100 @@
+"""Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing written."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from gen_jobs.cli import main as raygen
+from test_verify import make_dataset
+
+
+def error_of(capsys, argv: list[str]) -> str:
+    code = raygen(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_unknown_recipe_from_the_console_script_has_no_traceback():
+    result = run_cli("train", "dcgan_digitz", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown recipe 'dcgan_digitz': use one of dcgan_digits or the path of a .yaml recipe file"
+    ]
+
+
+def test_unknown_command():
+    assert raygen(["trian"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "dcgan_digits", "--set", "train.epochs=0"], "'train.epochs': Input should be greater than 0"),
+        (["train", "dcgan_digits", "--set", "model.widht=3"], "unknown recipe key 'model.widht'"),
+        (["train", "dcgan_digits", "--workers", "0"], "argument 'workers'"),
+        (["train", "dcgan_digits", "--storage", "ftp://x/y"], "unsupported URI scheme 'ftp'"),
+        (["train", "dcgan_digits", "--set", "data.source=/nonexistent/images"], "training data /nonexistent/images does not exist"),
+    ],
+)
+def test_train_bad_input(capsys, argv, needle):
+    assert needle in error_of(capsys, argv)
+
+
+def test_generate_bad_numbers(capsys, random_checkpoint, tmp_path):
+    base = ["generate", "--checkpoint", random_checkpoint, "--out", str(tmp_path / "o")]
+    assert "'num_samples'" in error_of(capsys, [*base, "--num-samples", "0"])
+    assert "'rows_per_shard'" in error_of(capsys, [*base, "--num-samples", "5", "--rows-per-shard", "0"])
+    assert "'labels'" in error_of(capsys, [*base, "--num-samples", "5", "--labels", "three"])
+    assert "out of range" in error_of(capsys, [*base, "--num-samples", "5", "--labels", "3,12"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_bad_checkpoints(capsys, tmp_path):
+    out = ["--out", str(tmp_path / "o"), "--num-samples", "5"]
+    assert "does not exist" in error_of(capsys, ["generate", "--checkpoint", str(tmp_path / "missing"), *out])
+    (tmp_path / "not_a_ckpt").mkdir()
+    assert "is not a raygen checkpoint" in error_of(capsys, ["generate", "--checkpoint", str(tmp_path / "not_a_ckpt"), *out])
+    assert "unsupported URI scheme" in error_of(capsys, ["generate", "--checkpoint", "gs://b/c", *out])
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_refuses_to_resume_a_different_dataset(capsys, random_checkpoint, tmp_path):
+    out = tmp_path / "data"
+    make_dataset(random_checkpoint, str(out), seed=0)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    base = ["generate", "--checkpoint", random_checkpoint, "--out", str(out), "--num-samples", "50", "--rows-per-shard", "20"]
+    assert "different seed" in error_of(capsys, [*base, "--seed", "1", "--resume"])
+    assert "different rows_per_shard" in error_of(capsys, [*base[:-1], "25", "--resume"])
+    assert "already holds a complete dataset" in error_of(capsys, base)
+    other = tmp_path / "other_ckpt"
+    shutil.copytree(random_checkpoint, other)
+    recipe = json.loads((other / "recipe.json").read_text())
+    recipe["generate"]["batch_size"] = 7
+    (other / "recipe.json").write_text(json.dumps(recipe))
+    assert "different recipe" in error_of(capsys, ["generate", "--checkpoint", str(other), *base[3:], "--resume"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_generate_complete_dataset_resume_is_a_no_op(capsys, random_checkpoint, tmp_path):
+    out = tmp_path / "data"
+    make_dataset(random_checkpoint, str(out))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code = raygen(["generate", "--checkpoint", random_checkpoint, "--out", str(out), "--num-samples", "50",
+                   "--rows-per-shard", "20", "--resume"])
+    assert code == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_malformed_recipe_file(capsys, tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("family: dcgan\n  name: [x\n")
+    assert "malformed YAML" in error_of(capsys, ["train", str(bad)])
+
+
+def test_verify_missing_path(capsys, tmp_path):
+    assert "does not exist" in error_of(capsys, ["verify", str(tmp_path / "nope")])

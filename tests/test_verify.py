@@ -1,0 +1,69 @@
+"""Manifest and verify: a good dataset passes; corrupt, missing and stray shards are named.
+
+Datasets here are written in-process (the Ray pipeline calls the same write_shard).
+"""
+
+import json
+
+import pytest
+
+from gen_jobs.generate import GenerateArgs, plan, write_manifest, write_shard
+from gen_jobs.manifest import read_manifest
+from gen_jobs.models.dcgan import Sampler
+from gen_jobs.verify import main as verify_main
+
+
+def make_dataset(checkpoint: str, out: str, num_samples: int = 50, rows_per_shard: int = 20, seed: int = 0) -> None:
+    args = GenerateArgs(checkpoint=checkpoint, out=out, num_samples=num_samples, rows_per_shard=rows_per_shard, seed=seed)
+    identity, micro_batch = plan(args)
+    sampler = Sampler(checkpoint)
+    family = __import__("gen_jobs.models.dcgan", fromlist=["x"])
+    entries = [write_shard(sampler, family, identity, out, k, micro_batch) for k in range(identity.num_shards)]
+    write_manifest(out, identity, entries)
+
+
+@pytest.fixture()
+def dataset(random_checkpoint, tmp_path):
+    out = tmp_path / "data"
+    make_dataset(random_checkpoint, str(out))
+    return out
+
+
+def test_manifest_records_every_shard(dataset, random_checkpoint):
+    manifest = read_manifest(str(dataset))
+    assert [(s.file, s.first_id, s.rows) for s in manifest.shards] == [
+        ("part-00000.parquet", 0, 20), ("part-00001.parquet", 20, 20), ("part-00002.parquet", 40, 10)
+    ]
+    raw = json.loads((dataset / "_manifest.json").read_text())
+    assert raw["checkpoint"] == random_checkpoint and len(raw["checkpoint_sha256"]) == 64
+    assert raw["seed"] == 0 and raw["num_rows"] == 50 and raw["rows_per_shard"] == 20
+    assert [f["name"] for f in raw["schema"]["fields"]] == ["id", "seed", "label", "image"]
+    assert raw["recipe"]["family"] == "dcgan" and raw["raygen_version"]
+    assert not (dataset / "_pending.json").exists()
+
+
+def test_verify_passes_with_one_line(dataset, capsys):
+    assert verify_main([str(dataset)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("OK") and "3 shards" in out[0] and "50 rows" in out[0]
+
+
+def test_verify_names_corrupt_missing_and_stray_files(dataset, capsys):
+    data = bytearray((dataset / "part-00001.parquet").read_bytes())
+    data[100] ^= 0xFF
+    (dataset / "part-00001.parquet").write_bytes(bytes(data))
+    (dataset / "part-00002.parquet").unlink()
+    (dataset / "part-00007.parquet").write_bytes(b"stray")
+    assert verify_main([str(dataset)]) == 1
+    out = capsys.readouterr().out
+    assert "part-00001.parquet: sha256 mismatch" in out
+    assert "part-00002.parquet: missing" in out
+    assert "part-00007.parquet: stray" in out
+    assert "part-00000.parquet" not in out
+
+
+def test_verify_without_manifest(tmp_path, capsys):
+    (tmp_path / "part-00000.parquet").write_bytes(b"x")
+    assert verify_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no _manifest.json" in err and "--resume" in err
