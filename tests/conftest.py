@@ -7,8 +7,14 @@ Everything listens on 127.0.0.1, on free ports outside Ray's worker-port range
 from __future__ import annotations
 
 import os
+import secrets
+import signal
 import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,13 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# Ray's single-machine mode: every Ray process (and every driver we start) binds
+# and connects to 127.0.0.1 instead of the machine's network address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Token authentication on, as on any shared cluster, with a token of this session's own
+# (not ~/.ray/auth_token), inherited by the head, the drivers and `ray job submit`.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -67,20 +80,58 @@ def s3_server():
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_server):
-    """One local Ray cluster for the whole session (2 CPUs, no dashboard)."""
+def ray_cluster(s3_server, tmp_path_factory):
+    """One Ray head for the whole session, joined by this process: 2 CPUs, on loopback.
+
+    Started with `ray start --head --block` (not `ray.init()`) so that it has a
+    dashboard for `ray job submit`, and so that RAY_ADDRESS, set before it starts,
+    is known to all its processes and to every driver the tests launch.
+    Yields (ray module, dashboard URL).
+    """
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=150 * 1024 * 1024,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
+    ports = {name: free_port() for name in (
+        "port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+    )}
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{ports['port']}"
+    os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"  # a submitted job's `python` is this environment's
+    temp = tmp_path_factory.mktemp("ray")
+    log = open(temp / "head.log", "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+         "--num-cpus=2", f"--object-store-memory={150 * 1024 * 1024}", "--include-dashboard=true",
+         "--disable-usage-stats", f"--temp-dir={temp}", *[f"--{k}={v}" for k, v in ports.items()]],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    yield ray
-    ray.shutdown()
+    dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
+    try:
+        _wait_for_http(dashboard, head, temp / "head.log")
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+        yield ray, dashboard
+    finally:
+        ray.shutdown()
+        head.terminate()  # `ray start --block` stops the head's processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+
+
+def _wait_for_http(url: str, process, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:  # answering (401 when token authentication is on): up
+            return
+        except OSError:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")
@@ -111,8 +162,6 @@ def random_checkpoint(tmp_path) -> str:
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
     """Run the `raygen` console script; returns the CompletedProcess."""
-    import subprocess
-
     return subprocess.run(
         [str(BIN / "raygen"), *args],
         capture_output=True,

@@ -89,8 +89,8 @@ def test_killed_run_resumes_to_the_same_bytes(ray_cluster, checkpoint, tmp_path)
     out, uninterrupted = tmp_path / "data", tmp_path / "uninterrupted"
     size = ["--num-samples", "4000", "--rows-per-shard", "100"]  # 40 shards: seconds of work left to kill
     cmd = [sys.executable, "-m", "gen_jobs.generate", "--checkpoint", checkpoint, "--out", str(out), *size, "--workers", "1"]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The subprocess joins the session's cluster through RAY_ADDRESS, as `ray job submit` would.
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (out / "part-00000.parquet").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "generation ended before its first shard"

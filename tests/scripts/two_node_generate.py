@@ -4,6 +4,8 @@
 
 Each ShardWriter actor needs one CPU, so two workers must run on two nodes.
 Run as its own process: the test session's driver is already joined to another cluster.
+Every node binds to 127.0.0.1 (the tests set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, so
+the driver connects there too).
 """
 
 import sys
