@@ -81,7 +81,7 @@ class LocalCheckpoint:
             self._tmp = tempfile.TemporaryDirectory(prefix="raygen-ckpt-")
             self.path = storage.download_dir(uri, self._tmp.name)
         else:
-            self.path = storage.download_dir(uri, "")
+            self.path = Path(storage.resolve(uri)[1])
 
     def __enter__(self) -> "LocalCheckpoint":
         return self

@@ -16,7 +16,7 @@ def validate_args(cls: type[BaseModel], values: dict) -> BaseModel:
     try:
         return cls.model_validate(values)
     except ValidationError as e:
-        raise UserError(describe_validation_error(e, cls, "argument").replace("argument key", "argument")) from e
+        raise UserError(describe_validation_error(e, cls, "argument")) from e
 
 
 def run_main(body: Callable[[], int | None]) -> int:

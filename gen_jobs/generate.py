@@ -150,13 +150,13 @@ def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, mi
 def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
     recipe = checkpoint.read_recipe(args.checkpoint)
     labels = parse_labels(args.labels)
-    num_classes = getattr(getattr(recipe, "model", None), "num_classes", None)
     if labels is not None:
-        if not getattr(recipe.model, "conditional", False):
+        model = recipe.model
+        if not getattr(model, "conditional", False):
             raise UserError("--labels needs a class-conditional checkpoint; this model is unconditional, use --labels uniform")
-        bad = [k for k in labels if k >= num_classes]
+        bad = [k for k in labels if k >= model.num_classes]
         if bad:
-            raise UserError(f"--labels {args.labels}: classes {bad} out of range; this model has classes 0..{num_classes - 1}")
+            raise UserError(f"--labels {args.labels}: classes {bad} out of range; this model has classes 0..{model.num_classes - 1}")
     identity = DatasetIdentity(
         family=recipe.family,
         recipe=recipe.model_dump(mode="json"),

@@ -110,7 +110,7 @@ def recipe_from_dict(data: dict[str, Any]) -> RecipeBase:
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise UserError(describe_validation_error(e, cls, "recipe")) from e
+        raise UserError(describe_validation_error(e, cls, "recipe key")) from e
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RecipeBase:
@@ -124,9 +124,9 @@ def describe_validation_error(error: ValidationError, cls: type[BaseModel], what
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             valid = _fields_at(cls, err["loc"][:-1])
-            lines.append(f"unknown {what} key {key!r}; valid keys here: {', '.join(valid)}")
+            lines.append(f"unknown {what} {key!r}; valid keys here: {', '.join(valid)}")
         else:
-            lines.append(f"{what} key {key!r}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{what} {key!r}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -133,32 +132,11 @@ def list_files(uri: str, recursive: bool = False) -> list[str]:
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Copy a folder/prefix to a local folder (or return it as is when already local)."""
-    if not is_s3(uri):
-        _, path = resolve(uri)
-        return Path(path)
+    """Copy a folder/prefix and everything under it to a local folder."""
     fs, path = resolve(uri)
     local = Path(local_dir)
     pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return local
-
-
-def upload_dir(local_dir: str | Path, uri: str) -> None:
-    """Copy a local folder to a folder/prefix, file by file (each atomic)."""
-    local = Path(local_dir)
-    for file in sorted(p for p in local.rglob("*") if p.is_file()):
-        write_bytes_atomic(join(uri, *file.relative_to(local).parts), file.read_bytes())
-
-
-def local_copy(uri: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """A local folder holding `uri`'s files: the folder itself, or a temporary download.
-
-    Returns (path, handle); keep the handle alive while the files are in use.
-    """
-    if not is_s3(uri):
-        return download_dir(uri, ""), None
-    tmp = tempfile.TemporaryDirectory(prefix="raygen-")
-    return download_dir(uri, tmp.name), tmp
 
 
 def remove_tree(uri: str) -> None:

@@ -37,9 +37,7 @@ def test_s3_round_trip(s3_server, tmp_path):
     assert storage.read_bytes(storage.join(base, "dir", "a.txt")) == b"abc"
     assert storage.list_files(storage.join(base, "dir")) == [f"{base}/dir/a.txt"]
 
-    (tmp_path / "up" / "sub").mkdir(parents=True)
-    (tmp_path / "up" / "sub" / "b.txt").write_bytes(b"b")
-    storage.upload_dir(tmp_path / "up", storage.join(base, "tree"))
+    storage.write_bytes_atomic(storage.join(base, "tree", "sub", "b.txt"), b"b")
     local = storage.download_dir(storage.join(base, "tree"), tmp_path / "down")
     assert (local / "sub" / "b.txt").read_bytes() == b"b"
 
