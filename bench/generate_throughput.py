@@ -1,6 +1,6 @@
 """Rows/s of raygen's Ray Data generation path vs a bare one-thread PyTorch loop.
 
-    .venv/bin/python bench/generate_throughput.py [--num-samples 60000] [--rows-per-shard 1000]
+    .venv/bin/python bench/generate_throughput.py [--num-samples 120000] [--rows-per-shard 1000]
 
 Both sides sample the same rows from the same digits DCGAN checkpoint (untrained
 weights of the default recipe: the cost is the same as trained ones), encode each
@@ -92,7 +92,7 @@ def ray_path(checkpoint: str, out: Path, num_rows: int, rows_per_shard: int, wor
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--num-samples", type=int, default=60_000)
+    p.add_argument("--num-samples", type=int, default=120_000)
     p.add_argument("--rows-per-shard", type=int, default=1000)
     args = p.parse_args()
 

@@ -103,7 +103,8 @@ class ShardWriter:
 
         self.identity = DatasetIdentity.model_validate(identity)
         self.family = family_module(self.identity.family)
-        self.sampler = self.family.Sampler(self.identity.checkpoint, device)
+        recipe = self.family.Recipe.model_validate(self.identity.recipe)  # with the run's --set overrides
+        self.sampler = self.family.Sampler(self.identity.checkpoint, device, recipe)
         self.out = out
         self.micro_batch = micro_batch
 

@@ -74,17 +74,17 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from gen_jobs.cluster import connect
-    from gen_jobs.image_data import check_source
     from gen_jobs.models import family_module
 
-    check_source(recipe.data)
+    family = family_module(recipe.family)
+    prepared = family.prepare_config(recipe)
     fs, path = storage.resolve(storage_uri)
     if not storage.is_s3(storage_uri):
         fs.create_dir(path, recursive=True)
     connect()
     trainer = TorchTrainer(
-        family_module(recipe.family).train_loop_per_worker,
-        train_loop_config={"recipe": recipe.model_dump(mode="json")},
+        family.train_loop_per_worker,
+        train_loop_config={"recipe": recipe.model_dump(mode="json"), **prepared},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu),
         run_config=ray.train.RunConfig(

@@ -350,6 +350,14 @@ def sample_images(G: nn.Module, seeds: np.ndarray, labels: np.ndarray | None, de
     return images.cpu().numpy(), y.numpy()
 
 
+def prepare_config(recipe: Recipe) -> dict:
+    """Driver-side, before any worker starts: fail fast when the data is not there."""
+    from gen_jobs.image_data import check_source
+
+    check_source(recipe.data)
+    return {}
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train loop: one process per worker, gradients averaged over all workers.
 
@@ -458,9 +466,9 @@ class Sampler:
     "label" (int64 B) and "image" (uint8 B x S x S x C).
     """
 
-    def __init__(self, checkpoint_uri: str, device: str = "cpu"):
+    def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
         with checkpoint.LocalCheckpoint(checkpoint_uri) as ckpt:
-            self.recipe: Recipe = ckpt.recipe
+            self.recipe: Recipe = recipe or ckpt.recipe
             state = checkpoint.load_state(ckpt.path, "model")
         self.device = torch.device(device)
         self.G = Generator(self.recipe.model)
