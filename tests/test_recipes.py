@@ -60,7 +60,7 @@ def test_malformed_yaml_says_where(tmp_path):
 def test_unknown_family(tmp_path):
     f = tmp_path / "r.yaml"
     f.write_text("name: x\nfamily: vae\n")
-    with pytest.raises(UserError, match="valid families: dcgan"):
+    with pytest.raises(UserError, match="valid families: dcgan, gpt"):
         load_recipe(str(f))
 
 

@@ -1,8 +1,10 @@
 """The model families: family name -> module.
 
-A family module holds its pydantic `Recipe`, its torch modules, its Ray Train
-loop (`train_loop_per_worker`), its `Sampler` (used by Ray Data and Serve alike)
-and `to_table` (sampler output -> Arrow table with the dataset's schema).
+A family module holds its pydantic `Recipe`, its torch modules,
+`prepare_config(recipe)` (driver-side checks and preparation before training),
+its Ray Train loop (`train_loop_per_worker`), `describe_epoch` (the training
+log line), its `Sampler` (used by Ray Data and Serve alike) and `to_table`
+(sampler output -> Arrow table with the dataset's schema).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from types import ModuleType
 
 FAMILIES: dict[str, str] = {
     "dcgan": "gen_jobs.models.dcgan",
+    "gpt": "gen_jobs.models.gpt",
 }
 
 

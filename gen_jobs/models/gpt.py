@@ -1,0 +1,452 @@
+"""GPT text: a HuggingFace `GPT2LMHeadModel` with a byte-level BPE tokenizer trained here.
+
+One file, three faces (see DESIGN.md):
+    Recipe                  the pydantic recipe of this family
+    train_tokenizer         byte-level BPE on the corpus (offline, `tokenizers`)
+    train_loop_per_worker   the Ray Train loop (DDP, AdamW, warm-up + cosine decay)
+    Sampler                 checkpoint -> text; used by Ray Data and Ray Serve
+    to_table                sampler output -> Arrow table of the dataset
+
+A checkpoint is a `save_pretrained` folder (model + tokenizer) plus raygen's
+recipe.json; any HuggingFace causal-LM folder works as a checkpoint too.
+
+Sampling is per row: each row has its own random generator, seeded from the
+row's seed, and draws one uniform number per new token, which picks the token by
+inverse CDF. A row's text therefore depends only on (checkpoint, prompt,
+sampling settings, seed), not on the rows that share its batch, up to
+floating-point differences between batch shapes (measured in the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from gen_jobs import checkpoint
+from gen_jobs.errors import UserError
+from gen_jobs.recipes import RecipeBase, StrictModel
+from gen_jobs.text_data import TextDataConfig, load_documents, split_documents
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+class ModelConfig(StrictModel):
+    n_layer: int = Field(4, gt=0, le=96)
+    n_head: int = Field(4, gt=0, le=128)
+    n_embd: int = Field(128, gt=0, le=16384)
+    n_positions: int = Field(128, ge=16, le=32768, description="context length in tokens")
+    vocab_size: int = Field(2048, ge=260, le=262144, description="BPE vocabulary trained on the corpus")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(16, gt=0, description="blocks of n_positions tokens per worker and step")
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr * this")
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = Field(0, ge=0)
+    checkpoint_every: int = Field(5, gt=0)
+    max_failures: int = Field(2, ge=0)
+
+
+class SamplingConfig(StrictModel):
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(0.8, ge=0, description="0 = greedy")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = off")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
+    stop: list[str] = Field(default_factory=list, description="strings that end a sample")
+    long_prompts: Literal["truncate_left", "error"] = Field(
+        "truncate_left", description="prompts longer than the context: keep their end (with a warning) or refuse"
+    )
+
+
+class Recipe(RecipeBase):
+    family: Literal["gpt"] = "gpt"
+    model: ModelConfig = ModelConfig()
+    data: TextDataConfig = TextDataConfig()
+    train: TrainConfig
+    sampling: SamplingConfig = SamplingConfig()
+
+    @model_validator(mode="after")
+    def _room_to_generate(self) -> "Recipe":
+        if self.sampling.max_new_tokens >= self.model.n_positions:
+            raise ValueError(
+                f"sampling.max_new_tokens ({self.sampling.max_new_tokens}) must be below the context "
+                f"length model.n_positions ({self.model.n_positions})"
+            )
+        return self
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(documents: list[str], vocab_size: int):
+    """Byte-level BPE (GPT-2's scheme) trained on the corpus: a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(documents, trainer)
+    return _wrap(tok)
+
+
+def _wrap(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, unk_token=END_OF_TEXT, pad_token=END_OF_TEXT
+    )
+
+
+def tokenizer_from_json(text: str):
+    from tokenizers import Tokenizer
+
+    return _wrap(Tokenizer.from_str(text))
+
+
+def pack_blocks(documents: list[str], tokenizer, block: int) -> torch.Tensor:
+    """Documents -> one token stream (separated by <|endoftext|>) -> N x block tensor."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+        stream.extend(ids)
+        stream.append(eos)
+    n = len(stream) // block
+    if n == 0:
+        raise ValueError(f"the corpus has {len(stream)} tokens, fewer than one block of {block}")
+    return torch.tensor(stream[: n * block], dtype=torch.long).view(n, block)
+
+
+def build_model(cfg: ModelConfig):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+# ---------------------------------------------------------------- training
+
+
+def prepare_config(recipe: Recipe) -> dict:
+    """Driver-side preparation: the tokenizer is trained once, before any worker starts."""
+    documents = load_documents(recipe.data)
+    train_docs, _ = split_documents(documents, recipe.data.held_out)
+    tokenizer = train_tokenizer(train_docs, recipe.model.vocab_size)
+    return {"tokenizer": tokenizer.backend_tokenizer.to_str()}
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to `min_ratio` of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train loop: DDP over the workers, each on its slice of every batch."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    recipe = Recipe.model_validate(config["recipe"])
+    t, cfg = recipe.train, recipe.model
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    tokenizer = tokenizer_from_json(config["tokenizer"])
+    if len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than model.vocab_size {cfg.vocab_size}")
+    train_docs, held_docs = split_documents(load_documents(recipe.data), recipe.data.held_out)
+    train_blocks = pack_blocks(train_docs, tokenizer, cfg.n_positions)
+    held_blocks = pack_blocks(held_docs, tokenizer, cfg.n_positions)
+
+    torch.manual_seed(t.seed)
+    model = build_model(cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr, betas=(0.9, 0.95),
+    )
+    steps_per_epoch = max(1, len(train_blocks) // (t.batch_size * world))
+    total = steps_per_epoch * t.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, t.warmup_steps, total, t.min_lr_ratio)
+    )
+    start_epoch = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as folder:
+            model.load_state_dict(checkpoint.load_state(Path(folder), "model"), strict=False)
+            state = torch.load(Path(folder) / "train_state.pt", weights_only=True)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch = int(state["epoch"])
+    model.tie_weights()
+    ddp_model = ray.train.torch.prepare_model(model)
+
+    for epoch in range(start_epoch, t.epochs):
+        started = time.perf_counter()
+        ddp_model.train()
+        order = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(t.seed + epoch))
+        total_loss = torch.zeros(1)
+        for step in range(steps_per_epoch):
+            idx = order[step * t.batch_size * world:][rank::world][: t.batch_size]
+            batch = train_blocks[idx].to(device)  # B x T
+            loss = ddp_model(input_ids=batch, labels=batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), t.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.detach().cpu()
+        held_loss = _held_out_loss(model, held_blocks[rank::world], device)  # (sum, count)
+        stats = torch.tensor([total_loss.item() / steps_per_epoch, held_loss[0], held_loss[1]])
+        if world > 1:
+            dist.all_reduce(stats)
+        train_loss = stats[0].item() / world
+        val_loss = stats[1].item() / max(stats[2].item(), 1)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": round(train_loss, 4),
+            "held_out_loss": round(val_loss, 4),
+            "held_out_perplexity": round(math.exp(min(val_loss, 50)), 2),
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        last = epoch + 1 == t.epochs
+        if rank == 0 and (last or (epoch + 1) % t.checkpoint_every == 0):
+            with tempfile.TemporaryDirectory(prefix="raygen-ckpt-") as folder:
+                save(Path(folder), recipe, model, tokenizer, {"epoch": epoch + 1, "metrics": metrics})
+                torch.save(
+                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1},
+                    Path(folder) / "train_state.pt",
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+@torch.no_grad()
+def _held_out_loss(model, blocks: torch.Tensor, device) -> tuple[float, float]:
+    """(sum of per-token losses, token count) over `blocks` (N x T)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), 16):
+        batch = blocks[i: i + 16].to(device)
+        logits = model(input_ids=batch).logits[:, :-1]  # B x (T-1) x V
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+        total += loss.item()
+        count += batch[:, 1:].numel()
+    return total, float(count)
+
+
+def save(folder: Path, recipe: Recipe, model, tokenizer, info: dict) -> None:
+    """A checkpoint: save_pretrained model + tokenizer, plus raygen's recipe and info."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    checkpoint.write(folder, recipe, {}, info)
+
+
+def describe_epoch(m: dict, epochs: int) -> str:
+    return (
+        f"epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.3f}  held-out loss {m['held_out_loss']:.3f}"
+        f"  perplexity {m['held_out_perplexity']:.1f}  ({m['seconds']:.1f} s)"
+    )
+
+
+# ---------------------------------------------------------------- sampling
+
+
+class Sampler:
+    """Checkpoint -> text. One instance per Ray Data actor or Serve replica.
+
+    __call__ maps a batch {"seed": int64 B, optional "prompt": str-or-None B, other
+    columns passed through} to the same batch plus "prompt", "text",
+    "num_prompt_tokens", "num_tokens" and "finish_reason" ("stop" or "length").
+    """
+
+    def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with checkpoint.LocalCheckpoint(checkpoint_uri) as ckpt:
+            self.recipe: Recipe = recipe or ckpt.recipe
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)
+                self.model = AutoModelForCausalLM.from_pretrained(ckpt.path, local_files_only=True, use_safetensors=True)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{checkpoint_uri} is not a causal language model folder ({e})") from e
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        if len(self.tokenizer) > vocab:
+            raise UserError(
+                f"{checkpoint_uri}: the tokenizer has {len(self.tokenizer)} tokens but the model only {vocab}; "
+                "they do not belong together"
+            )
+        self.sampling = self.recipe.sampling
+        self.device = torch.device(device)
+        self.model.eval().requires_grad_(False).to(self.device)
+        self.context = self.model.config.max_position_embeddings if hasattr(self.model.config, "max_position_embeddings") else self.model.config.n_positions
+        self.eos = self.tokenizer.eos_token_id
+
+    def encode_prompts(self, prompts: list[str | None]) -> list[list[int]]:
+        """Token ids per prompt (None -> just <|endoftext|>), fitted to the context."""
+        room = self.context - self.sampling.max_new_tokens
+        out = []
+        for prompt in prompts:
+            ids = [self.eos] if prompt is None else self.tokenizer(prompt, add_special_tokens=False)["input_ids"] or [self.eos]
+            if len(ids) > room:
+                if self.sampling.long_prompts == "error":
+                    raise UserError(
+                        f"a prompt has {len(ids)} tokens; with max_new_tokens {self.sampling.max_new_tokens} the "
+                        f"context of {self.context} leaves room for {room}: shorten it or set sampling.long_prompts=truncate_left"
+                    )
+                ids = ids[-room:]
+            out.append(ids)
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seeds = np.asarray(batch["seed"])
+        prompts = list(batch["prompt"]) if "prompt" in batch else [None] * len(seeds)
+        prompts = [None if p is None or (isinstance(p, float) and math.isnan(p)) else str(p) for p in prompts]
+        prompt_ids = self.encode_prompts(prompts)
+        new_tokens, reasons = self.generate(prompt_ids, seeds)
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in new_tokens]
+        texts, reasons = zip(*(self._apply_stop(text, r) for text, r in zip(texts, reasons))) if texts else ((), ())
+        return {
+            **batch,
+            "prompt": np.array(prompts, dtype=object),
+            "text": np.array(texts, dtype=object),
+            "num_prompt_tokens": np.array([len(p) if q is not None else 0 for p, q in zip(prompt_ids, prompts)], dtype=np.int64),
+            "num_tokens": np.array([len(ids) for ids in new_tokens], dtype=np.int64),
+            "finish_reason": np.array(reasons, dtype=object),
+        }
+
+    def _apply_stop(self, text: str, reason: str) -> tuple[str, str]:
+        cuts = [text.index(s) for s in self.sampling.stop if s and s in text]
+        if cuts:
+            return text[: min(cuts)], "stop"
+        return text, reason
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[list[int]], seeds: np.ndarray) -> tuple[list[list[int]], list[str]]:
+        """Batched decoding with a KV cache over left-padded prompts.
+
+        Returns, per row, the new token ids (without the end token) and why it
+        ended: "stop" at <|endoftext|> or a stop string, "length" at max_new_tokens.
+        """
+        s = self.sampling
+        b = len(prompt_ids)
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.full((b, width), self.eos, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for i, ids in enumerate(prompt_ids):  # left padding: every prompt ends at column width-1
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            mask[i, width - len(ids):] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        out: list[list[int]] = [[] for _ in range(b)]
+        done = [False] * b
+        reasons = ["length"] * b
+        past = None
+        step_ids = input_ids
+        for _ in range(s.max_new_tokens):
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
+            result = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                past_key_values=past, use_cache=True)
+            past = result.past_key_values
+            logits = result.logits[:, -1, :].float().cpu()  # B x V
+            # One uniform draw per row and step, from the row's own generator.
+            uniforms = torch.tensor([float(torch.rand(1, generator=g)) for g in generators])
+            next_ids = pick_tokens(logits, uniforms, s.temperature, s.top_k, s.top_p)
+            for i in range(b):
+                if done[i]:
+                    continue
+                token = int(next_ids[i])
+                if token == self.eos:
+                    done[i], reasons[i] = True, "stop"
+                    continue
+                out[i].append(token)
+                if s.stop and any(stop in self.tokenizer.decode(out[i][-8:]) for stop in s.stop):
+                    done[i], reasons[i] = True, "stop"
+            if all(done):
+                break
+            step_ids = next_ids.view(b, 1).to(self.device)
+            mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=self.device)], dim=1)
+        return out, reasons
+
+
+def pick_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Next token per row (logits B x V float32) by inverse CDF of the filtered distribution.
+
+    Each row only uses its own logits and uniform number, so rows never
+    influence each other. temperature 0 is greedy.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+    if top_k:
+        sorted_probs[:, top_k:] = 0
+    if top_p < 1:
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
+        sorted_probs[before >= top_p] = 0
+    cdf = sorted_probs.cumsum(dim=-1)
+    target = uniforms.unsqueeze(1) * cdf[:, -1:]  # B x 1, within the kept mass
+    picked = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)  # B x 1
+    return order.gather(1, picked).squeeze(1)
+
+
+def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
+    """Sampler output -> Arrow table: id, seed, prompt, text, num_prompt_tokens, num_tokens, finish_reason."""
+    from gen_jobs.image_encoding import huggingface_metadata
+
+    table = pa.table({
+        "id": pa.array(batch["id"], pa.int64()),
+        "seed": pa.array(batch["seed"], pa.int64()),
+        "prompt": pa.array(list(batch["prompt"]), pa.string()),
+        "text": pa.array(list(batch["text"]), pa.string()),
+        "num_prompt_tokens": pa.array(batch["num_prompt_tokens"], pa.int64()),
+        "num_tokens": pa.array(batch["num_tokens"], pa.int64()),
+        "finish_reason": pa.array(list(batch["finish_reason"]), pa.string()),
+    })
+    features = {f.name: {"dtype": "int64" if pa.types.is_integer(f.type) else "string", "_type": "Value"} for f in table.schema}
+    return table.replace_schema_metadata(huggingface_metadata(features))
