@@ -45,9 +45,16 @@ def read_recipe(uri: str) -> RecipeBase:
     if not storage.exists(uri):
         raise UserError(f"checkpoint {uri} does not exist: pass the URI printed as 'checkpoint: ...' by raygen train")
     recipe_uri = storage.join(uri, RECIPE_FILE)
-    if not storage.exists(recipe_uri) or not storage.exists(storage.join(uri, SAMPLER_WEIGHTS)):
+    has_weights = storage.exists(storage.join(uri, SAMPLER_WEIGHTS))
+    if not storage.exists(recipe_uri) and has_weights and storage.exists(storage.join(uri, "config.json")):
+        # Bring-your-own HuggingFace causal LM (save_pretrained folder, safetensors weights).
+        from gen_jobs.models.gpt import recipe_for_pretrained
+
+        return recipe_for_pretrained(uri)
+    if not storage.exists(recipe_uri) or not has_weights:
         raise UserError(
-            f"{uri} is not a raygen checkpoint (it needs {RECIPE_FILE} and {SAMPLER_WEIGHTS}): "
+            f"{uri} is not a raygen checkpoint (it needs {RECIPE_FILE} and {SAMPLER_WEIGHTS}) nor a "
+            "HuggingFace causal-LM folder (config.json and model.safetensors): "
             "pass the folder printed as 'checkpoint: ...' by raygen train"
         )
     try:

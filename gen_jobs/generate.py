@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gen_jobs import checkpoint, storage
 from gen_jobs.cli_args import run_main, validate_args
@@ -41,14 +41,18 @@ from gen_jobs.manifest import (
     shard_files,
     shard_name,
 )
-from gen_jobs.recipes import StrictModel
+from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
 from gen_jobs.seeding import row_seeds
 
 
 class GenerateArgs(StrictModel):
     checkpoint: str
     out: str
-    num_samples: int = Field(gt=0)
+    num_samples: int | None = Field(None, gt=0)
+    prompts: str | None = None
+    prompt_column: str = "prompt"
+    samples_per_prompt: int = Field(1, gt=0)
+    set: list[str] = []
     rows_per_shard: int | None = Field(None, gt=0)
     seed: int | None = Field(None, ge=0)
     workers: int = Field(2, gt=0, le=4096)
@@ -56,6 +60,12 @@ class GenerateArgs(StrictModel):
     labels: str = "uniform"
     resume: bool = False
     overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _rows_from_one_source(self) -> "GenerateArgs":
+        if (self.num_samples is None) == (self.prompts is None):
+            raise ValueError("give exactly one of --num-samples N or --prompts URI")
+        return self
 
     @field_validator("labels")
     @classmethod
@@ -81,7 +91,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raygen generate", description="Generate a sharded Parquet dataset with Ray Data.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (path or s3:// URI) printed by raygen train")
     p.add_argument("--out", required=True, help="dataset folder: path or s3:// URI")
-    p.add_argument("--num-samples", type=int, required=True, help="rows to generate")
+    p.add_argument("--num-samples", type=int, help="rows to generate (unconditional)")
+    p.add_argument("--prompts", help="Parquet or JSONL file of prompts (path or s3://): one row per prompt and sample")
+    p.add_argument("--prompt-column", default="prompt", help="the prompts' text column (default: prompt)")
+    p.add_argument("--samples-per-prompt", type=int, default=1, help="samples for each prompt")
     p.add_argument("--rows-per-shard", type=int, help="rows per part file (default: the recipe's)")
     p.add_argument("--seed", type=int, help="base seed (default: the recipe's)")
     p.add_argument("--workers", type=int, default=2, help="sampler actors")
@@ -89,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="uniform", help="'uniform' (drawn per row) or K[,K...] cycled by row id")
     p.add_argument("--resume", action="store_true", help="complete an interrupted or damaged dataset")
     p.add_argument("--overwrite", action="store_true", help="replace whatever dataset is at --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the checkpoint's recipe, e.g. sampling.temperature=0.7")
     return p
 
 
@@ -107,29 +122,70 @@ class ShardWriter:
         self.sampler = self.family.Sampler(self.identity.checkpoint, device, recipe)
         self.out = out
         self.micro_batch = micro_batch
+        self.prompts = load_prompts(self.identity.prompts, self.identity.prompt_column) if self.identity.prompts else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        entries = [write_shard(self.sampler, self.family, self.identity, self.out, int(k), self.micro_batch) for k in batch["shard"]]
+        entries = [
+            write_shard(self.sampler, self.family, self.identity, self.out, int(k), self.micro_batch, self.prompts)
+            for k in batch["shard"]
+        ]
         return {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}
 
 
-def requests(identity: DatasetIdentity, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """The sampler's input rows: id, its seed, and its label when labels are fixed."""
+def requests(identity: DatasetIdentity, ids: np.ndarray, prompts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The sampler's input rows: id, its seed, and its label or prompt when given.
+
+    With prompts, row i is sample i % K of prompt i // K (K = samples per prompt).
+    """
     batch = {"id": ids, "seed": row_seeds(identity.seed, ids)}
     if identity.labels is not None:
         batch["label"] = np.asarray(identity.labels, dtype=np.int64)[ids % len(identity.labels)]
+    if prompts is not None:
+        batch["prompt"] = prompts[ids // identity.samples_per_prompt]
     return batch
 
 
-def shard_table(sampler, family, identity: DatasetIdentity, k: int, micro_batch: int) -> pa.Table:
+def shard_table(sampler, family, identity: DatasetIdentity, k: int, micro_batch: int, prompts=None) -> pa.Table:
     ids = np.arange(identity.shard_ids(k).start, identity.shard_ids(k).stop, dtype=np.int64)
     # Micro-batches start at multiples of `micro_batch` from the shard's first row,
     # whatever the worker count, so batch composition never changes the bytes.
     parts = [
-        family.to_table(sampler(requests(identity, ids[i: i + micro_batch])), sampler.recipe)
+        family.to_table(sampler(requests(identity, ids[i: i + micro_batch], prompts)), sampler.recipe)
         for i in range(0, len(ids), micro_batch)
     ]
     return pa.concat_tables(parts)
+
+
+def load_prompts(uri: str, column: str) -> np.ndarray:
+    """The prompt column of a Parquet or JSONL file, as an object array of str."""
+    import json
+
+    if not storage.exists(uri):
+        raise UserError(f"prompts file {uri} does not exist")
+    data = storage.read_bytes(uri)
+    if uri.endswith(".jsonl"):
+        rows = []
+        for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{uri} line {n} is not JSON ({e.msg})") from e
+        missing = [n for n, r in enumerate(rows, start=1) if not isinstance(r, dict) or column not in r]
+        if rows and missing:
+            raise UserError(f"{uri}: record {missing[0]} has no field {column!r}; set --prompt-column")
+        prompts = [str(r[column]) for r in rows]
+    else:
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except pa.ArrowInvalid as e:
+            raise UserError(f"{uri} is neither Parquet nor .jsonl ({e})") from e
+        if column not in table.column_names:
+            raise UserError(f"{uri} has no column {column!r} (columns: {', '.join(table.column_names)}); set --prompt-column")
+        prompts = [str(p) for p in table.column(column).to_pylist() if p is not None]
+    if not prompts:
+        raise UserError(f"{uri} holds no prompts")
+    return np.array(prompts, dtype=object)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -138,8 +194,8 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, micro_batch: int) -> ShardEntry:
-    data = parquet_bytes(shard_table(sampler, family, identity, k, micro_batch))
+def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, micro_batch: int, prompts=None) -> ShardEntry:
+    data = parquet_bytes(shard_table(sampler, family, identity, k, micro_batch, prompts))
     storage.write_bytes_atomic(storage.join(out, shard_name(k)), data)
     ids = identity.shard_ids(k)
     return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sha256(data))
@@ -150,6 +206,8 @@ def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, mi
 
 def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
     recipe = checkpoint.read_recipe(args.checkpoint)
+    if args.set:
+        recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), args.set))
     labels = parse_labels(args.labels)
     if labels is not None:
         model = recipe.model
@@ -164,10 +222,19 @@ def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
         checkpoint=args.checkpoint,
         checkpoint_sha256=checkpoint.weights_sha256(args.checkpoint),
         seed=recipe.generate.seed if args.seed is None else args.seed,
-        num_rows=args.num_samples,
+        num_rows=args.num_samples or 0,
         rows_per_shard=args.rows_per_shard or recipe.generate.rows_per_shard,
         labels=labels,
     )
+    if args.prompts:
+        if recipe.family != "gpt":
+            raise UserError(f"--prompts needs a text checkpoint; {args.checkpoint} is a {recipe.family} model")
+        prompts = load_prompts(args.prompts, args.prompt_column)
+        identity.prompts = args.prompts
+        identity.prompt_column = args.prompt_column
+        identity.prompts_sha256 = sha256(storage.read_bytes(args.prompts))
+        identity.samples_per_prompt = args.samples_per_prompt
+        identity.num_rows = len(prompts) * args.samples_per_prompt
     return identity, recipe.generate.batch_size
 
 

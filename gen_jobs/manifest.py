@@ -40,10 +40,14 @@ class DatasetIdentity(BaseModel):
     num_rows: int
     rows_per_shard: int
     labels: list[int] | None = None
+    prompts: str | None = None
+    prompt_column: str | None = None
+    prompts_sha256: str | None = None
+    samples_per_prompt: int = 1
 
     def differences(self, other: "DatasetIdentity") -> list[str]:
         """Names of the fields that change the bytes (the checkpoint's location does not)."""
-        fields = [f for f in DatasetIdentity.model_fields if f != "checkpoint"]
+        fields = [f for f in DatasetIdentity.model_fields if f not in ("checkpoint", "prompts")]
         return [f for f in fields if getattr(self, f) != getattr(other, f)]
 
     @property

@@ -96,6 +96,39 @@ class Recipe(RecipeBase):
         return self
 
 
+def recipe_for_pretrained(uri: str) -> Recipe:
+    """A recipe describing a user's HuggingFace causal-LM folder (no raygen recipe.json).
+
+    Sizes come from its config.json; training settings are placeholders (it was not
+    trained here); sampling uses this family's defaults, overridable with --set.
+    """
+    from gen_jobs import storage
+
+    try:
+        config = json.loads(storage.read_bytes(storage.join(uri, "config.json")))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{uri}/config.json is not valid JSON ({e})") from e
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"{uri} holds a {model_type!r} model, not a causal language model; raygen's text family needs one")
+    cfg = AutoConfig.for_model(**config)
+    context = getattr(cfg, "max_position_embeddings", None) or 1024
+    model = ModelConfig(
+        n_layer=cfg.num_hidden_layers,
+        n_head=cfg.num_attention_heads,
+        n_embd=cfg.hidden_size,
+        n_positions=context,
+        vocab_size=max(cfg.vocab_size, 260),
+        dropout=0.0,
+    )
+    sampling = SamplingConfig(max_new_tokens=min(SamplingConfig().max_new_tokens, context // 2))
+    name = uri.rstrip("/").rsplit("/", 1)[-1] or "pretrained"
+    return Recipe(name=name, model=model, train=TrainConfig(epochs=1), sampling=sampling)
+
+
 # ---------------------------------------------------------------- tokenizer
 
 
@@ -386,13 +419,13 @@ class Sampler:
         out: list[list[int]] = [[] for _ in range(b)]
         done = [False] * b
         reasons = ["length"] * b
-        past = None
+        cache = None
         step_ids = input_ids
         for _ in range(s.max_new_tokens):
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
             result = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=past, use_cache=True)
-            past = result.past_key_values
+                                cache=cache, use_cache=True, logits_to_keep=1)
+            cache = result.cache  # keys/values of every position so far: only new tokens are fed
             logits = result.logits[:, -1, :].float().cpu()  # B x V
             # One uniform draw per row and step, from the row's own generator.
             uniforms = torch.tensor([float(torch.rand(1, generator=g)) for g in generators])

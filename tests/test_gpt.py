@@ -1,0 +1,177 @@
+"""GPT family without Ray: tokenizer, sampler determinism, stop/length, bring-your-own, bad input."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from gen_jobs.errors import UserError
+from gen_jobs.generate import GenerateArgs, plan, write_manifest, write_shard
+from gen_jobs.models import gpt
+from gen_jobs.recipes import load_recipe
+from gen_jobs.seeding import row_seeds
+from gen_jobs.text_data import load_documents, split_documents
+
+TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.n_positions=64", "model.vocab_size=300",
+            "model.dropout=0", "sampling.max_new_tokens=16", "train.epochs=1", "generate.batch_size=4"]
+PROMPTS = ["The", "def f(x):", "A list is", "Exceptions", "", "The with statement is used to", "x"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    recipe = load_recipe("gpt_pydoc", TINY_GPT)
+    train, _ = split_documents(load_documents(recipe.data), recipe.data.held_out)
+    return gpt.train_tokenizer(train, 300)
+
+
+@pytest.fixture()
+def gpt_checkpoint(tokenizer, tmp_path):
+    recipe = load_recipe("gpt_pydoc", TINY_GPT)
+    torch.manual_seed(0)
+    folder = tmp_path / "gpt"
+    gpt.save(folder, recipe, gpt.build_model(recipe.model), tokenizer, {"epoch": 0})
+    return str(folder)
+
+
+def test_tokenizer_round_trips_text(tokenizer):
+    text = "def greet(name):\n    return f'héllo {name}!'  # ünïcode → ok"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(tokenizer) == 300 and max(ids) < 300
+    assert tokenizer.decode(ids) == text
+    assert len(ids) < len(text.encode())  # merges learned from the corpus compress it
+
+
+def test_sampler_row_alone_equals_row_in_a_mixed_batch(gpt_checkpoint):
+    sampler = gpt.Sampler(gpt_checkpoint)
+    ids = np.arange(len(PROMPTS), dtype=np.int64)
+    batch = {"id": ids, "seed": row_seeds(3, ids), "prompt": np.array(PROMPTS, dtype=object)}
+    together = sampler(batch)
+    flips = 0
+    for i in range(len(PROMPTS)):
+        alone = sampler({k: v[i: i + 1] for k, v in batch.items()})
+        flips += alone["text"][0] != together["text"][i]
+    assert flips == 0
+    assert len(set(together["text"])) > 1
+
+
+def test_same_seed_same_text_and_finish_reasons(gpt_checkpoint):
+    sampler = gpt.Sampler(gpt_checkpoint)
+    seeds = row_seeds(0, np.arange(6, dtype=np.int64))
+    first, second = sampler({"seed": seeds}), sampler({"seed": seeds})
+    assert list(first["text"]) == list(second["text"])
+    assert set(first["finish_reason"]) <= {"stop", "length"}
+    assert all(n <= 16 for n in first["num_tokens"])
+    assert all(p is None for p in first["prompt"]) and (first["num_prompt_tokens"] == 0).all()
+
+
+def test_stop_strings_end_samples(gpt_checkpoint):
+    recipe = load_recipe("gpt_pydoc", [*TINY_GPT, "sampling.stop=[' ', 'e']", "sampling.temperature=1.5"])
+    sampler = gpt.Sampler(gpt_checkpoint, recipe=recipe)
+    out = sampler({"seed": row_seeds(0, np.arange(8, dtype=np.int64))})
+    stopped = [t for t, r in zip(out["text"], out["finish_reason"]) if r == "stop"]
+    assert stopped and all(" " not in t and "e" not in t for t in stopped)
+
+
+def test_pick_tokens_greedy_top_k_and_top_p():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]])
+    u = torch.tensor([0.99, 0.5])
+    assert gpt.pick_tokens(logits, u, 0.0, 0, 1.0).tolist() == [1, 0]
+    assert gpt.pick_tokens(logits, u, 1.0, 1, 1.0).tolist() == [1, 0]  # top_k=1 is greedy
+    assert gpt.pick_tokens(logits, u, 1.0, 0, 0.01).tolist() == [1, 0]  # a tiny nucleus too
+    picks = {int(gpt.pick_tokens(logits[:1], torch.tensor([v]), 1.0, 2, 1.0)) for v in np.linspace(0, 0.999, 50)}
+    assert picks == {1, 3}  # top-2 of row 0
+
+
+def test_unconditional_and_prompted_shards(gpt_checkpoint, tmp_path):
+    prompts = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": PROMPTS[:3]}), prompts)
+    out = tmp_path / "data"
+    args = GenerateArgs(checkpoint=gpt_checkpoint, out=str(out), prompts=str(prompts), samples_per_prompt=2, rows_per_shard=4)
+    identity, micro_batch = plan(args)
+    assert identity.num_rows == 6
+    sampler = gpt.Sampler(gpt_checkpoint)
+    from gen_jobs.generate import load_prompts
+
+    loaded = load_prompts(str(prompts), "prompt")
+    entries = [write_shard(sampler, gpt, identity, str(out), k, micro_batch, loaded) for k in range(identity.num_shards)]
+    write_manifest(str(out), identity, entries)
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "seed", "prompt", "text", "num_prompt_tokens", "num_tokens", "finish_reason"]
+    assert table.column("prompt").to_pylist() == ["The", "The", "def f(x):", "def f(x):", "A list is", "A list is"]
+    assert (np.array(table.column("num_prompt_tokens").to_pylist()) > 0).all()
+
+
+def test_bring_your_own_huggingface_folder(tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "byo"
+    torch.manual_seed(1)
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    sampler = gpt.Sampler(str(folder))
+    assert sampler.recipe.family == "gpt" and sampler.recipe.model.n_positions == 64
+    out = sampler({"seed": np.array([1, 2]), "prompt": np.array(["Hello", None], dtype=object)})
+    assert len(out["text"]) == 2 and out["prompt"][1] is None
+
+
+@pytest.mark.parametrize("override, key", [
+    ("sampling.max_new_tokens=0", "sampling.max_new_tokens"),
+    ("sampling.max_new_tokens=64", "max_new_tokens"),
+    ("sampling.temperature=-0.1", "sampling.temperature"),
+    ("sampling.top_p=0", "sampling.top_p"),
+    ("sampling.top_p=1.5", "sampling.top_p"),
+])
+def test_bad_sampling_settings(override, key):
+    with pytest.raises(UserError, match=key):
+        load_recipe("gpt_pydoc", [*TINY_GPT, override])
+
+
+def test_long_prompts_truncate_left_or_refuse(gpt_checkpoint):
+    long_prompt = "word " * 200
+    sampler = gpt.Sampler(gpt_checkpoint)
+    out = sampler({"seed": np.array([0]), "prompt": np.array([long_prompt], dtype=object)})
+    assert out["num_prompt_tokens"][0] == 64 - 16
+    strict = load_recipe("gpt_pydoc", [*TINY_GPT, "sampling.long_prompts=error"])
+    with pytest.raises(UserError, match="shorten it"):
+        gpt.Sampler(gpt_checkpoint, recipe=strict)({"seed": np.array([0]), "prompt": np.array([long_prompt], dtype=object)})
+
+
+def test_bad_prompt_files(gpt_checkpoint, tmp_path):
+    def plan_with(path, column="prompt"):
+        return plan(GenerateArgs(checkpoint=gpt_checkpoint, out=str(tmp_path / "o"), prompts=str(path), prompt_column=column))
+
+    with pytest.raises(UserError, match="does not exist"):
+        plan_with(tmp_path / "missing.parquet")
+    pq.write_table(pa.table({"question": ["a"]}), tmp_path / "p.parquet")
+    with pytest.raises(UserError, match="no column 'prompt'.*question"):
+        plan_with(tmp_path / "p.parquet")
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    with pytest.raises(UserError, match="holds no prompts"):
+        plan_with(tmp_path / "empty.parquet")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n{oops\n")
+    with pytest.raises(UserError, match="line 2 is not JSON"):
+        plan_with(tmp_path / "p.jsonl")
+
+
+def test_not_a_causal_lm_and_mismatched_tokenizer(gpt_checkpoint, tokenizer, tmp_path):
+    from gen_jobs.checkpoint import read_recipe
+
+    vit = tmp_path / "vit"
+    shutil.copytree(gpt_checkpoint, vit)
+    (vit / "recipe.json").unlink()
+    (vit / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(UserError, match="not a causal language model"):
+        read_recipe(str(vit))
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    small = tmp_path / "small"
+    GPT2LMHeadModel(GPT2Config(vocab_size=280, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(small)
+    tokenizer.save_pretrained(small)
+    with pytest.raises(UserError, match="tokenizer has 300 tokens but the model only 280"):
+        gpt.Sampler(str(small))
