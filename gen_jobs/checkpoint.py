@@ -64,6 +64,14 @@ def read_recipe(uri: str) -> RecipeBase:
     return recipe_from_dict(data)
 
 
+def training_metrics(uri: str) -> dict:
+    """The last epoch's figures stored in raygen.json ({} for bring-your-own models)."""
+    info_uri = storage.join(uri, INFO_FILE)
+    if not storage.exists(info_uri):
+        return {}
+    return json.loads(storage.read_bytes(info_uri)).get("metrics", {})
+
+
 def weights_sha256(uri: str) -> str:
     return hashlib.sha256(storage.read_bytes(storage.join(uri, SAMPLER_WEIGHTS))).hexdigest()
 

@@ -1,12 +1,14 @@
-"""The embedded demo: train the digits DCGAN, generate 10,000 labelled images, verify, score.
+"""The embedded demo: train each model family on its bundled data, generate, verify, score.
 
-    raygen demo [--out ./out] [--workers 2] [--num-samples 10000]
+    raygen demo [--family dcgan|gpt] [--out ./out] [--workers 2] [--num-samples N]
     python -m gen_jobs.demo
 
-Everything lands under --out:
-    runs/dcgan_digits/           Ray Train run with its checkpoints
-    dcgan_digits/                the dataset: part-*.parquet + _manifest.json
-    dcgan_digits_grid.png        10x10 samples from the dataset, one row per label
+Without --family it runs every family, one after the other. Everything lands
+under --out:
+    runs/<recipe>/            Ray Train run with its checkpoints
+    dcgan_digits/             10,000 labelled digit images: part-*.parquet + _manifest.json
+    dcgan_digits_grid.png     10x10 samples from that dataset, one row per label
+    gpt_pydoc/                1,000 text samples from the GPT trained on Python's docs
 A rerun trains and generates afresh (it replaces its own previous output).
 """
 
@@ -16,6 +18,7 @@ import argparse
 import io
 import sys
 import time
+from typing import Literal
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,28 +29,29 @@ from gen_jobs.cli_args import run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
 
-RECIPE = "dcgan_digits"
+RECIPES = {"dcgan": "dcgan_digits", "gpt": "gpt_pydoc"}
+DEFAULT_SAMPLES = {"dcgan": 10_000, "gpt": 1_000}
 
 
 class DemoArgs(StrictModel):
+    family: Literal["dcgan", "gpt"] | None = None
     out: str = "./out"
     workers: int = Field(2, gt=0)
-    num_samples: int = Field(10_000, gt=0)
+    num_samples: int | None = Field(None, gt=0)
     set: list[str] = []
 
 
-def read_dataset(out: str) -> tuple[np.ndarray, np.ndarray]:
-    """All images (uint8 N x H x W x C) and labels of a dataset, in id order."""
-    from gen_jobs.image_encoding import decode_png
+def read_table(out: str, columns: list[str]):
+    """Columns of a whole dataset, in id order."""
+    import pyarrow as pa
+
     from gen_jobs.manifest import read_manifest
 
-    manifest = read_manifest(out)
-    images, labels = [], []
-    for entry in manifest.shards:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, entry.file))), columns=["label", "image"])
-        labels.extend(table.column("label").to_pylist())
-        images.extend(decode_png(cell["bytes"]) for cell in table.column("image").to_pylist())
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    tables = [
+        pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, e.file))), columns=columns)
+        for e in read_manifest(out).shards
+    ]
+    return pa.concat_tables(tables)
 
 
 def sample_grid(images: np.ndarray, labels: np.ndarray, per_label: int = 10) -> np.ndarray:
@@ -61,73 +65,92 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, per_label: int = 10) -> 
     return np.concatenate(rows, axis=0)
 
 
-def run(args: DemoArgs, log=print) -> dict:
-    from PIL import Image
-
+def run_family(family: str, args: DemoArgs, log=print) -> dict:
+    """Train, generate, verify; returns what to report (paths, quality, timings)."""
     from gen_jobs.generate import GenerateArgs, generate
-    from gen_jobs.quality import DigitsReference
     from gen_jobs.recipes import load_recipe
     from gen_jobs.train import train
     from gen_jobs.verify import problems
 
     timings = {}
-    recipe = load_recipe(RECIPE, args.set)
+    recipe = load_recipe(RECIPES[family], args.set)
     runs = storage.join(args.out, "runs")
     storage.remove_tree(storage.join(runs, recipe.name))  # the demo always trains afresh
-    log(f"[1/4] training {recipe.name} on {args.workers} Ray Train workers ({recipe.train.epochs} epochs)")
+    log(f"[{family} 1/3] training {recipe.name} on {args.workers} Ray Train workers ({recipe.train.epochs} epochs)")
     started = time.perf_counter()
     ckpt = train(recipe, runs, recipe.name, args.workers, gpu=False)
     timings["train"] = time.perf_counter() - started
 
     dataset = storage.join(args.out, recipe.name)
-    log(f"[2/4] generating {args.num_samples:,} images with {args.workers} Ray Data workers")
+    num_samples = args.num_samples or DEFAULT_SAMPLES[family]
+    log(f"[{family} 2/3] generating {num_samples:,} samples with {args.workers} Ray Data workers")
     started = time.perf_counter()
-    generate(
-        GenerateArgs(checkpoint=ckpt, out=dataset, num_samples=args.num_samples, workers=args.workers, overwrite=True),
+    manifest = generate(
+        GenerateArgs(checkpoint=ckpt, out=dataset, num_samples=num_samples, workers=args.workers, overwrite=True),
         log=log,
     )
     timings["generate"] = time.perf_counter() - started
 
-    log("[3/4] verifying shards against the manifest")
+    log(f"[{family} 3/3] verifying shards against the manifest")
     bad, summary = problems(dataset)
     if bad:
         raise UserError(f"the demo dataset failed verification: {'; '.join(bad)}")
     log(summary)
+    result = {"family": family, "checkpoint": ckpt, "dataset": dataset, "quality": manifest.quality or {}, "timings": timings}
+    if family == "dcgan":
+        result["grid"] = write_grid(dataset, storage.join(args.out, f"{recipe.name}_grid.png"))
+    else:
+        result["examples"] = read_table(dataset, ["text"]).column("text").to_pylist()[:3]
+    return result
 
-    log("[4/4] scoring samples with the reference digits classifier")
-    started = time.perf_counter()
-    images, labels = read_dataset(dataset)
-    quality = DigitsReference().score(images, labels)
-    grid_uri = storage.join(args.out, f"{recipe.name}_grid.png")
+
+def write_grid(dataset: str, uri: str) -> str:
+    from PIL import Image
+
+    from gen_jobs.image_encoding import decode_png
+
+    table = read_table(dataset, ["label", "image"])
+    images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])
+    labels = np.asarray(table.column("label").to_pylist())
     buf = io.BytesIO()
     Image.fromarray(sample_grid(images, labels)).save(buf, format="PNG")
-    storage.write_bytes_atomic(grid_uri, buf.getvalue())
-    timings["score"] = time.perf_counter() - started
-    return {"checkpoint": ckpt, "dataset": dataset, "grid": grid_uri, "quality": quality, "timings": timings}
+    storage.write_bytes_atomic(uri, buf.getvalue())
+    return uri
+
+
+def report(result: dict) -> None:
+    t = result["timings"]
+    print()
+    print(f"{result['family']}:")
+    print(f"  checkpoint:  {result['checkpoint']}")
+    print(f"  dataset:     {result['dataset']}  (verified)")
+    if "grid" in result:
+        print(f"  sample grid: {result['grid']}  (one row per label 0-9)")
+    for text in result.get("examples", []):
+        print(f"  sample:      {text[:160]!r}")
+    print(f"  quality:     {result['quality'].get('summary', 'n/a')}")
+    for warning in result["quality"].get("warnings", []):
+        print(f"  warning:     {warning}")
+    print(f"  time:        train {t['train']:.0f} s, generate and score {t['generate']:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         p = argparse.ArgumentParser(prog="raygen demo", description=__doc__.split("\n")[0])
+        p.add_argument("--family", choices=sorted(RECIPES), help="run one family (default: all)")
         p.add_argument("--out", default="./out", help="output folder: path or s3:// URI")
         p.add_argument("--workers", type=int, default=2, help="Ray Train and Ray Data workers")
-        p.add_argument("--num-samples", type=int, default=10_000, help="images to generate")
+        p.add_argument("--num-samples", type=int, help="samples to generate (default: 10,000 images, 1,000 texts)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
         args = validate_args(DemoArgs, vars(p.parse_args(argv)))
+        if args.set and not args.family:
+            raise UserError("--set overrides one recipe: pass --family dcgan or --family gpt with it")
+        families = [args.family] if args.family else list(RECIPES)
         started = time.perf_counter()
-        result = run(args)
-        t = result["timings"]
-        print()
-        print(f"checkpoint:  {result['checkpoint']}")
-        print(f"dataset:     {result['dataset']}  (verified)")
-        print(f"sample grid: {result['grid']}  (one row per label 0-9)")
-        print(f"quality:     {result['quality'].summary()}")
-        for warning in result["quality"].warnings():
-            print(f"warning:     {warning}")
-        print(
-            f"time:        {time.perf_counter() - started:.0f} s in all "
-            f"(train {t['train']:.0f} s, generate {t['generate']:.0f} s, score {t['score']:.0f} s)"
-        )
+        for n, family in enumerate(families, start=1):
+            print(f"=== demo {n}/{len(families)}: {family} ({RECIPES[family]})", flush=True)
+            report(run_family(family, args))
+        print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; everything is under {args.out}")
         return 0
 
     return run_main(body)

@@ -297,11 +297,31 @@ def prepare_output(args: GenerateArgs, identity: DatasetIdentity) -> Manifest | 
     return manifest
 
 
+SCORED_ROWS = 10_000
+
+
+def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> dict | None:
+    """The family's quality figures on the first ~10,000 rows of the dataset."""
+    from gen_jobs.models import family_module
+
+    family = family_module(identity.family)
+    recipe = family.Recipe.model_validate(identity.recipe)
+    tables, rows = [], 0
+    for entry in entries:
+        if rows >= SCORED_ROWS:
+            break
+        tables.append(pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, entry.file)))))
+        rows += entry.rows
+    return family.score_dataset(pa.concat_tables(tables), recipe, identity.checkpoint)
+
+
 def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> Manifest:
-    """Record the finished dataset: the manifest goes last, then the pending marker goes."""
+    """Score the dataset, then record it: the manifest goes last, then the pending marker goes."""
     fs, path = storage.resolve(storage.join(out, entries[0].file))
     schema = pq.read_schema(path, filesystem=fs)
-    manifest = Manifest(**identity.model_dump(), shards=entries, schema_=schema_description(schema))
+    manifest = Manifest(
+        **identity.model_dump(), shards=entries, schema_=schema_description(schema), quality=score(out, identity, entries)
+    )
     storage.write_bytes_atomic(storage.join(out, MANIFEST), manifest.to_json())
     storage.delete_file(storage.join(out, PENDING))
     return manifest
@@ -358,6 +378,10 @@ def generate(args: GenerateArgs, log=print) -> Manifest:
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
     log(f"wrote {written_rows:,} rows in {len(todo)} shards to {args.out} in {seconds:.1f} s")
+    if result.quality:
+        log(f"quality: {result.quality['summary']}")
+        for warning in result.quality.get("warnings", []):
+            log(f"warning: {warning}")
     return result
 
 

@@ -69,6 +69,7 @@ class ShardEntry(BaseModel):
 class Manifest(DatasetIdentity):
     shards: list[ShardEntry]
     schema_: dict
+    quality: dict | None = None
     raygen_version: str = __version__
 
     model_config = {"populate_by_name": True}

@@ -175,3 +175,21 @@ def test_not_a_causal_lm_and_mismatched_tokenizer(gpt_checkpoint, tokenizer, tmp
     tokenizer.save_pretrained(small)
     with pytest.raises(UserError, match="tokenizer has 300 tokens but the model only 280"):
         gpt.Sampler(str(small))
+
+
+def test_user_corpora_txt_jsonl_parquet_and_s3(s3_server, tmp_path):
+    from gen_jobs import storage
+    from gen_jobs.text_data import TextDataConfig
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("plain text file")
+    (tmp_path / "corpus" / "b.jsonl").write_text(json.dumps({"body": "from jsonl"}) + "\n" + json.dumps({"body": "second"}) + "\n")
+    pq.write_table(pa.table({"body": ["from parquet"]}), tmp_path / "corpus" / "c.parquet")
+    docs = load_documents(TextDataConfig(source=str(tmp_path / "corpus"), text_column="body"))
+    assert docs == ["plain text file", "from jsonl", "second", "from parquet"]
+    with pytest.raises(UserError, match="no field 'text'"):
+        load_documents(TextDataConfig(source=str(tmp_path / "corpus" / "b.jsonl")))
+    storage.write_bytes_atomic("s3://raygen/corpus/x.txt", b"text on s3")
+    assert load_documents(TextDataConfig(source="s3://raygen/corpus")) == ["text on s3"]
+    with pytest.raises(UserError, match="does not exist"):
+        load_documents(TextDataConfig(source=str(tmp_path / "nope")))

@@ -3,8 +3,9 @@
 A family module holds its pydantic `Recipe`, its torch modules,
 `prepare_config(recipe)` (driver-side checks and preparation before training),
 its Ray Train loop (`train_loop_per_worker`), `describe_epoch` (the training
-log line), its `Sampler` (used by Ray Data and Serve alike) and `to_table`
-(sampler output -> Arrow table with the dataset's schema).
+log line), its `Sampler` (used by Ray Data and Serve alike), `to_table`
+(sampler output -> Arrow table with the dataset's schema) and `score_dataset`
+(the quality figures recorded in the manifest).
 """
 
 from __future__ import annotations

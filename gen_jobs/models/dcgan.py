@@ -499,3 +499,16 @@ def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
     features["image"] = {"_type": "Image"}
     table = pa.table(columns)
     return table.replace_schema_metadata(huggingface_metadata(features))
+
+
+def score_dataset(table: pa.Table, recipe: Recipe, checkpoint_uri: str) -> dict | None:
+    """The digits quality figures of a generated table, when the reference classifier applies."""
+    if not _scorable(recipe):
+        return None
+    from gen_jobs.image_encoding import decode_png
+    from gen_jobs.quality import DigitsReference
+
+    images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])
+    labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64) if recipe.model.conditional else None
+    quality = DigitsReference(recipe.model.image_size).score(images, labels)
+    return {"summary": quality.summary(), "warnings": quality.warnings(), **quality.model_dump(exclude_none=True)}

@@ -315,6 +315,9 @@ def _held_out_loss(model, blocks: torch.Tensor, device) -> tuple[float, float]:
 
 def save(folder: Path, recipe: Recipe, model, tokenizer, info: dict) -> None:
     """A checkpoint: save_pretrained model + tokenizer, plus raygen's recipe and info."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     checkpoint.write(folder, recipe, {}, info)
@@ -340,7 +343,9 @@ class Sampler:
 
     def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # per-actor "Loading weights" bars only garble the job log
         with checkpoint.LocalCheckpoint(checkpoint_uri) as ckpt:
             self.recipe: Recipe = recipe or ckpt.recipe
             try:
@@ -359,6 +364,7 @@ class Sampler:
         self.model.eval().requires_grad_(False).to(self.device)
         self.context = self.model.config.max_position_embeddings if hasattr(self.model.config, "max_position_embeddings") else self.model.config.n_positions
         self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
 
     def encode_prompts(self, prompts: list[str | None]) -> list[list[int]]:
         """Token ids per prompt (None -> just <|endoftext|>), fitted to the context."""
@@ -409,7 +415,7 @@ class Sampler:
         s = self.sampling
         b = len(prompt_ids)
         width = max(len(p) for p in prompt_ids)
-        input_ids = torch.full((b, width), self.eos, dtype=torch.long)
+        input_ids = torch.full((b, width), self.pad, dtype=torch.long)  # masked out below
         mask = torch.zeros((b, width), dtype=torch.long)
         for i, ids in enumerate(prompt_ids):  # left padding: every prompt ends at column width-1
             input_ids[i, width - len(ids):] = torch.tensor(ids)
@@ -483,3 +489,16 @@ def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
     })
     features = {f.name: {"dtype": "int64" if pa.types.is_integer(f.type) else "string", "_type": "Value"} for f in table.schema}
     return table.replace_schema_metadata(huggingface_metadata(features))
+
+
+def score_dataset(table: pa.Table, recipe: Recipe, checkpoint_uri: str) -> dict:
+    """Text quality figures of a generated table (memorisation against the training corpus)."""
+    from gen_jobs.text_quality import score_texts
+
+    perplexity = checkpoint.training_metrics(checkpoint_uri).get("held_out_perplexity")
+    try:
+        corpus = load_documents(recipe.data)
+    except UserError:  # a bring-your-own model's corpus is unknown here
+        corpus = None
+    quality = score_texts(table.column("text").to_pylist(), corpus, perplexity)
+    return {"summary": quality.summary(), **quality.model_dump(exclude_none=True)}
