@@ -125,8 +125,10 @@ def describe_validation_error(error: ValidationError, cls: type[BaseModel], what
         if err["type"] == "extra_forbidden":
             valid = _fields_at(cls, err["loc"][:-1])
             lines.append(f"unknown {what} {key!r}; valid keys here: {', '.join(valid)}")
+        elif not key:  # a check across several keys
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"{what} {key!r}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{what} {key!r}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
     return "; ".join(lines)
 
 
