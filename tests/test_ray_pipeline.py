@@ -143,3 +143,20 @@ def test_two_node_cluster_writes_the_same_bytes(checkpoint, reference, tmp_path)
     assert "nodes: 2" in result.stdout
     assert shard_bytes(tmp_path) == shard_bytes(reference)
     assert problems(str(tmp_path))[0] == []
+
+
+@pytest.mark.slow
+def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(checkpoint):
+    """`raygen train` again with the same --name (and more epochs) continues where the run stopped."""
+    from conftest import run_cli
+
+    storage_dir = str(Path(checkpoint).parents[1])  # STORAGE/tiny/checkpoint_... -> STORAGE
+    overrides = [a for item in TINY if item != "train.epochs=1" for a in ("--set", item)]
+    result = run_cli("train", "dcgan_digits", "--storage", storage_dir, "--name", "tiny", *overrides, "--set", "train.epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "resumed from the run's latest checkpoint at epoch 1" in log
+    assert "epoch 2/2" in log and "epoch 1/2" not in log
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"checkpoint: {storage_dir}/tiny/checkpoint_") and last != f"checkpoint: {checkpoint}"
+    assert json.loads((Path(last.split(": ", 1)[1]) / "raygen.json").read_text())["epoch"] == 2
