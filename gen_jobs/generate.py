@@ -1,12 +1,14 @@
 """Generate a sharded, verifiable dataset from a checkpoint with Ray Data.
 
-    raygen generate --checkpoint URI --out URI --num-samples N [--rows-per-shard R]
-        [--seed S] [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite]
+    raygen generate --checkpoint URI --out URI (--num-samples N | --prompts URI
+        [--prompt-column COL] [--samples-per-prompt K]) [--rows-per-shard R] [--seed S]
+        [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite] [--set k=v ...]
     python -m gen_jobs.generate ...        # the same, for `ray job submit`
 
 Pipeline: shard ids -> actor pool of W ShardWriters, each holding the family's
 Sampler (row ids -> seeds -> samples in the recipe's fixed micro-batches ->
-PNG -> Parquet bytes -> atomic write) -> `_manifest.json` written last.
+encoded columns (PNG for images) -> Parquet bytes -> atomic write) ->
+quality figures -> `_manifest.json` written last.
 
 Row i is a pure function of (checkpoint, recipe, base seed, i), so any number of
 workers, first try or resumed, writes the same bytes. --resume regenerates only
