@@ -14,8 +14,6 @@ def connect() -> None:
 
     if ray.is_initialized():
         return
-    # Local runs keep Ray's own output short; the job's progress lines are what matter.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING", configure_logging=True)
 
 

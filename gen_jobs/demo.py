@@ -21,7 +21,6 @@ import time
 from typing import Literal
 
 import numpy as np
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from gen_jobs import storage
@@ -43,15 +42,9 @@ class DemoArgs(StrictModel):
 
 def read_table(out: str, columns: list[str]):
     """Columns of a whole dataset, in id order."""
-    import pyarrow as pa
+    from gen_jobs.manifest import read_manifest, read_shards
 
-    from gen_jobs.manifest import read_manifest
-
-    tables = [
-        pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, e.file))), columns=columns)
-        for e in read_manifest(out).shards
-    ]
-    return pa.concat_tables(tables)
+    return read_shards(out, read_manifest(out).shards, columns)
 
 
 def sample_grid(images: np.ndarray, labels: np.ndarray, per_label: int = 10) -> np.ndarray:

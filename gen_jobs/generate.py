@@ -38,6 +38,7 @@ from gen_jobs.manifest import (
     ShardEntry,
     read_manifest,
     read_pending,
+    read_shards,
     schema_description,
     sha256,
     shard_files,
@@ -207,6 +208,8 @@ def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, mi
 
 
 def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
+    from gen_jobs.models import family_module
+
     recipe = checkpoint.read_recipe(args.checkpoint)
     if args.set:
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), args.set))
@@ -229,7 +232,7 @@ def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
         labels=labels,
     )
     if args.prompts:
-        if recipe.family != "gpt":
+        if not family_module(recipe.family).TAKES_PROMPTS:
             raise UserError(f"--prompts needs a text checkpoint; {args.checkpoint} is a {recipe.family} model")
         prompts = load_prompts(args.prompts, args.prompt_column)
         identity.prompts = args.prompts
@@ -308,13 +311,8 @@ def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> dic
 
     family = family_module(identity.family)
     recipe = family.Recipe.model_validate(identity.recipe)
-    tables, rows = [], 0
-    for entry in entries:
-        if rows >= SCORED_ROWS:
-            break
-        tables.append(pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, entry.file)))))
-        rows += entry.rows
-    return family.score_dataset(pa.concat_tables(tables), recipe, identity.checkpoint)
+    table = read_shards(out, entries, max_rows=SCORED_ROWS)
+    return family.score_dataset(table, recipe, identity.checkpoint)
 
 
 def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> Manifest:

@@ -120,6 +120,23 @@ def shard_files(out: str) -> dict[str, str]:
     return files
 
 
+def read_shards(out: str, entries: list[ShardEntry], columns: list[str] | None = None,
+                max_rows: int | None = None):
+    """The listed shards as one Arrow table, in id order; stops once `max_rows` are read."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables, rows = [], 0
+    for entry in entries:
+        if max_rows is not None and rows >= max_rows:
+            break
+        tables.append(pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, entry.file))), columns=columns))
+        rows += entry.rows
+    return pa.concat_tables(tables)
+
+
 def schema_description(schema) -> dict:
     """A pyarrow schema as JSON: field names and types, plus its HuggingFace features."""
     meta = schema.metadata or {}

@@ -1,6 +1,5 @@
 """GPT family without Ray: tokenizer, sampler determinism, stop/length, bring-your-own, bad input."""
 
-import io
 import json
 import shutil
 

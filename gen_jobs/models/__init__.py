@@ -5,7 +5,8 @@ A family module holds its pydantic `Recipe`, its torch modules,
 its Ray Train loop (`train_loop_per_worker`), `describe_epoch` (the training
 log line), its `Sampler` (used by Ray Data and Serve alike), `to_table`
 (sampler output -> Arrow table with the dataset's schema) and `score_dataset`
-(the quality figures recorded in the manifest).
+(the quality figures recorded in the manifest), and `TAKES_PROMPTS` (whether
+`raygen generate --prompts` applies).
 """
 
 from __future__ import annotations

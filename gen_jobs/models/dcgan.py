@@ -40,6 +40,7 @@ from gen_jobs.image_encoding import encode_png, image_field, huggingface_metadat
 from gen_jobs.recipes import RecipeBase, StrictModel
 
 Augmentation = Literal["translation", "cutout", "color"]
+TAKES_PROMPTS = False  # rows are (seed, label), no text prompt
 
 
 class ModelConfig(StrictModel):

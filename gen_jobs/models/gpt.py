@@ -38,6 +38,7 @@ from gen_jobs.recipes import RecipeBase, StrictModel
 from gen_jobs.text_data import TextDataConfig, load_documents, split_documents
 
 END_OF_TEXT = "<|endoftext|>"
+TAKES_PROMPTS = True  # the sampler reads a "prompt" column
 
 
 class ModelConfig(StrictModel):
@@ -135,7 +136,6 @@ def recipe_for_pretrained(uri: str) -> Recipe:
 def train_tokenizer(documents: list[str], vocab_size: int):
     """Byte-level BPE (GPT-2's scheme) trained on the corpus: a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -362,7 +362,7 @@ class Sampler:
         self.sampling = self.recipe.sampling
         self.device = torch.device(device)
         self.model.eval().requires_grad_(False).to(self.device)
-        self.context = self.model.config.max_position_embeddings if hasattr(self.model.config, "max_position_embeddings") else self.model.config.n_positions
+        self.context = self.model.config.max_position_embeddings  # GPT-2's n_positions, by its attribute map
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
 
