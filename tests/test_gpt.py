@@ -118,6 +118,40 @@ def test_bring_your_own_huggingface_folder(tokenizer, tmp_path):
     assert len(out["text"]) == 2 and out["prompt"][1] is None
 
 
+def test_per_row_settings_equal_the_same_settings_from_the_recipe(gpt_checkpoint):
+    # Serve batches requests with different settings; each row must come out as if
+    # its settings had been the recipe's (what a batch job with that recipe writes).
+    settings = [
+        {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 5, "stop": []},
+        {"temperature": 1.3, "top_k": 7, "top_p": 1.0, "max_new_tokens": 12, "stop": []},
+        {"temperature": 0.7, "top_k": 0, "top_p": 0.5, "max_new_tokens": 16, "stop": ["e"]},
+    ]
+    seeds = row_seeds(5, np.arange(3, dtype=np.int64))
+    prompts = np.array(PROMPTS[:3], dtype=object)
+    mixed = gpt.Sampler(gpt_checkpoint)({
+        "seed": seeds, "prompt": prompts,
+        **{key: gpt.object_column([s[key] for s in settings]) for key in gpt.ROW_SETTINGS},
+    })
+    for i, s in enumerate(settings):
+        recipe = load_recipe("gpt_pydoc", [*TINY_GPT, *(f"sampling.{k}={json.dumps(v)}" for k, v in s.items())])
+        alone = gpt.Sampler(gpt_checkpoint, recipe=recipe)({"seed": seeds[i: i + 1], "prompt": prompts[i: i + 1]})
+        assert (alone["text"][0], alone["finish_reason"][0]) == (mixed["text"][i], mixed["finish_reason"][i])
+    assert mixed["num_tokens"][0] <= 5 and mixed["num_tokens"][1] <= 12
+
+
+def test_streamed_text_grows_by_prefixes_into_the_final_text(gpt_checkpoint):
+    recipe = load_recipe("gpt_pydoc", [*TINY_GPT, "sampling.stop=['in']", "sampling.temperature=1.2"])
+    sampler = gpt.Sampler(gpt_checkpoint, recipe=recipe)
+    batch = {"seed": row_seeds(1, np.arange(8, dtype=np.int64))}
+    shown = [""] * 8
+    for rows in sampler.stream(batch):
+        for i, row in enumerate(rows):
+            visible = sampler.visible_text(row)
+            assert visible.startswith(shown[i]) and "in" not in visible
+            shown[i] = visible
+    assert shown == list(sampler(batch)["text"])
+
+
 @pytest.mark.parametrize("override, key", [
     ("sampling.max_new_tokens=0", "sampling.max_new_tokens"),
     ("sampling.max_new_tokens=64", "max_new_tokens"),

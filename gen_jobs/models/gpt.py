@@ -23,6 +23,8 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -333,12 +335,36 @@ def describe_epoch(m: dict, epochs: int) -> str:
 # ---------------------------------------------------------------- sampling
 
 
+@dataclass
+class Decoding:
+    """One row's decoding so far: its new token ids and, once ended, why."""
+
+    prompt_tokens: int  # 0 for an empty prompt (decoding starts from <|endoftext|>)
+    stop: list[str]  # strings that end this row
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # None while running, then "stop" or "length"
+
+
+ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop")  # optional per-row batch columns
+
+
+def object_column(values: list) -> np.ndarray:
+    """A 1-D object array of arbitrary Python values (np.array would turn equal-length lists into 2-D)."""
+    column = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        column[i] = value
+    return column
+
+
 class Sampler:
     """Checkpoint -> text. One instance per Ray Data actor or Serve replica.
 
     __call__ maps a batch {"seed": int64 B, optional "prompt": str-or-None B, other
     columns passed through} to the same batch plus "prompt", "text",
     "num_prompt_tokens", "num_tokens" and "finish_reason" ("stop" or "length").
+    A batch may carry per-row sampling settings in the columns ROW_SETTINGS
+    (Serve does: each request brings its own); absent columns take the recipe's.
+    `stream` yields the same rows step by step, for streaming responses.
     """
 
     def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
@@ -366,53 +392,106 @@ class Sampler:
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
 
-    def encode_prompts(self, prompts: list[str | None]) -> list[list[int]]:
-        """Token ids per prompt (None -> just <|endoftext|>), fitted to the context."""
-        room = self.context - self.sampling.max_new_tokens
+    # ------------------------------------------------------------ prompts
+
+    def encode_prompts(self, prompts: list[str | None], max_new_tokens: list[int] | None = None,
+                       long_prompts: str | None = None) -> list[list[int]]:
+        """Token ids per prompt (None -> just <|endoftext|>), fitted to the context.
+
+        A prompt may use the context minus its row's max_new_tokens; longer ones
+        keep their end or raise UserError, as `long_prompts` (default: the recipe's) says.
+        """
+        long_prompts = long_prompts or self.sampling.long_prompts
+        max_new_tokens = max_new_tokens or [self.sampling.max_new_tokens] * len(prompts)
         out = []
-        for prompt in prompts:
+        for prompt, max_new in zip(prompts, max_new_tokens):
+            room = self.context - max_new
+            if room < 1:
+                raise UserError(f"max_tokens {max_new} leaves no room for a prompt in this model's context of {self.context} tokens")
             ids = [self.eos] if prompt is None else self.tokenizer(prompt, add_special_tokens=False)["input_ids"] or [self.eos]
             if len(ids) > room:
-                if self.sampling.long_prompts == "error":
+                if long_prompts == "error":
                     raise UserError(
-                        f"a prompt has {len(ids)} tokens; with max_new_tokens {self.sampling.max_new_tokens} the "
-                        f"context of {self.context} leaves room for {room}: shorten it or set sampling.long_prompts=truncate_left"
+                        f"a prompt has {len(ids)} tokens; with max_new_tokens {max_new} the context of "
+                        f"{self.context} leaves room for {room}: shorten it or set sampling.long_prompts=truncate_left"
                     )
                 ids = ids[-room:]
             out.append(ids)
         return out
 
+    def row_settings(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        """Per-row sampling settings: the batch's ROW_SETTINGS columns, else the recipe's values."""
+        n = len(batch["seed"])
+        return {key: list(batch[key]) if key in batch else [getattr(self.sampling, key)] * n for key in ROW_SETTINGS}
+
+    @staticmethod
+    def _prompts(batch: dict[str, np.ndarray]) -> list[str | None]:
+        prompts = list(batch["prompt"]) if "prompt" in batch else [None] * len(batch["seed"])
+        return [None if p is None or (isinstance(p, float) and math.isnan(p)) else str(p) for p in prompts]
+
+    # ------------------------------------------------------------ text
+
+    def decode(self, tokens: list[int]) -> str:
+        # No clean-up of spaces: decoding must be prefix-stable for streaming.
+        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def final_text(self, row: Decoding) -> tuple[str, str]:
+        """(text, finish_reason) of an ended row: decoded and cut at the first stop string."""
+        text = self.decode(row.tokens)
+        cuts = [text.index(s) for s in row.stop if s and s in text]
+        if cuts:
+            return text[: min(cuts)], "stop"
+        return text, row.finish_reason or "length"
+
+    def visible_text(self, row: Decoding) -> str:
+        """The part of a running row's text that no later token can change (a prefix of its final text).
+
+        Held back: a stop string's possible beginning at the end, and an
+        incomplete UTF-8 character (decoded as U+FFFD) that the next byte completes.
+        """
+        if row.finish_reason is not None:
+            return self.final_text(row)[0]
+        text = self.decode(row.tokens)
+        cuts = [text.index(s) for s in row.stop if s and s in text]
+        if cuts:
+            return text[: min(cuts)]
+        hold = max((len(s) for s in row.stop), default=1) - 1
+        text = text[: len(text) - hold] if hold else text
+        return text.rstrip("\ufffd")
+
+    # ------------------------------------------------------------ sampling
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        seeds = np.asarray(batch["seed"])
-        prompts = list(batch["prompt"]) if "prompt" in batch else [None] * len(seeds)
-        prompts = [None if p is None or (isinstance(p, float) and math.isnan(p)) else str(p) for p in prompts]
-        prompt_ids = self.encode_prompts(prompts)
-        new_tokens, reasons = self.generate(prompt_ids, seeds)
-        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in new_tokens]
-        texts, reasons = zip(*(self._apply_stop(text, r) for text, r in zip(texts, reasons))) if texts else ((), ())
+        rows = None
+        for rows in self.stream(batch):
+            pass
+        return self.output(batch, rows)
+
+    def stream(self, batch: dict[str, np.ndarray]) -> Iterator[list[Decoding]]:
+        """Decode a batch, yielding its rows' state after every step (the same objects, updated)."""
+        settings = self.row_settings(batch)
+        prompt_ids = self.encode_prompts(self._prompts(batch), settings["max_new_tokens"])
+        return self.decode_steps(prompt_ids, np.asarray(batch["seed"]), settings)
+
+    def output(self, batch: dict[str, np.ndarray], rows: list[Decoding]) -> dict[str, np.ndarray]:
+        """The output columns of a decoded batch (`rows`: the last state `stream` yielded)."""
+        texts, reasons = zip(*(self.final_text(row) for row in rows)) if rows else ((), ())
         return {
             **batch,
-            "prompt": np.array(prompts, dtype=object),
+            "prompt": np.array(self._prompts(batch), dtype=object),
             "text": np.array(texts, dtype=object),
-            "num_prompt_tokens": np.array([len(p) if q is not None else 0 for p, q in zip(prompt_ids, prompts)], dtype=np.int64),
-            "num_tokens": np.array([len(ids) for ids in new_tokens], dtype=np.int64),
+            "num_prompt_tokens": np.array([row.prompt_tokens for row in rows], dtype=np.int64),
+            "num_tokens": np.array([len(row.tokens) for row in rows], dtype=np.int64),
             "finish_reason": np.array(reasons, dtype=object),
         }
 
-    def _apply_stop(self, text: str, reason: str) -> tuple[str, str]:
-        cuts = [text.index(s) for s in self.sampling.stop if s and s in text]
-        if cuts:
-            return text[: min(cuts)], "stop"
-        return text, reason
-
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[list[int]], seeds: np.ndarray) -> tuple[list[list[int]], list[str]]:
-        """Batched decoding with a KV cache over left-padded prompts.
+    def decode_steps(self, prompt_ids: list[list[int]], seeds: np.ndarray, settings: dict[str, list]) -> Iterator[list[Decoding]]:
+        """Batched decoding with a KV cache over left-padded prompts, one yield per step.
 
-        Returns, per row, the new token ids (without the end token) and why it
-        ended: "stop" at <|endoftext|> or a stop string, "length" at max_new_tokens.
+        Each row ends with "stop" at <|endoftext|> (not kept) or a stop string,
+        or "length" after its max_new_tokens steps; the batch runs until all have ended.
         """
-        s = self.sampling
         b = len(prompt_ids)
         width = max(len(p) for p in prompt_ids)
         input_ids = torch.full((b, width), self.pad, dtype=torch.long)  # masked out below
@@ -422,12 +501,15 @@ class Sampler:
             mask[i, width - len(ids):] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        out: list[list[int]] = [[] for _ in range(b)]
-        done = [False] * b
-        reasons = ["length"] * b
+        temperature = torch.tensor(settings["temperature"], dtype=torch.float32)
+        top_k = torch.tensor(settings["top_k"], dtype=torch.long)
+        top_p = torch.tensor(settings["top_p"], dtype=torch.float32)
+        max_new = [int(m) for m in settings["max_new_tokens"]]
+        rows = [Decoding(prompt_tokens=len(ids) if ids != [self.eos] else 0, stop=list(stop))
+                for ids, stop in zip(prompt_ids, settings["stop"])]
         cache = None
         step_ids = input_ids
-        for _ in range(s.max_new_tokens):
+        for step in range(max(max_new)):
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
             result = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                                 cache=cache, use_cache=True, logits_to_keep=1)
@@ -435,43 +517,47 @@ class Sampler:
             logits = result.logits[:, -1, :].float().cpu()  # B x V
             # One uniform draw per row and step, from the row's own generator.
             uniforms = torch.tensor([float(torch.rand(1, generator=g)) for g in generators])
-            next_ids = pick_tokens(logits, uniforms, s.temperature, s.top_k, s.top_p)
-            for i in range(b):
-                if done[i]:
+            next_ids = pick_tokens(logits, uniforms, temperature, top_k, top_p)
+            for i, row in enumerate(rows):
+                if row.finish_reason is not None:
                     continue
                 token = int(next_ids[i])
                 if token == self.eos:
-                    done[i], reasons[i] = True, "stop"
+                    row.finish_reason = "stop"
                     continue
-                out[i].append(token)
-                if s.stop and any(stop in self.tokenizer.decode(out[i][-8:]) for stop in s.stop):
-                    done[i], reasons[i] = True, "stop"
-            if all(done):
-                break
+                row.tokens.append(token)
+                if row.stop and any(stop in self.decode(row.tokens[-8:]) for stop in row.stop):
+                    row.finish_reason = "stop"
+                elif step + 1 >= max_new[i]:
+                    row.finish_reason = "length"
+            yield rows
+            if all(row.finish_reason is not None for row in rows):
+                return
             step_ids = next_ids.view(b, 1).to(self.device)
             mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=self.device)], dim=1)
-        return out, reasons
 
 
-def pick_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+def pick_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: torch.Tensor | float,
+                top_k: torch.Tensor | int, top_p: torch.Tensor | float) -> torch.Tensor:
     """Next token per row (logits B x V float32) by inverse CDF of the filtered distribution.
 
-    Each row only uses its own logits and uniform number, so rows never
-    influence each other. temperature 0 is greedy.
+    temperature, top_k and top_p are per row (B) or one value for all; temperature
+    0 is greedy, top_k 0 and top_p 1 are off. Each row only uses its own logits,
+    settings and uniform number, so rows never influence each other.
     """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    b, v = logits.shape
+    temperature, top_k, top_p = (torch.as_tensor(x).expand(b) for x in (temperature, top_k, top_p))
+    greedy = temperature == 0
+    probs = torch.softmax(logits / torch.where(greedy, 1.0, temperature).unsqueeze(1), dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    if top_k:
-        sorted_probs[:, top_k:] = 0
-    if top_p < 1:
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
-        sorted_probs[before >= top_p] = 0
+    rank = torch.arange(v).unsqueeze(0)  # 1 x V
+    sorted_probs[(top_k.unsqueeze(1) > 0) & (rank >= top_k.unsqueeze(1))] = 0
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
+    sorted_probs[(top_p.unsqueeze(1) < 1) & (before >= top_p.unsqueeze(1))] = 0
     cdf = sorted_probs.cumsum(dim=-1)
     target = uniforms.unsqueeze(1) * cdf[:, -1:]  # B x 1, within the kept mass
-    picked = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)  # B x 1
-    return order.gather(1, picked).squeeze(1)
+    picked = torch.searchsorted(cdf, target, right=True).clamp(max=v - 1)  # B x 1
+    return torch.where(greedy, logits.argmax(dim=-1), order.gather(1, picked).squeeze(1))
 
 
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
