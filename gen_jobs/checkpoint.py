@@ -64,6 +64,23 @@ def read_recipe(uri: str) -> RecipeBase:
     return recipe_from_dict(data)
 
 
+def latest(uri: str) -> str:
+    """`uri` itself if it is a checkpoint, else the newest checkpoint of the Ray Train run folder `uri`.
+
+    Ray Train names checkpoints checkpoint_<timestamp>, so the last name in
+    order is the newest. Lets a config name a run (out/runs/dcgan_digits) and
+    always serve what it trained last.
+    """
+    uri = uri.rstrip("/")
+    if storage.exists(storage.join(uri, SAMPLER_WEIGHTS)):
+        return uri
+    folders = {f.split("/")[-2] for f in storage.list_files(uri, recursive=True) if f.endswith("/" + SAMPLER_WEIGHTS)}
+    candidates = sorted(name for name in folders if name.startswith("checkpoint_"))
+    if not candidates:
+        read_recipe(uri)  # raises the usual "not a checkpoint" error, with how to fix it
+    return storage.join(uri, candidates[-1])
+
+
 def training_metrics(uri: str) -> dict:
     """The last epoch's figures stored in raygen.json ({} for bring-your-own models)."""
     info_uri = storage.join(uri, INFO_FILE)

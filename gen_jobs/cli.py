@@ -1,9 +1,9 @@
 """The `raygen` console script: one sub-command per job module.
 
-    raygen demo | train | generate | verify  [--help]
+    raygen demo | train | generate | verify | serve  [--help]
 
 Each sub-command is a plain module with `main(argv)`, also runnable as
-`python -m gen_jobs.<job>` (what `ray job submit` runs).
+`python -m gen_jobs.<job>` (what `ray job submit` runs); `serve` is `python -m serving.run`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("gen_jobs.demo", "train the digits DCGAN, generate 10,000 images, verify, score"),
+    "demo": ("gen_jobs.demo", "train each family on its bundled data, generate, verify, score"),
     "train": ("gen_jobs.train", "train a model family on Ray Train"),
     "generate": ("gen_jobs.generate", "generate a sharded Parquet dataset with Ray Data"),
     "verify": ("gen_jobs.verify", "check a dataset against its manifest"),
+    "serve": ("serving.run", "serve models over an OpenAI-compatible HTTP API (Ray Serve)"),
 }
 
 

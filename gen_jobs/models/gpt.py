@@ -24,7 +24,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -343,6 +343,10 @@ class Decoding:
     stop: list[str]  # strings that end this row
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # None while running, then "stop" or "length"
+
+    def snapshot(self) -> "Decoding":
+        """A copy that later decoding steps do not change."""
+        return replace(self, tokens=list(self.tokens))
 
 
 ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop")  # optional per-row batch columns

@@ -1,0 +1,119 @@
+"""Image models over the OpenAI API: POST /v1/images/generations.
+
+Request fields: model, prompt (accepted, unused: these models are not
+text-conditioned), n, response_format ("b64_json"; URLs are not offered),
+size ("WxH"; default: the model's own size, other sizes are nearest-neighbour
+resized), seed, and the raygen extension `label` (a class index, for
+class-conditional models; omitted: drawn from the seed, as in a dataset).
+
+Each returned image carries the `seed` and `label` it was sampled with. Image k
+of a request with seed s uses seed s + k; the PNG equals the `raygen generate`
+dataset row with that seed (and label) byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from fastapi import FastAPI
+from pydantic import Field, field_validator
+
+from gen_jobs.recipes import StrictModel
+from serving.errors import ApiError
+
+if TYPE_CHECKING:
+    from serving.app import Gateway
+
+KIND = "image"
+MAX_SEED = 2**63 - 1
+
+
+class ImageRequest(StrictModel):
+    model: str
+    prompt: str = ""
+    n: int = Field(1, ge=1)
+    response_format: str = "b64_json"
+    size: str | None = Field(None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$", description="WxH, e.g. 64x64")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    label: int | None = Field(None, ge=0, description="raygen extension: the class to draw")
+    user: str | None = None  # accepted for compatibility, unused
+
+    @field_validator("response_format")
+    @classmethod
+    def _b64_only(cls, v: str) -> str:
+        if v != "b64_json":
+            raise ValueError('only "b64_json" is offered: this server keeps no image files to link to')
+        return v
+
+    def pixels(self) -> tuple[int, int] | None:
+        if self.size is None:
+            return None
+        width, height = (int(x) for x in self.size.split("x"))
+        return width, height
+
+
+def add_routes(app: FastAPI, gateway: Gateway) -> None:
+    @app.post("/v1/images/generations")
+    async def images_generations(body: ImageRequest):
+        limits = gateway.limits
+        served = gateway.model(body.model, KIND)
+        if body.n > limits.max_n:
+            raise ApiError(400, f"n {body.n} is above this server's limit of {limits.max_n} images per request", param="n")
+        size = body.pixels()
+        if size and size[0] * size[1] > limits.max_image_pixels:
+            raise ApiError(400, f"size {body.size} has {size[0] * size[1]:,} pixels; this server allows at most "
+                                f"{limits.max_image_pixels:,}", param="size")
+        if body.seed is None:
+            body = body.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
+        return await gateway.call(served, body)
+
+
+# ---------------------------------------------------------------- in the model's replica
+
+
+def describe(sampler) -> dict:
+    cfg = sampler.recipe.model
+    return {"image_size": cfg.image_size, "channels": cfg.channels,
+            "num_classes": cfg.num_classes if cfg.conditional else None}
+
+
+def rows(sampler, request: ImageRequest) -> dict[str, np.ndarray]:
+    cfg = sampler.recipe.model
+    if request.label is not None:
+        if not cfg.conditional:
+            raise ApiError(400, f"model {request.model} is unconditional: leave out label", param="label")
+        if request.label >= cfg.num_classes:
+            raise ApiError(400, f"label {request.label} is out of range: this model draws classes 0-{cfg.num_classes - 1}",
+                           param="label")
+    return {
+        "seed": np.array([(request.seed + k) % (MAX_SEED + 1) for k in range(request.n)], dtype=np.int64),
+        "label": np.full(request.n, -1 if request.label is None else request.label, dtype=np.int64),
+    }
+
+
+def respond(sampler, request: ImageRequest, out: dict[str, np.ndarray], model: str) -> dict:
+    from gen_jobs.image_encoding import encode_png
+
+    images = out["image"]  # uint8 n x S x S x C
+    size = request.pixels()
+    if size and size != (images.shape[2], images.shape[1]):
+        images = resize(images, size)
+    data = [{"b64_json": base64.b64encode(png).decode(), "revised_prompt": None, "seed": int(seed), "label": int(label)}
+            for png, seed, label in zip(encode_png(images), out["seed"], out["label"])]
+    return {"created": int(time.time()), "data": data}
+
+
+def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 B x H x W x C -> B x height x width x C, nearest neighbour (keeps pixels crisp, deterministic)."""
+    from PIL import Image
+
+    out = []
+    for img in images:
+        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+        arr = np.asarray(pil.resize(size, Image.Resampling.NEAREST))
+        out.append(arr[..., None] if arr.ndim == 2 else arr)
+    return np.stack(out)

@@ -1,0 +1,108 @@
+"""The Serve app's config: which models to serve, how to scale and batch them, request limits.
+
+One pydantic object, the `args:` of the app in `serving/config.yaml` (what
+`serve run` / `serve deploy` and KubeRay's RayService read) and what
+`raygen serve` builds from its arguments. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from gen_jobs.recipes import StrictModel
+
+IMPORT_PATH = "serving.app:build_app"
+
+
+class Batching(StrictModel):
+    """Dynamic batching (`@serve.batch`) of one model's requests."""
+
+    max_batch_size: int = Field(32, gt=0, le=4096, description="most samples (rows, not requests) in one sampler call; 1 = off")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="how long a batch waits to fill before it runs")
+
+
+class Autoscaling(StrictModel):
+    """Serve's autoscaling_config for one model's replicas."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, gt=0)
+    target_ongoing_requests: float = Field(8, gt=0, description="per replica; above it Serve adds replicas")
+    upscale_delay_s: float = Field(5, ge=0)
+    downscale_delay_s: float = Field(60, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class ModelSpec(StrictModel):
+    """One served model: one Serve deployment wrapping its family's sampler."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="the `model` clients ask for")
+    checkpoint: str = Field(description="checkpoint folder, or a Ray Train run folder (its newest checkpoint); path or s3://")
+    gpu: bool = Field(False, description="one GPU per replica (the sampler runs on cuda)")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per replica")
+    autoscaling: Autoscaling = Autoscaling()
+    batching: Batching = Batching()
+    max_ongoing_requests: int = Field(64, gt=0, description="requests one replica works on at once (its batches draw from these)")
+    max_queued_requests: int = Field(128, ge=-1, description="requests waiting for a replica; beyond it: 503 (-1 = unbounded)")
+
+
+class Limits(StrictModel):
+    """What one request may ask for; beyond it the answer is a 400 naming the field."""
+
+    max_n: int = Field(8, gt=0, description="samples per request (n, times the number of prompts)")
+    max_tokens: int = Field(512, gt=0, description="new tokens per text sample (also capped by the model's context)")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="request body size; beyond it: 413")
+    max_image_pixels: int = Field(1024 * 1024, gt=0, description="width x height of one returned image")
+
+
+class Ingress(StrictModel):
+    """The HTTP front deployment (routing, validation, auth)."""
+
+    num_replicas: int = Field(1, gt=0)
+    max_ongoing_requests: int = Field(256, gt=0)
+    max_queued_requests: int = Field(512, ge=-1)
+
+
+class AppConfig(StrictModel):
+    models: list[ModelSpec] = Field(min_length=1)
+    limits: Limits = Limits()
+    ingress: Ingress = Ingress()
+    api_key_env: str = Field(
+        "RAYGEN_API_KEY",
+        description="environment variable holding the API key; when it is set, requests need `Authorization: Bearer <key>`",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "AppConfig":
+        names = [m.name for m in self.models]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+
+def read_config(data: Any, source: str) -> AppConfig:
+    """An AppConfig from a YAML document: a Serve config file (its application whose
+    import_path is raygen's) or a bare AppConfig mapping."""
+    from pydantic import ValidationError
+
+    from gen_jobs.errors import UserError
+    from gen_jobs.recipes import describe_validation_error
+
+    if isinstance(data, dict) and "applications" in data:
+        apps = [a for a in data["applications"] or [] if str(a.get("import_path", "")).startswith("serving.")]
+        if not apps:
+            raise UserError(f"{source} has no application with import_path {IMPORT_PATH}")
+        data = apps[0].get("args") or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source} must be a mapping with a `models:` list (or a Serve config file)")
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(f"{source}: {describe_validation_error(e, AppConfig, 'config key')}") from e

@@ -1,0 +1,113 @@
+"""The gateway's FastAPI app: shared routes, guards and error answers; each API adds its routes.
+
+    GET  /healthz                   liveness (no API key needed)
+    GET  /v1/models                 the served models, OpenAI's list shape
+    POST /v1/completions, /v1/chat/completions      serving.apis.text
+    POST /v1/images/generations                     serving.apis.images
+
+Every refusal is an OpenAI-style JSON error naming the field at fault: 400 for
+a bad body (malformed JSON, wrong types, limits), 401 without the API key, 404
+for an unknown model, 411/413 for a missing or too large body, 503 when a
+model's queue is full.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serving.apis import all_api_modules
+from serving.errors import ApiError
+
+if TYPE_CHECKING:
+    from serving.app import Gateway
+
+logger = logging.getLogger("ray.serve")
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def describe_validation(error: RequestValidationError) -> ApiError:
+    """The first problem of a request body, as a 400 naming its field."""
+    problem = error.errors()[0]
+    loc = [str(p) for p in problem.get("loc", ()) if p != "body"]
+    if problem.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON ({problem.get('ctx', {}).get('error', 'parse error')})")
+    field = ".".join(loc) or None
+    if field is None:
+        return ApiError(400, "the request body must be a JSON object (send it with Content-Type: application/json)")
+    message = problem.get("msg", "invalid value").removeprefix("Value error, ")
+    if problem.get("type") == "missing":
+        return ApiError(400, f"{field} is required", param=field)
+    if problem.get("type") == "extra_forbidden":
+        return ApiError(400, f"{field} is not a field of this request", param=field)
+    got = problem.get("input")
+    return ApiError(400, f"{field}: {message} (got {got!r})" if field else message, param=field)
+
+
+def http_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(title="raygen", description="OpenAI-compatible sampling from raygen's model families")
+    limits = gateway.limits
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/"):
+            if not gateway.authorized(request.headers.get("authorization")):
+                return error_response(ApiError(401, "a valid API key is required: send `Authorization: Bearer <key>`"))
+            if request.method == "POST":
+                length = request.headers.get("content-length")
+                if length is None or not length.isdigit():
+                    return error_response(ApiError(411, "send the request body with a Content-Length header"))
+                if int(length) > limits.max_body_bytes:
+                    return error_response(ApiError(
+                        413, f"the request body has {int(length):,} bytes; this server accepts at most {limits.max_body_bytes:,}"))
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_: Request, error: ApiError):
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_bad_body(_: Request, error: RequestValidationError):
+        return error_response(describe_validation(error))
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, error: HTTPException):
+        message = f"no route {request.method} {request.url.path}" if error.status_code in (404, 405) else str(error.detail)
+        return JSONResponse(ApiError(error.status_code, message).body(), status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_bug(_: Request, error: Exception):
+        logger.exception("unexpected error in the gateway")
+        return error_response(ApiError(500, f"internal error: {type(error).__name__}"))
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "models": sorted(gateway.models)}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [await _model_card(gateway, m) for m in gateway.models.values()]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str):
+        served = gateway.models.get(name)
+        if served is None:
+            raise ApiError(404, f"the model {name!r} does not exist", param="model", code="model_not_found")
+        return await _model_card(gateway, served)
+
+    for api in all_api_modules():
+        api.add_routes(app, gateway)
+    return app
+
+
+async def _model_card(gateway: Gateway, served) -> dict:
+    return {"id": served.name, "object": "model", "created": gateway.created, "owned_by": "raygen",
+            "raygen": await gateway.describe(served)}

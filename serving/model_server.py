@@ -1,0 +1,107 @@
+"""One served model: a Serve deployment wrapping its family's own Sampler with `@serve.batch`.
+
+The same Sampler class writes the Ray Data shards, so a request and a dataset
+row with the same seed (and settings) get the same sample. Requests are
+validated and turned into sampler rows one by one (a bad request fails alone),
+then their rows are batched: up to `max_batch_size` rows, waiting at most
+`batch_wait_timeout_s` for a batch to fill. The sampler runs in a worker
+thread so the replica keeps accepting requests, and forming the next batch,
+while a batch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+from ray import serve
+
+from serving.apis import api_module
+from serving.errors import ApiError
+
+
+def count_rows(batches: list[dict[str, np.ndarray]]) -> int:
+    """Batch size in sampler rows (a request with n=4 is four rows), for @serve.batch."""
+    return sum(len(b["seed"]) for b in batches)
+
+
+def concat(batches: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Several requests' rows as one sampler batch, and where each request's rows start."""
+    starts = np.cumsum([0] + [len(b["seed"]) for b in batches]).tolist()
+    merged = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+    return merged, starts
+
+
+def split_rows(batch: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
+    n = len(batch["seed"])
+    return [{key: col[i: i + size] for key, col in batch.items()} for i in range(0, n, size)]
+
+
+@serve.deployment
+class ModelServer:
+    def __init__(self, name: str, family: str, checkpoint_uri: str, gpu: bool, max_batch_size: int,
+                 batch_wait_timeout_s: float):
+        from gen_jobs.checkpoint import weights_sha256
+        from gen_jobs.models import family_module
+
+        self.name, self.family, self.checkpoint_uri = name, family, checkpoint_uri
+        self.api = api_module(family)
+        self.sampler = family_module(family).Sampler(checkpoint_uri, "cuda" if gpu else "cpu")
+        self.weights_sha256 = weights_sha256(checkpoint_uri)
+        self.max_batch_size = max_batch_size
+        for batched in (self._sample, self._sample_steps):
+            batched.set_max_batch_size(max_batch_size)
+            batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def describe(self) -> dict:
+        return {"family": self.family, "kind": self.api.KIND, "checkpoint": self.checkpoint_uri,
+                "weights_sha256": self.weights_sha256, **self.api.describe(self.sampler)}
+
+    async def generate(self, request) -> dict | ApiError:
+        # A client's mistake is returned, not raised: replica logs keep tracebacks for real failures.
+        try:
+            rows = self.api.rows(self.sampler, request)
+        except ApiError as e:
+            return e
+        # A request larger than a batch goes in several (concurrent) pieces.
+        parts = await asyncio.gather(*(self._sample(part) for part in split_rows(rows, self.max_batch_size)))
+        out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        return self.api.respond(self.sampler, request, out, self.name)
+
+    async def generate_stream(self, request) -> AsyncIterator[dict | ApiError]:
+        try:
+            rows = self.api.rows(self.sampler, request)
+        except ApiError as e:
+            yield e
+            return
+        stream = self.api.Stream(self.sampler, request, self.name)
+        yield {}  # the request is valid: the caller may start its response
+        for first, part in enumerate(split_rows(rows, self.max_batch_size)):
+            async for state in self._sample_steps(part):
+                for chunk in stream.chunks(state, first * self.max_batch_size):
+                    yield chunk
+        for chunk in stream.last_chunks():
+            yield chunk
+
+    @serve.batch(batch_size_fn=count_rows)
+    async def _sample(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        merged, starts = concat(batches)
+        out = await asyncio.to_thread(self.sampler, merged)
+        return [{key: col[a:b] for key, col in out.items()} for a, b in zip(starts, starts[1:])]
+
+    @serve.batch(batch_size_fn=count_rows)
+    async def _sample_steps(self, batches: list[dict[str, np.ndarray]]) -> AsyncIterator[list]:
+        """Per decoding step, each request's rows (copies of their state); StopIteration ends a request's stream."""
+        merged, starts = concat(batches)
+        steps = self.sampler.stream(merged)
+        ended = [False] * len(batches)
+        while (rows := await asyncio.to_thread(next, steps, None)) is not None:
+            out = []
+            for r, (a, b) in enumerate(zip(starts, starts[1:])):
+                if ended[r]:
+                    out.append(StopIteration)
+                    continue
+                out.append([row.snapshot() for row in rows[a:b]])
+                ended[r] = all(row.finish_reason for row in rows[a:b])
+            yield out
