@@ -1,6 +1,7 @@
 """New tokens/s of raygen's GPT sampler vs transformers' own `model.generate()`.
 
     .venv/bin/python bench/text_sampler.py [--device cpu|cuda] [--batch-sizes 8 64] [--new-tokens 64]
+        [--set model.n_layer=12 ...] [--tokenizer-vocab N]     # e.g. GPT-2 small on a GPU
 
 Both sides decode the same prompts with the same model (the demo-sized
 `gpt_pydoc` architecture, random weights: the cost does not depend on them),
@@ -25,13 +26,14 @@ import torch
 PROMPTS = ["The", "A list is", "def f(x):", "Exceptions are", "The with statement", "Numbers", "Use", "If the"]
 
 
-def make_checkpoint(folder: Path, overrides: list[str]) -> str:
+def make_checkpoint(folder: Path, overrides: list[str], tokenizer_vocab: int | None = None) -> str:
     from gen_jobs.models import gpt
     from gen_jobs.recipes import load_recipe
     from gen_jobs.text_data import load_documents
 
     recipe = load_recipe("gpt_pydoc", overrides)
-    tokenizer = gpt.train_tokenizer(load_documents(recipe.data), recipe.model.vocab_size)
+    # A tokenizer smaller than the model's vocabulary is fine (GPT-2's 50,257 would not train on this corpus).
+    tokenizer = gpt.train_tokenizer(load_documents(recipe.data), tokenizer_vocab or recipe.model.vocab_size)
     torch.manual_seed(0)
     gpt.save(folder, recipe, gpt.build_model(recipe.model), tokenizer, {"epoch": 0})
     return str(folder)
@@ -55,6 +57,8 @@ def bench_generate(sampler, prompts: list[str], new_tokens: int) -> float:
             **enc, do_sample=True, temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=new_tokens,
             min_new_tokens=new_tokens, pad_token_id=tok.eos_token_id,
         )
+    if out.is_cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return (out.shape[1] - enc["input_ids"].shape[1]) * len(prompts) / seconds
 
@@ -64,15 +68,17 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64])
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (model size)")
+    p.add_argument("--tokenizer-vocab", type=int, help="train a smaller tokenizer than the model's vocabulary")
     args = p.parse_args()
 
     from gen_jobs.models import gpt
     from gen_jobs.recipes import load_recipe
 
     # min_new_tokens on the generate() side and no end-of-text here: both decode exactly new_tokens.
-    overrides = [f"sampling.max_new_tokens={args.new_tokens}", "sampling.temperature=0.8", "sampling.top_p=0.95"]
+    overrides = [f"sampling.max_new_tokens={args.new_tokens}", "sampling.temperature=0.8", "sampling.top_p=0.95", *args.set]
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = make_checkpoint(Path(tmp) / "gpt", overrides)
+        ckpt = make_checkpoint(Path(tmp) / "gpt", overrides, args.tokenizer_vocab)
         recipe = load_recipe("gpt_pydoc", overrides)
         sampler = gpt.Sampler(ckpt, args.device, recipe)
         sampler.eos = -1  # never stop early, like min_new_tokens on the other side

@@ -140,7 +140,7 @@ def test_per_row_settings_equal_the_same_settings_from_the_recipe(gpt_checkpoint
 
 
 def test_streamed_text_grows_by_prefixes_into_the_final_text(gpt_checkpoint):
-    recipe = load_recipe("gpt_pydoc", [*TINY_GPT, "sampling.stop=['in']", "sampling.temperature=1.2"])
+    recipe = load_recipe("gpt_pydoc", [*TINY_GPT, "sampling.stop=['in', '\\nUser:']", "sampling.temperature=1.2"])
     sampler = gpt.Sampler(gpt_checkpoint, recipe=recipe)
     batch = {"seed": row_seeds(1, np.arange(8, dtype=np.int64))}
     shown = [""] * 8

@@ -460,7 +460,7 @@ class Sampler:
         if cuts:
             return text[: min(cuts)]
         hold = max((len(s) for s in row.stop), default=1) - 1
-        text = text[: len(text) - hold] if hold else text
+        text = text[: max(len(text) - hold, 0)]
         return text.rstrip("\ufffd")
 
     # ------------------------------------------------------------ sampling
@@ -505,9 +505,10 @@ class Sampler:
             mask[i, width - len(ids):] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        temperature = torch.tensor(settings["temperature"], dtype=torch.float32)
-        top_k = torch.tensor(settings["top_k"], dtype=torch.long)
-        top_p = torch.tensor(settings["top_p"], dtype=torch.float32)
+        # Token picking runs where the logits are (B x V never leaves the GPU); rows stay independent there too.
+        temperature = torch.tensor(settings["temperature"], dtype=torch.float32, device=self.device)
+        top_k = torch.tensor(settings["top_k"], dtype=torch.long, device=self.device)
+        top_p = torch.tensor(settings["top_p"], dtype=torch.float32, device=self.device)
         max_new = [int(m) for m in settings["max_new_tokens"]]
         rows = [Decoding(prompt_tokens=len(ids) if ids != [self.eos] else 0, stop=list(stop))
                 for ids, stop in zip(prompt_ids, settings["stop"])]
@@ -518,10 +519,10 @@ class Sampler:
             result = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                                 cache=cache, use_cache=True, logits_to_keep=1)
             cache = result.cache  # keys/values of every position so far: only new tokens are fed
-            logits = result.logits[:, -1, :].float().cpu()  # B x V
-            # One uniform draw per row and step, from the row's own generator.
-            uniforms = torch.tensor([float(torch.rand(1, generator=g)) for g in generators])
-            next_ids = pick_tokens(logits, uniforms, temperature, top_k, top_p)
+            logits = result.logits[:, -1, :].float()  # B x V
+            # One uniform draw per row and step, from the row's own (CPU) generator.
+            uniforms = torch.tensor([float(torch.rand(1, generator=g)) for g in generators], device=self.device)
+            next_ids = pick_tokens(logits, uniforms, temperature, top_k, top_p).cpu()
             for i, row in enumerate(rows):
                 if row.finish_reason is not None:
                     continue
@@ -554,7 +555,7 @@ def pick_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: torch
     greedy = temperature == 0
     probs = torch.softmax(logits / torch.where(greedy, 1.0, temperature).unsqueeze(1), dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    rank = torch.arange(v).unsqueeze(0)  # 1 x V
+    rank = torch.arange(v, device=logits.device).unsqueeze(0)  # 1 x V
     sorted_probs[(top_k.unsqueeze(1) > 0) & (rank >= top_k.unsqueeze(1))] = 0
     before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
     sorted_probs[(top_p.unsqueeze(1) < 1) & (before >= top_p.unsqueeze(1))] = 0

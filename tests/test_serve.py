@@ -1,0 +1,201 @@
+"""Ray Serve end to end: real HTTP against the app running on the session's cluster.
+
+The app serves a trained DCGAN, a small GPT, and the DCGAN again behind a
+deliberately tiny queue (for the overload test), with an API key required.
+Clients are the official `openai` package and plain httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import free_port
+from gen_jobs.generate import GenerateArgs, generate
+from gen_jobs.manifest import read_manifest, read_shards
+from gen_jobs.models import gpt
+from gen_jobs.recipes import load_recipe
+from gen_jobs.text_data import load_documents, split_documents
+from test_gpt import TINY_GPT
+
+API_KEY = "test-key-" + os.urandom(8).hex()
+# Micro-batches of one row, so dataset rows are computed exactly as lone requests are.
+GPT_RECIPE = [*TINY_GPT, "generate.batch_size=1"]
+
+
+@pytest.fixture(scope="module")
+def gpt_checkpoint(tmp_path_factory) -> str:
+    recipe = load_recipe("gpt_pydoc", GPT_RECIPE)
+    train, _ = split_documents(load_documents(recipe.data), recipe.data.held_out)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("serve") / "gpt"
+    gpt.save(folder, recipe, gpt.build_model(recipe.model), gpt.train_tokenizer(train, 300), {"epoch": 0})
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, checkpoint, gpt_checkpoint):
+    """The raygen app on a free loopback port; yields its base URL. Shut down after the module."""
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import AppConfig
+
+    os.environ["RAYGEN_API_KEY"] = API_KEY  # read (and hashed) by build_app
+    config = AppConfig(models=[
+        {"name": "digits", "checkpoint": checkpoint, "num_cpus": 0.25},
+        {"name": "pydoc", "checkpoint": gpt_checkpoint, "num_cpus": 0.25},
+        {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.25, "max_ongoing_requests": 1,
+         "max_queued_requests": 1, "batching": {"max_batch_size": 1}},
+    ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    try:
+        serve.run(build_app(config), name="raygen", route_prefix="/", blocking=False)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        del os.environ["RAYGEN_API_KEY"]
+
+
+@pytest.fixture()
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture()
+def http(server):
+    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        yield c
+
+
+def png(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+def test_openai_client_lists_models_and_completes(client):
+    assert {m.id for m in client.models.list()} == {"digits", "pydoc", "digits-small-queue"}
+    plain = client.completions.create(model="pydoc", prompt="The with statement", max_tokens=12, seed=7, n=2)
+    assert len(plain.choices) == 2 and plain.choices[0].text != plain.choices[1].text
+    assert all(c.finish_reason in ("stop", "length") for c in plain.choices)
+    assert plain.usage.completion_tokens <= 24 and plain.usage.prompt_tokens > 0
+
+    streamed = client.completions.create(model="pydoc", prompt="The with statement", max_tokens=12, seed=7, n=2, stream=True)
+    texts, reasons = ["", ""], [None, None]
+    for chunk in streamed:
+        for c in chunk.choices:
+            texts[c.index] += c.text
+            reasons[c.index] = c.finish_reason or reasons[c.index]
+    assert texts == [c.text for c in plain.choices]
+    assert reasons == [c.finish_reason for c in plain.choices]
+
+
+def test_chat_streaming_matches_the_plain_answer(client):
+    messages = [{"role": "system", "content": "You explain Python."}, {"role": "user", "content": "What is a list?"}]
+    plain = client.chat.completions.create(model="pydoc", messages=messages, max_tokens=16, seed=3)
+    chunks = list(client.chat.completions.create(model="pydoc", messages=messages, max_tokens=16, seed=3, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_images_generate_valid_pngs_of_the_asked_label_and_size(client):
+    result = client.images.generate(model="digits", prompt="a digit", n=4, response_format="b64_json",
+                                    extra_body={"seed": 11, "label": 7})
+    images = [png(d.b64_json) for d in result.data]
+    assert len(images) == 4 and all(img.shape == (32, 32) and img.dtype == np.uint8 for img in images)
+    assert [d.model_extra["label"] for d in result.data] == [7] * 4
+    assert [d.model_extra["seed"] for d in result.data] == [11, 12, 13, 14]
+    assert len({img.tobytes() for img in images}) == 4  # four seeds, four different digits
+    bigger = client.images.generate(model="digits", prompt="", size="64x64", extra_body={"seed": 11, "label": 7})
+    assert np.array_equal(png(bigger.data[0].b64_json)[::2, ::2], images[0])  # nearest-neighbour upscale
+
+
+def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, checkpoint, gpt_checkpoint, tmp_path):
+    for ckpt, name in ((checkpoint, "images"), (gpt_checkpoint, "texts")):
+        generate(GenerateArgs(checkpoint=ckpt, out=str(tmp_path / name), num_samples=6, rows_per_shard=6, workers=1),
+                 log=lambda *_: None)
+    images = read_shards(str(tmp_path / "images"), read_manifest(str(tmp_path / "images")).shards).to_pylist()
+    texts = read_shards(str(tmp_path / "texts"), read_manifest(str(tmp_path / "texts")).shards).to_pylist()
+
+    async def image_requests() -> list[dict]:  # concurrent: the rows share batches in some order
+        async with httpx.AsyncClient(base_url=str(http.base_url), headers=http.headers, timeout=60) as c:
+            answers = await asyncio.gather(*(
+                c.post("/v1/images/generations", json={"model": "digits", "seed": row["seed"]}) for row in images * 2))
+        return [a.json()["data"][0] for a in answers]
+
+    answers = asyncio.run(image_requests())
+    for row, answer in zip(images * 2, answers):
+        assert base64.b64decode(answer["b64_json"]) == row["image"]["bytes"] and answer["label"] == row["label"]
+
+    for row in texts[:3]:
+        for _ in range(2):
+            answer = client.completions.create(model="pydoc", prompt="", seed=row["seed"])
+            assert (answer.choices[0].text, answer.choices[0].finish_reason) == (row["text"], row["finish_reason"])
+
+
+@pytest.mark.parametrize("path, body, status, says", [
+    ("/v1/completions", b"{not json", 400, "not valid JSON"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "pydoc", "prompt": 3}, 400, "prompt"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "x", "n": 0}, 400, "n"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "x", "n": 9}, 400, "at most 8"),
+    ("/v1/completions", {"model": "pydoc", "prompt": ["a", "b", "c"], "n": 3}, 400, "at most 8"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "x", "max_tokens": 10_000}, 400, "limit of 32"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "word " * 100}, 400, "context"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "x", "temperature": 5}, 400, "temperature"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "x", "best_of": 2}, 400, "best_of"),
+    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "does not exist"),
+    ("/v1/completions", {"model": "digits", "prompt": "x"}, 400, "image model"),
+    ("/v1/chat/completions", {"model": "pydoc", "messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"model": "pydoc", "messages": [{"role": "robot", "content": "x"}]}, 400, "role"),
+    ("/v1/images/generations", {"model": "digits", "response_format": "url"}, 400, "b64_json"),
+    ("/v1/images/generations", {"model": "digits", "size": "4096x4096"}, 400, "pixels"),
+    ("/v1/images/generations", {"model": "digits", "label": 10}, 400, "label"),
+    ("/v1/images/generations", {"model": "digits", "seed": -1}, 400, "seed"),
+    ("/v1/images/generations", {"model": "digits", "prompt": "x" * 30_000}, 413, "at most 20,000"),
+])
+def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(http, path, body, status, says):
+    kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    answer = http.post(path, **kw)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert says in error["message"] or says == error["param"], error
+    assert http.get("/healthz").json()["status"] == "ok"
+
+
+def test_api_key_is_required(server, http):
+    assert httpx.get(f"{server}/v1/models").status_code == 401
+    wrong = httpx.post(f"{server}/v1/images/generations", json={"model": "digits"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
+    assert httpx.get(f"{server}/healthz").status_code == 200  # liveness probes need no key
+    assert http.get("/v1/models").status_code == 200
+
+
+def test_overload_gets_quick_503s_then_recovers(http):
+    body = {"model": "digits-small-queue", "n": 8, "size": "512x512"}  # slow enough to pile up: 8 big PNGs each
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=str(http.base_url), headers=http.headers, timeout=120) as c:
+            answers = await asyncio.gather(*(c.post("/v1/images/generations", json=body) for _ in range(24)))
+        for a in answers:
+            if a.status_code == 503:
+                assert "overloaded" in a.json()["error"]["message"]
+        return [a.status_code for a in answers]
+
+    statuses = asyncio.run(burst())
+    assert set(statuses) == {200, 503}, statuses
+    assert http.post("/v1/images/generations", json={"model": "digits-small-queue"}).status_code == 200
