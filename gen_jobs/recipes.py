@@ -134,6 +134,8 @@ def describe_validation_error(error: ValidationError, cls: type[BaseModel], what
 
 def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
+        if isinstance(part, int):  # an index into a list: the list's item type was taken at its field
+            continue
         field = cls.model_fields.get(str(part))
         if field is None:
             return []

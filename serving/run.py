@@ -98,11 +98,11 @@ def serve_until_stopped(config, host: str, port: int) -> None:
     from gen_jobs.cluster import connect
     from serving.app import build_app
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     app = build_app(config)  # checks every checkpoint before Ray starts
     connect()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
+        signal.signal(sig, lambda *_: stop.set())
     quiet = {"log_level": "WARNING"}  # per-request access lines stay in Ray's log folder, not on the console
     serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     try:

@@ -1,0 +1,74 @@
+"""`raygen serve` as a user runs it: starts, answers, stops cleanly on SIGTERM; bad arguments fail fast.
+
+Runs after test_serve.py has shut its app down: one Serve instance per cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import BIN, REPO, free_port, run_cli
+from serving.config import read_config
+
+
+def test_the_shipped_serve_config_is_valid():
+    document = yaml.safe_load((REPO / "serving" / "config.yaml").read_text())
+    config = read_config(document, "serving/config.yaml")
+    assert [m.name for m in config.models] == ["dcgan_digits", "gpt_pydoc"]
+    assert document["applications"][0]["import_path"] == "serving.app:build_app"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--model", "digits"], "NAME=CHECKPOINT_URI"),
+    (["--model", "digits=/nowhere/at/all"], "does not exist"),
+    (["no-such-config.yaml"], "does not exist"),
+    (["--port", "0", "--model", "a=b"], "port"),
+])
+def test_bad_arguments_fail_fast_with_a_clear_error(args, says):
+    result = run_cli("serve", *args, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr
+
+
+def test_a_bad_config_key_is_named(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text("models:\n  - name: digits\n    checkpoint: x\n    replicas: 3\n")
+    result = run_cli("serve", str(config), timeout=120)
+    assert result.returncode == 2 and "replicas" in result.stderr and "autoscaling" in result.stderr
+
+
+def test_raygen_serve_answers_then_stops_cleanly(ray_cluster, checkpoint):
+    port = free_port()
+    run_folder = str(Path(checkpoint).parent)  # a Ray Train run folder: its newest checkpoint is served
+    process = subprocess.Popen(
+        [str(BIN / "raygen"), "serve", "--model", f"digits={run_folder}", "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ},
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while not any(line.startswith("serving on ") for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            lines.append(process.stdout.readline())
+        assert f"serving on http://127.0.0.1:{port}" in "".join(lines)
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
+        assert models["data"][0]["raygen"]["checkpoint"] == checkpoint
+        image = httpx.post(f"http://127.0.0.1:{port}/v1/images/generations", json={"model": "digits", "seed": 1}, timeout=60)
+        assert image.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0
+        assert "stopping Serve" in process.stdout.read()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
