@@ -29,6 +29,7 @@ test: install-test
 
 bench: install-test
 	$(BIN)/python bench/generate_throughput.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -1,0 +1,176 @@
+"""Requests/s and p50/p99 latency of the Serve app, batching on and off, against calling the sampler directly.
+
+    .venv/bin/python bench/serve_load.py [--seconds 6] [--concurrency 1 8 32]
+
+Starts a local Ray cluster and the raygen app on a loopback port, serving the
+demo-sized digits DCGAN and pydoc GPT (random weights: the cost does not depend
+on them), one replica each. For each endpoint, batching (max_batch_size 32 / 1)
+and concurrency, closed-loop httpx clients send requests for --seconds
+(images: one 32x32 PNG; text: 16 new tokens from an empty prompt). The
+baseline is the same Sampler called directly in this process with one thread,
+one row at a time (what one request costs without Serve). Prints one line per
+run, then the ratios:
+
+    image  batching on  c=32: <rps> req/s, p50 <ms> ms, p99 <ms> ms
+    ...
+    image: batching gives <R>x the requests/s at concurrency 32
+    image: Serve adds <ms> ms to the p50 of a lone request (direct sampler call <ms> ms)
+
+A lone request's overhead is read with batching off: with it on, a request
+alone also waits out batch_wait_timeout_s (5 ms) for company.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+QUIET = {"log_level": "WARNING", "enable_access_log": False}  # no per-request log lines to write and forward
+BODIES = {
+    "image": ("/v1/images/generations", {"model": "image"}),
+    "text": ("/v1/completions", {"model": "text", "prompt": "", "max_tokens": 16}),
+}
+
+
+def free_port() -> int:
+    """A free loopback port outside Ray's worker-port range (10002-19999)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if not 10002 <= port <= 19999:
+            return port
+
+
+def make_checkpoints(folder: Path) -> dict[str, str]:
+    from gen_jobs.models import gpt
+    from gen_jobs.models.dcgan import GAN
+    from gen_jobs.recipes import load_recipe
+    from gen_jobs.text_data import load_documents
+
+    torch.manual_seed(0)
+    GAN(load_recipe("dcgan_digits"), torch.device("cpu")).save(folder / "dcgan", {"epoch": 0})
+    recipe = load_recipe("gpt_pydoc")
+    tokenizer = gpt.train_tokenizer(load_documents(recipe.data), recipe.model.vocab_size)
+    gpt.save(folder / "gpt", recipe, gpt.build_model(recipe.model), tokenizer, {"epoch": 0})
+    return {"image": str(folder / "dcgan"), "text": str(folder / "gpt")}
+
+
+def direct_p50_ms(kind: str, checkpoint: str, calls: int = 60) -> float:
+    from gen_jobs.models import family_module
+
+    torch.set_num_threads(1)  # a replica with num_cpus=1 runs torch on one thread too
+    sampler = family_module("dcgan" if kind == "image" else "gpt").Sampler(checkpoint)
+    batch = {"seed": np.array([1])}
+    if kind == "text":
+        from gen_jobs.models.gpt import object_column
+
+        batch["max_new_tokens"] = np.array([16])
+        batch["stop"] = object_column([[]])
+    if kind == "image":
+        from gen_jobs.image_encoding import encode_png
+
+    times = []
+    for i in range(calls):
+        batch["seed"] = np.array([i])
+        started = time.perf_counter()
+        out = sampler(batch)
+        if kind == "image":
+            encode_png(out["image"])  # the response carries PNG bytes
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[5:]) * 1000
+
+
+async def load(url: str, kind: str, concurrency: int, seconds: float) -> tuple[float, float, float, int]:
+    path, body = BODIES[kind]
+    latencies, errors = [], 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(c: httpx.AsyncClient, worker: int) -> None:
+        nonlocal errors
+        i = worker
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            answer = await c.post(path, json={**body, "seed": i})
+            if answer.status_code != 200:
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+            i += concurrency
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c, w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), errors
+
+
+def deploy(checkpoints: dict[str, str], max_batch_size: int) -> None:
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import AppConfig
+
+    config = AppConfig(models=[
+        {"name": kind, "checkpoint": uri, "num_cpus": 1, "batching": {"max_batch_size": max_batch_size},
+         "max_ongoing_requests": 64, "max_queued_requests": -1}
+        for kind, uri in checkpoints.items()
+    ], limits={"max_n": 1})
+    serve.run(build_app(config), name="raygen", route_prefix="/", blocking=False, logging_config=QUIET)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=6)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = p.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
+    os.environ.pop("RAYGEN_API_KEY", None)
+
+    import ray
+    from ray import serve
+
+    results: dict[tuple[str, bool, int], tuple] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints = make_checkpoints(Path(tmp))
+        direct = {kind: direct_p50_ms(kind, uri) for kind, uri in checkpoints.items()}
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 object_store_memory=150 * 1024 * 1024)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=QUIET)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for batching in (True, False):
+                deploy(checkpoints, 32 if batching else 1)
+                for kind in BODIES:
+                    asyncio.run(load(url, kind, 4, 1.0))  # warm-up
+                    for c in args.concurrency:
+                        rps, p50, p99, errors = results[kind, batching, c] = asyncio.run(load(url, kind, c, args.seconds))
+                        print(f"{kind:<5}  batching {'on ' if batching else 'off'}  c={c:<3}: {rps:7.1f} req/s, "
+                              f"p50 {p50:7.1f} ms, p99 {p99:7.1f} ms" + (f", {errors} errors" if errors else ""), flush=True)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    top = max(args.concurrency)
+    for kind in BODIES:
+        gain = results[kind, True, top][0] / results[kind, False, top][0]
+        print(f"{kind}: batching gives {gain:.2f}x the requests/s at concurrency {top}")
+        # Batching off: with batching on, a lone request also waits out batch_wait_timeout_s.
+        lone = results[kind, False, 1][1] if 1 in args.concurrency else float("nan")
+        print(f"{kind}: Serve adds {lone - direct[kind]:.1f} ms to the p50 of a lone request "
+              f"(direct sampler call {direct[kind]:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()
