@@ -67,6 +67,7 @@ def make_checkpoints(folder: Path) -> dict[str, str]:
 
 
 def direct_p50_ms(kind: str, checkpoint: str, calls: int = 60) -> float:
+    from gen_jobs.image_encoding import encode_png
     from gen_jobs.models import family_module
 
     torch.set_num_threads(1)  # a replica with num_cpus=1 runs torch on one thread too
@@ -77,9 +78,6 @@ def direct_p50_ms(kind: str, checkpoint: str, calls: int = 60) -> float:
 
         batch["max_new_tokens"] = np.array([16])
         batch["stop"] = object_column([[]])
-    if kind == "image":
-        from gen_jobs.image_encoding import encode_png
-
     times = []
     for i in range(calls):
         batch["seed"] = np.array([i])

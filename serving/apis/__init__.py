@@ -16,6 +16,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+MAX_SEED = 2**63 - 1  # seeds are int64, like a dataset's seed column
+
+
+def choice_seed(seed: int, k: int) -> int:
+    """The seed of choice (or image) k of a request with `seed`: seed + k, wrapped into int64."""
+    return (seed + k) % (MAX_SEED + 1)
+
+
 API_FOR_FAMILY: dict[str, str] = {
     "dcgan": "serving.apis.images",
     "gpt": "serving.apis.text",

@@ -23,13 +23,13 @@ from fastapi import FastAPI
 from pydantic import Field, field_validator
 
 from gen_jobs.recipes import StrictModel
+from serving.apis import MAX_SEED, choice_seed
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
     from serving.app import Gateway
 
 KIND = "image"
-MAX_SEED = 2**63 - 1
 
 
 class ImageRequest(StrictModel):
@@ -90,7 +90,7 @@ def rows(sampler, request: ImageRequest) -> dict[str, np.ndarray]:
             raise ApiError(400, f"label {request.label} is out of range: this model draws classes 0-{cfg.num_classes - 1}",
                            param="label")
     return {
-        "seed": np.array([(request.seed + k) % (MAX_SEED + 1) for k in range(request.n)], dtype=np.int64),
+        "seed": np.array([choice_seed(request.seed, k) for k in range(request.n)], dtype=np.int64),
         "label": np.full(request.n, -1 if request.label is None else request.label, dtype=np.int64),
     }
 

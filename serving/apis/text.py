@@ -32,13 +32,13 @@ from pydantic import Field
 
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
+from serving.apis import MAX_SEED, choice_seed
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
     from serving.app import Gateway
 
 KIND = "text"
-MAX_SEED = 2**63 - 1
 CHAT_STOP = "\nUser:"
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -164,7 +164,7 @@ def rows(sampler, request: SamplingFields) -> dict[str, np.ndarray]:
         stop = s.stop + ([CHAT_STOP] if isinstance(request, ChatRequest) and not getattr(sampler.tokenizer, "chat_template", None) else [])
     count = len(prompts) * request.n
     return {
-        "seed": np.array([(request.seed + k) % (MAX_SEED + 1) for k in range(count)], dtype=np.int64),
+        "seed": np.array([choice_seed(request.seed, k) for k in range(count)], dtype=np.int64),
         "prompt": object_column([p for p in prompts for _ in range(request.n)]),
         "max_new_tokens": np.full(count, max_new, dtype=np.int64),
         "temperature": np.full(count, s.temperature if request.temperature is None else request.temperature),
@@ -232,7 +232,7 @@ class Stream:
         else:
             choice = {"index": k, "text": text, "finish_reason": reason, "logprobs": None}
         if first:
-            choice["seed"] = int((self.request.seed + k) % (MAX_SEED + 1))
+            choice["seed"] = choice_seed(self.request.seed, k)
         return self._envelope([choice])
 
     def _envelope(self, choices: list[dict]) -> dict:
