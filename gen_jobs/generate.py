@@ -92,7 +92,7 @@ def parse_labels(spec: str) -> list[int] | None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raygen generate", description="Generate a sharded Parquet dataset with Ray Data.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (path or s3:// URI) printed by raygen train")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (path or s3:// URI) printed by raygen train, or a training run folder (its newest checkpoint)")
     p.add_argument("--out", required=True, help="dataset folder: path or s3:// URI")
     p.add_argument("--num-samples", type=int, help="rows to generate (unconditional)")
     p.add_argument("--prompts", help="Parquet or JSONL file of prompts (path or s3://): one row per prompt and sample")
@@ -207,10 +207,13 @@ def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, mi
 # ---------------------------------------------------------------- the dataset
 
 
-def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
+def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
     from gen_jobs.models import family_module
 
-    recipe = checkpoint.read_recipe(args.checkpoint)
+    ckpt = checkpoint.latest(args.checkpoint)  # a run folder names its newest checkpoint
+    if ckpt != args.checkpoint.rstrip("/"):
+        log(f"checkpoint: {ckpt} (the newest in {args.checkpoint})")
+    recipe = checkpoint.read_recipe(ckpt)
     if args.set:
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), args.set))
     labels = parse_labels(args.labels)
@@ -224,8 +227,8 @@ def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
     identity = DatasetIdentity(
         family=recipe.family,
         recipe=recipe.model_dump(mode="json"),
-        checkpoint=args.checkpoint,
-        checkpoint_sha256=checkpoint.weights_sha256(args.checkpoint),
+        checkpoint=ckpt,
+        checkpoint_sha256=checkpoint.weights_sha256(ckpt),
         seed=recipe.generate.seed if args.seed is None else args.seed,
         num_rows=args.num_samples or 0,
         rows_per_shard=args.rows_per_shard or recipe.generate.rows_per_shard,
@@ -233,7 +236,7 @@ def plan(args: GenerateArgs) -> tuple[DatasetIdentity, int]:
     )
     if args.prompts:
         if not family_module(recipe.family).TAKES_PROMPTS:
-            raise UserError(f"--prompts needs a text checkpoint; {args.checkpoint} is a {recipe.family} model")
+            raise UserError(f"--prompts needs a text checkpoint; {ckpt} is a {recipe.family} model")
         prompts = load_prompts(args.prompts, args.prompt_column)
         identity.prompts = args.prompts
         identity.prompt_column = args.prompt_column
@@ -333,7 +336,7 @@ def generate(args: GenerateArgs, log=print) -> Manifest:
 
     from gen_jobs.cluster import connect, quiet_data_progress
 
-    identity, micro_batch = plan(args)
+    identity, micro_batch = plan(args, log)
     manifest = prepare_output(args, identity)
     for uri in storage.list_files(args.out):  # temporaries of a killed run: never valid shards
         if uri.rsplit("/", 1)[-1].startswith(".part-") and uri.endswith(".tmp"):
