@@ -17,7 +17,10 @@ run, then the ratios:
     image: Serve adds <ms> ms to the p50 of a lone request (direct sampler call <ms> ms)
 
 A lone request's overhead is read with batching off: with it on, a request
-alone also waits out batch_wait_timeout_s (5 ms) for company.
+alone also waits out batch_wait_timeout_s (5 ms) for company. Last, where a
+lone request's time goes: Serve's own floor (a trivial deployment behind the
+proxy), the proxy -> gateway hop (GET /healthz) and a no-op gateway -> model
+call (a deployment handle from this process).
 """
 
 from __future__ import annotations
@@ -114,6 +117,43 @@ async def load(url: str, kind: str, concurrency: int, seconds: float) -> tuple[f
     return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), errors
 
 
+async def lone_get_p50_ms(url: str, path: str, calls: int = 200) -> float:
+    async with httpx.AsyncClient(base_url=url) as c:
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            (await c.get(path)).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[10:]) * 1000
+
+
+async def handle_p50_ms(handle, calls: int = 200) -> float:
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await handle.describe.remote()  # answers from memory: the call's own cost
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[10:]) * 1000
+
+
+def breakdown(url: str) -> None:
+    """Where a lone request's milliseconds go, hop by hop."""
+    from ray import serve
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})  # the model replicas hold both CPUs
+    class Trivial:
+        async def __call__(self, request) -> str:
+            return "ok"
+
+    serve.run(Trivial.bind(), name="floor", route_prefix="/floor", logging_config=QUIET)
+    floor = asyncio.run(lone_get_p50_ms(url, "/floor"))
+    serve.delete("floor")
+    gateway = asyncio.run(lone_get_p50_ms(url, "/healthz"))
+    model_hop = asyncio.run(handle_p50_ms(serve.get_deployment_handle("model-image", "raygen")))
+    print(f"Serve's floor: a trivial deployment answers a lone GET in {floor:.1f} ms p50")
+    print(f"raygen: proxy -> gateway (GET /healthz) {gateway:.1f} ms p50; a no-op gateway -> model call {model_hop:.1f} ms p50")
+
+
 def deploy(checkpoints: dict[str, str], max_batch_size: int) -> None:
     from ray import serve
 
@@ -157,6 +197,7 @@ def main() -> None:
                         rps, p50, p99, errors = results[kind, batching, c] = asyncio.run(load(url, kind, c, args.seconds))
                         print(f"{kind:<5}  batching {'on ' if batching else 'off'}  c={c:<3}: {rps:7.1f} req/s, "
                               f"p50 {p50:7.1f} ms, p99 {p99:7.1f} ms" + (f", {errors} errors" if errors else ""), flush=True)
+            breakdown(url)
         finally:
             serve.shutdown()
             ray.shutdown()

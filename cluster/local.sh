@@ -103,6 +103,8 @@ up() {
     rm -rf "$STATE"
     mkdir -p "$STATE/logs"
     chmod 700 "$STATE"
+    # A failed start leaves nothing running: stop whatever came up (the logs stay).
+    trap 'echo "stopping the nodes that did start" >&2; down >&2' EXIT
 
     # Token authentication, as on any shared cluster: an open Ray port runs anyone's code.
     local token="${RAY_AUTH_TOKEN:-}"
@@ -150,6 +152,7 @@ VARS
             --num-cpus="$WORKER_CPUS" --ports "$p1" "$p2" "$p3" "$p4" "$p5" "$p6" "${store[@]}" > "$STATE/worker-$i.pid"
     done
     wait_for_nodes $(( workers + 1 )) "http://127.0.0.1:$dashboard"
+    trap - EXIT
     print_addresses
 }
 

@@ -56,6 +56,16 @@ def test_local_sh_rejects_bad_arguments(args, says, tmp_path):
     assert not (tmp_path / "state").exists(), "nothing started"
 
 
+def test_local_sh_up_that_fails_leaves_nothing_running(tmp_path):
+    state = tmp_path / "state"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAYGEN_LOCAL_DIR": str(state),
+           "RAYGEN_OBJECT_STORE_MB": "1"}  # below Ray's minimum: the head refuses to start
+    result = subprocess.run(["bash", str(LOCAL_SH), "up", "1"], capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    assert result.returncode == 2
+    assert "head exited while starting" in result.stderr and "object store" in result.stderr.lower()
+    assert not list(state.glob("*.pid")), "whatever started was stopped"
+
+
 def addresses(state: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in (state / "addresses").read_text().split())
 
