@@ -66,10 +66,13 @@ RAY_SERVICE = next(doc for _, doc in KUBERAY if doc["kind"] == "RayService")
 RAY_CLUSTER = next(doc for _, doc in KUBERAY if doc["kind"] == "RayCluster")
 
 
+CLUSTER_SPEC_FIELD = {"RayJob": "rayClusterSpec", "RayService": "rayClusterConfig"}
+
+
 def cluster_spec(doc: dict) -> dict:
     """The RayCluster spec a KubeRay document describes (its own, a RayJob's, a RayService's)."""
-    return {"RayCluster": lambda: doc["spec"], "RayJob": lambda: doc["spec"]["rayClusterSpec"],
-            "RayService": lambda: doc["spec"]["rayClusterConfig"]}[doc["kind"]]()
+    field = CLUSTER_SPEC_FIELD.get(doc["kind"])
+    return doc["spec"][field] if field else doc["spec"]
 
 
 def pod_templates(spec: dict) -> list[tuple[str, dict]]:
@@ -155,7 +158,7 @@ def test_built_in_kinds_validate_with_kubernetes_validate(name, doc):
 @pytest.mark.parametrize("name, doc", KUBERAY, ids=ids(KUBERAY))
 def test_metadata_and_pod_templates_validate_as_kubernetes_objects(name, doc):
     # A PodTemplate carries both: the object's metadata and one pod template at a time.
-    for group, template in pod_templates(cluster_spec(doc)):
+    for _, template in pod_templates(cluster_spec(doc)):
         validate_built_in({"apiVersion": "v1", "kind": "PodTemplate", "metadata": doc["metadata"], "template": template})
     assert re.fullmatch(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?", doc["metadata"]["name"]), "short DNS-1123 name"
 

@@ -67,3 +67,16 @@ def test_verify_without_manifest(tmp_path, capsys):
     assert verify_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no _manifest.json" in err and "--resume" in err
+
+
+def test_a_run_folder_as_checkpoint_means_its_newest_checkpoint(random_checkpoint, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    for name in ("checkpoint_2026-11-01_10-00-00.000000", "checkpoint_2026-11-02_10-00-00.000000"):
+        shutil.copytree(random_checkpoint, run / name)
+    said = []
+    identity, _ = plan(GenerateArgs(checkpoint=str(run), out=str(tmp_path / "data"), num_samples=10), log=said.append)
+    newest = str(run / "checkpoint_2026-11-02_10-00-00.000000")
+    assert identity.checkpoint == newest  # what the manifest records
+    assert said == [f"checkpoint: {newest} (the newest in {run})"]
