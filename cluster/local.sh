@@ -169,9 +169,10 @@ down() {
     for f in "$STATE"/worker-*.pid "$STATE/head.pid"; do
         [[ -f "$f" ]] || continue
         pid=$(cat "$f")
-        kill -TERM "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + 30))
-        while kill -0 -- "-$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
+        if kill -TERM "$pid" 2>/dev/null; then
+            deadline=$((SECONDS + 30))
+            while kill -0 -- "-$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
+        fi  # (a leader already gone, as after a failed start, has no orderly shutdown left to wait for)
         kill -KILL -- "-$pid" 2>/dev/null || true
         deadline=$((SECONDS + 10))
         while kill -0 -- "-$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done

@@ -29,6 +29,9 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # (not ~/.ray/auth_token), inherited by the head, the drivers and `ray job submit`.
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+# On SIGTERM a Ray 2.60 node first drains its work elsewhere for up to 30 s; the
+# session's head is the whole cluster, so stopping it has nothing to drain to.
+os.environ["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
