@@ -117,23 +117,22 @@ async def load(url: str, kind: str, concurrency: int, seconds: float) -> tuple[f
     return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), errors
 
 
-async def lone_get_p50_ms(url: str, path: str, calls: int = 200) -> float:
-    async with httpx.AsyncClient(base_url=url) as c:
-        times = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            (await c.get(path)).raise_for_status()
-            times.append(time.perf_counter() - started)
-    return statistics.median(times[10:]) * 1000
-
-
-async def handle_p50_ms(handle, calls: int = 200) -> float:
+async def lone_p50_ms(call, calls: int = 200) -> float:
+    """Median ms of `await call()`, one call at a time, the first 10 left out as warm-up."""
     times = []
     for _ in range(calls):
         started = time.perf_counter()
-        await handle.describe.remote()  # answers from memory: the call's own cost
+        await call()
         times.append(time.perf_counter() - started)
     return statistics.median(times[10:]) * 1000
+
+
+async def lone_get_p50_ms(url: str, path: str) -> float:
+    async with httpx.AsyncClient(base_url=url) as c:
+        async def get() -> None:
+            (await c.get(path)).raise_for_status()
+
+        return await lone_p50_ms(get)
 
 
 def breakdown(url: str) -> None:
@@ -149,7 +148,8 @@ def breakdown(url: str) -> None:
     floor = asyncio.run(lone_get_p50_ms(url, "/floor"))
     serve.delete("floor")
     gateway = asyncio.run(lone_get_p50_ms(url, "/healthz"))
-    model_hop = asyncio.run(handle_p50_ms(serve.get_deployment_handle("model-image", "raygen")))
+    handle = serve.get_deployment_handle("model-image", "raygen")
+    model_hop = asyncio.run(lone_p50_ms(handle.describe.remote))  # answers from memory: the call's own cost
     print(f"Serve's floor: a trivial deployment answers a lone GET in {floor:.1f} ms p50")
     print(f"raygen: proxy -> gateway (GET /healthz) {gateway:.1f} ms p50; a no-op gateway -> model call {model_hop:.1f} ms p50")
 

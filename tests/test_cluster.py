@@ -18,12 +18,19 @@ from gen_jobs.verify import problems
 LOCAL_SH = REPO / "cluster" / "local.sh"
 
 
-def test_aws_config_validates_against_the_cluster_launcher_schema_ray_ships():
+def launcher_schema() -> jsonschema.Validator:
     import ray.autoscaler
 
-    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
-    config = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
-    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(config)]
+    return jsonschema.Draft7Validator(json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text()))
+
+
+def aws_config() -> dict:
+    return yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+
+
+def test_aws_config_validates_against_the_cluster_launcher_schema_ray_ships():
+    config = aws_config()
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in launcher_schema().iter_errors(config)]
     assert errors == []
     head = config["available_node_types"][config["head_node_type"]]
     assert head["resources"] == {"CPU": 0}, "the head runs no work"
@@ -34,17 +41,15 @@ def test_aws_config_validates_against_the_cluster_launcher_schema_ray_ships():
 
 
 def test_the_schema_check_rejects_a_misspelt_key():
-    import ray.autoscaler
-
-    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
-    config = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    config = aws_config()
     config["idle_timeout_minute"] = config.pop("idle_timeout_minutes")
-    assert not jsonschema.Draft7Validator(schema).is_valid(config)
+    assert not launcher_schema().is_valid(config)
 
 
-def local_sh(*args: str, state: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def local_sh(*args: str, state: Path, timeout: float = 240, **settings: str) -> subprocess.CompletedProcess:
+    """Run cluster/local.sh with its state in `state`; `settings` override its environment variables."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAYGEN_LOCAL_DIR": str(state),
-           "RAYGEN_WORKER_CPUS": "2", "RAYGEN_OBJECT_STORE_MB": "150"}
+           "RAYGEN_WORKER_CPUS": "2", "RAYGEN_OBJECT_STORE_MB": "150", **settings}
     return subprocess.run(["bash", str(LOCAL_SH), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
 
 
@@ -58,9 +63,7 @@ def test_local_sh_rejects_bad_arguments(args, says, tmp_path):
 
 def test_local_sh_up_that_fails_leaves_nothing_running(tmp_path):
     state = tmp_path / "state"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAYGEN_LOCAL_DIR": str(state),
-           "RAYGEN_OBJECT_STORE_MB": "1"}  # below Ray's minimum: the head refuses to start
-    result = subprocess.run(["bash", str(LOCAL_SH), "up", "1"], capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    result = local_sh("up", "1", state=state, RAYGEN_OBJECT_STORE_MB="1")  # below Ray's minimum: the head refuses to start
     assert result.returncode == 2
     assert "head exited while starting" in result.stderr and "object store" in result.stderr.lower()
     assert not list(state.glob("*.pid")), "whatever started was stopped"

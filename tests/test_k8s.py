@@ -84,6 +84,11 @@ def containers(doc: dict) -> list[dict]:
     return [c for _, template in pod_templates(cluster_spec(doc)) for c in template["spec"]["containers"]]
 
 
+def gpus_of(group: dict) -> str | None:
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    return limits.get("nvidia.com/gpu")
+
+
 def ids(documents):
     return [f"{name}:{doc['kind']}/{doc['metadata']['name']}" for name, doc in documents]
 
@@ -197,11 +202,6 @@ def test_the_long_lived_cluster_starts_its_gpu_group_at_zero():
     assert groups["gpu"]["idleTimeoutSeconds"] > 0
     assert int(gpus_of(groups["gpu"])) >= 1
     assert gpus_of(groups["cpu"]) is None
-
-
-def gpus_of(group: dict) -> str | None:
-    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-    return limits.get("nvidia.com/gpu")
 
 
 # ------------------------------------------------------------------ RayJobs against the code
