@@ -30,7 +30,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
 
-    from gen_jobs.models.dcgan import GAN, Sampler
+    from gen_jobs.families.dcgan.sampler import Sampler
+    from gen_jobs.families.dcgan.training import GAN
     from gen_jobs.recipes import load_recipe
 
     recipe = load_recipe("dcgan_digits", args.set)

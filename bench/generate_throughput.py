@@ -30,7 +30,7 @@ from PIL import Image
 
 
 def make_checkpoint(folder: Path) -> str:
-    from gen_jobs.models.dcgan import GAN
+    from gen_jobs.families.dcgan.training import GAN
     from gen_jobs.recipes import load_recipe
 
     torch.manual_seed(0)
@@ -43,7 +43,7 @@ def bare_loop(checkpoint: str, out: Path, num_rows: int, rows_per_shard: int, mi
     from safetensors.torch import load_file
 
     from gen_jobs.checkpoint import read_recipe
-    from gen_jobs.models.dcgan import Generator
+    from gen_jobs.families.dcgan.model import Generator
     from gen_jobs.seeding import row_seeds
 
     torch.set_num_threads(1)

@@ -56,28 +56,28 @@ def free_port() -> int:
 
 
 def make_checkpoints(folder: Path) -> dict[str, str]:
-    from gen_jobs.models import gpt
-    from gen_jobs.models.dcgan import GAN
+    from gen_jobs.families.dcgan.training import GAN
+    from gen_jobs.families.gpt.data import load_documents
+    from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
     from gen_jobs.recipes import load_recipe
-    from gen_jobs.text_data import load_documents
 
     torch.manual_seed(0)
     GAN(load_recipe("dcgan_digits"), torch.device("cpu")).save(folder / "dcgan", {"epoch": 0})
     recipe = load_recipe("gpt_pydoc")
-    tokenizer = gpt.train_tokenizer(load_documents(recipe.data), recipe.model.vocab_size)
-    gpt.save(folder / "gpt", recipe, gpt.build_model(recipe.model), tokenizer, {"epoch": 0})
+    tokenizer = train_tokenizer(load_documents(recipe.data), recipe.model.vocab_size)
+    save_gpt(folder / "gpt", recipe, build_model(recipe.model), tokenizer, {"epoch": 0})
     return {"image": str(folder / "dcgan"), "text": str(folder / "gpt")}
 
 
 def direct_p50_ms(kind: str, checkpoint: str, calls: int = 60) -> float:
-    from gen_jobs.image_encoding import encode_png
-    from gen_jobs.models import family_module
+    from gen_jobs import families
+    from gen_jobs.images import encode_png
 
     torch.set_num_threads(1)  # a replica with num_cpus=1 runs torch on one thread too
-    sampler = family_module("dcgan" if kind == "image" else "gpt").Sampler(checkpoint)
+    sampler = families.get("dcgan" if kind == "image" else "gpt").load("sampler")(checkpoint)
     batch = {"seed": np.array([1])}
     if kind == "text":
-        from gen_jobs.models.gpt import object_column
+        from gen_jobs.columns import object_column
 
         batch["max_new_tokens"] = np.array([16])
         batch["stop"] = object_column([[]])

@@ -27,15 +27,15 @@ PROMPTS = ["The", "A list is", "def f(x):", "Exceptions are", "The with statemen
 
 
 def make_checkpoint(folder: Path, overrides: list[str], tokenizer_vocab: int | None = None) -> str:
-    from gen_jobs.models import gpt
+    from gen_jobs.families.gpt.data import load_documents
+    from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
     from gen_jobs.recipes import load_recipe
-    from gen_jobs.text_data import load_documents
 
     recipe = load_recipe("gpt_pydoc", overrides)
     # A tokenizer smaller than the model's vocabulary is fine (GPT-2's 50,257 would not train on this corpus).
-    tokenizer = gpt.train_tokenizer(load_documents(recipe.data), tokenizer_vocab or recipe.model.vocab_size)
+    tokenizer = train_tokenizer(load_documents(recipe.data), tokenizer_vocab or recipe.model.vocab_size)
     torch.manual_seed(0)
-    gpt.save(folder, recipe, gpt.build_model(recipe.model), tokenizer, {"epoch": 0})
+    save_gpt(folder, recipe, build_model(recipe.model), tokenizer, {"epoch": 0})
     return str(folder)
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--tokenizer-vocab", type=int, help="train a smaller tokenizer than the model's vocabulary")
     args = p.parse_args()
 
-    from gen_jobs.models import gpt
+    from gen_jobs.families.gpt.sampler import Sampler
     from gen_jobs.recipes import load_recipe
 
     # min_new_tokens on the generate() side and no end-of-text here: both decode exactly new_tokens.
@@ -80,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp) / "gpt", overrides, args.tokenizer_vocab)
         recipe = load_recipe("gpt_pydoc", overrides)
-        sampler = gpt.Sampler(ckpt, args.device, recipe)
+        sampler = Sampler(ckpt, args.device, recipe)
         sampler.eos = -1  # never stop early, like min_new_tokens on the other side
         # Batch invariance: each row decoded alone vs the same row in a batch of mixed prompts.
         mixed = [PROMPTS[i % len(PROMPTS)] * (1 + i % 3) for i in range(32)]

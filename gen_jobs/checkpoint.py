@@ -47,10 +47,13 @@ def read_recipe(uri: str) -> RecipeBase:
     recipe_uri = storage.join(uri, RECIPE_FILE)
     has_weights = storage.exists(storage.join(uri, SAMPLER_WEIGHTS))
     if not storage.exists(recipe_uri) and has_weights and storage.exists(storage.join(uri, "config.json")):
-        # Bring-your-own HuggingFace causal LM (save_pretrained folder, safetensors weights).
-        from gen_jobs.models.gpt import recipe_for_pretrained
+        # A checkpoint made elsewhere (e.g. a HuggingFace save_pretrained folder): a family that reads it says so.
+        from gen_jobs import families
 
-        return recipe_for_pretrained(uri)
+        for name in families.names():
+            family = families.get(name)
+            if family.foreign_checkpoint:
+                return family.load("foreign_checkpoint")(uri)
     if not storage.exists(recipe_uri) or not has_weights:
         raise UserError(
             f"{uri} is not a raygen checkpoint (it needs {RECIPE_FILE} and {SAMPLER_WEIGHTS}) nor a "

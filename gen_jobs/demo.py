@@ -18,7 +18,6 @@ import argparse
 import io
 import sys
 import time
-from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -28,12 +27,15 @@ from gen_jobs.cli_args import run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
 
-RECIPES = {"dcgan": "dcgan_digits", "gpt": "gpt_pydoc"}
-DEFAULT_SAMPLES = {"dcgan": 10_000, "gpt": 1_000}
+def demo_families() -> list[str]:
+    """The families with demo defaults, in registry order."""
+    from gen_jobs import families
+
+    return [name for name in families.names() if families.get(name).demo is not None]
 
 
 class DemoArgs(StrictModel):
-    family: Literal["dcgan", "gpt"] | None = None
+    family: str | None = None
     out: str = "./out"
     workers: int = Field(2, gt=0)
     num_samples: int | None = Field(None, gt=0)
@@ -65,8 +67,11 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     from gen_jobs.train import train
     from gen_jobs.verify import problems
 
+    from gen_jobs import families
+
+    demo = families.get(family).demo
     timings = {}
-    recipe = load_recipe(RECIPES[family], args.set)
+    recipe = load_recipe(demo.recipe, args.set)
     runs = storage.join(args.out, "runs")
     storage.remove_tree(storage.join(runs, recipe.name))  # the demo always trains afresh
     log(f"[{family} 1/3] training {recipe.name} on {args.workers} Ray Train workers ({recipe.train.epochs} epochs)")
@@ -75,7 +80,7 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     timings["train"] = time.perf_counter() - started
 
     dataset = storage.join(args.out, recipe.name)
-    num_samples = args.num_samples or DEFAULT_SAMPLES[family]
+    num_samples = args.num_samples or demo.num_samples
     log(f"[{family} 2/3] generating {num_samples:,} samples with {args.workers} Ray Data workers")
     started = time.perf_counter()
     manifest = generate(
@@ -90,7 +95,7 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
         raise UserError(f"the demo dataset failed verification: {'; '.join(bad)}")
     log(summary)
     result = {"family": family, "checkpoint": ckpt, "dataset": dataset, "quality": manifest.quality or {}, "timings": timings}
-    if family == "dcgan":
+    if demo.show == "grid":
         result["grid"] = write_grid(dataset, storage.join(args.out, f"{recipe.name}_grid.png"))
     else:
         result["examples"] = read_table(dataset, ["text"]).column("text").to_pylist()[:3]
@@ -100,7 +105,7 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
 def write_grid(dataset: str, uri: str) -> str:
     from PIL import Image
 
-    from gen_jobs.image_encoding import decode_png
+    from gen_jobs.images import decode_png
 
     table = read_table(dataset, ["label", "image"])
     images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])
@@ -130,18 +135,18 @@ def report(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         p = argparse.ArgumentParser(prog="raygen demo", description=__doc__.split("\n")[0])
-        p.add_argument("--family", choices=sorted(RECIPES), help="run one family (default: all)")
+        p.add_argument("--family", choices=demo_families(), help="run one family (default: all)")
         p.add_argument("--out", default="./out", help="output folder: path or s3:// URI")
         p.add_argument("--workers", type=int, default=2, help="Ray Train and Ray Data workers")
         p.add_argument("--num-samples", type=int, help="samples to generate (default: 10,000 images, 1,000 texts)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
         args = validate_args(DemoArgs, vars(p.parse_args(argv)))
         if args.set and not args.family:
-            raise UserError("--set overrides one recipe: pass --family dcgan or --family gpt with it")
-        families = [args.family] if args.family else list(RECIPES)
+            raise UserError(f"--set overrides one recipe: pass --family ({' or '.join(demo_families())}) with it")
+        chosen = [args.family] if args.family else demo_families()
         started = time.perf_counter()
-        for n, family in enumerate(families, start=1):
-            print(f"=== demo {n}/{len(families)}: {family} ({RECIPES[family]})", flush=True)
+        for n, family in enumerate(chosen, start=1):
+            print(f"=== demo {n}/{len(chosen)}: {family}", flush=True)
             report(run_family(family, args))
         print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; everything is under {args.out}")
         return 0

@@ -1,12 +1,14 @@
 """Generate a sharded, verifiable dataset from a checkpoint with Ray Data.
 
     raygen generate --checkpoint URI --out URI (--num-samples N | --prompts URI
-        [--prompt-column COL] [--samples-per-prompt K]) [--rows-per-shard R] [--seed S]
+        [--prompt-column COL] [--samples-per-prompt K] | --input URI [--input-column COL]
+        [--samples-per-input K]) [--rows-per-shard R] [--seed S]
         [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite] [--set k=v ...]
     python -m gen_jobs.generate ...        # the same, for `ray job submit`
 
 Pipeline: shard ids -> actor pool of W ShardWriters, each holding the family's
-Sampler (row ids -> seeds -> samples in the recipe's fixed micro-batches ->
+Sampler (row ids -> seeds (+ the shard's slice of prompts or input images,
+gen_jobs.rows) -> samples in the recipe's fixed micro-batches ->
 encoded columns (PNG for images) -> Parquet bytes -> atomic write) ->
 quality figures -> `_manifest.json` written last.
 
@@ -45,6 +47,7 @@ from gen_jobs.manifest import (
     shard_name,
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
+from gen_jobs.rows import RowSource, plan_images, plan_prompts, read_inputs
 from gen_jobs.seeding import row_seeds
 
 
@@ -55,6 +58,9 @@ class GenerateArgs(StrictModel):
     prompts: str | None = None
     prompt_column: str = "prompt"
     samples_per_prompt: int = Field(1, gt=0)
+    input: str | None = None
+    input_column: str = "image"
+    samples_per_input: int = Field(1, gt=0)
     set: list[str] = []
     rows_per_shard: int | None = Field(None, gt=0)
     seed: int | None = Field(None, ge=0)
@@ -66,8 +72,9 @@ class GenerateArgs(StrictModel):
 
     @model_validator(mode="after")
     def _rows_from_one_source(self) -> "GenerateArgs":
-        if (self.num_samples is None) == (self.prompts is None):
-            raise ValueError("give exactly one of --num-samples N or --prompts URI")
+        given = [self.num_samples is not None, self.prompts is not None, self.input is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of --num-samples N, --prompts URI or --input URI")
         return self
 
     @field_validator("labels")
@@ -98,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="Parquet or JSONL file of prompts (path or s3://): one row per prompt and sample")
     p.add_argument("--prompt-column", default="prompt", help="the prompts' text column (default: prompt)")
     p.add_argument("--samples-per-prompt", type=int, default=1, help="samples for each prompt")
+    p.add_argument("--input", help="input images: a folder, Parquet file or folder (path or s3://); one row per image and sample")
+    p.add_argument("--input-column", default="image", help="the input Parquet's image column (default: image)")
+    p.add_argument("--samples-per-input", type=int, default=1, help="samples for each input image")
     p.add_argument("--rows-per-shard", type=int, help="rows per part file (default: the recipe's)")
     p.add_argument("--seed", type=int, help="base seed (default: the recipe's)")
     p.add_argument("--workers", type=int, default=2, help="sampler actors")
@@ -117,78 +127,56 @@ class ShardWriter:
     """Ray Data callable class: {shard: k} -> writes part-k, returns its manifest entry."""
 
     def __init__(self, identity: dict, out: str, micro_batch: int, device: str):
-        from gen_jobs.models import family_module
+        from gen_jobs import families
 
         self.identity = DatasetIdentity.model_validate(identity)
-        self.family = family_module(self.identity.family)
-        recipe = self.family.Recipe.model_validate(self.identity.recipe)  # with the run's --set overrides
-        self.sampler = self.family.Sampler(self.identity.checkpoint, device, recipe)
+        family = families.get(self.identity.family)
+        recipe = family.load("recipe").model_validate(self.identity.recipe)  # with the run's --set overrides
+        self.sampler = family.load("sampler")(self.identity.checkpoint, device, recipe)
+        self.to_table = family.load("to_table")
         self.out = out
         self.micro_batch = micro_batch
-        self.prompts = load_prompts(self.identity.prompts, self.identity.prompt_column) if self.identity.prompts else None
+        self.input_cache: dict = {}  # the input's listing / row groups, read once per actor
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        entries = [
-            write_shard(self.sampler, self.family, self.identity, self.out, int(k), self.micro_batch, self.prompts)
-            for k in batch["shard"]
-        ]
+        entries = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
+                               self.input_cache) for k in batch["shard"]]
         return {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}
 
 
-def requests(identity: DatasetIdentity, ids: np.ndarray, prompts: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The sampler's input rows: id, its seed, and its label or prompt when given.
+INPUT_COLUMN = {"prompts": "prompt", "images": "input"}  # the sampler's batch column for each row source
 
-    With prompts, row i is sample i % K of prompt i // K (K = samples per prompt).
+
+def requests(identity: DatasetIdentity, ids: np.ndarray, inputs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The sampler's input rows: id, its seed, and its label or input (prompt, image) when given.
+
+    `inputs` holds the input rows from ids[0] // K on (K = samples per input):
+    row i is sample i % K of input i // K.
     """
     batch = {"id": ids, "seed": row_seeds(identity.seed, ids)}
     if identity.labels is not None:
         batch["label"] = np.asarray(identity.labels, dtype=np.int64)[ids % len(identity.labels)]
-    if prompts is not None:
-        batch["prompt"] = prompts[ids // identity.samples_per_prompt]
+    if inputs is not None:
+        k = identity.source.samples_per_input
+        batch[INPUT_COLUMN[identity.source.kind]] = inputs[ids // k - ids[0] // k]
     return batch
 
 
-def shard_table(sampler, family, identity: DatasetIdentity, k: int, micro_batch: int, prompts=None) -> pa.Table:
+def shard_table(sampler, to_table, identity: DatasetIdentity, k: int, micro_batch: int,
+                input_cache: dict | None = None) -> pa.Table:
     ids = np.arange(identity.shard_ids(k).start, identity.shard_ids(k).stop, dtype=np.int64)
+    per = identity.source.samples_per_input
+    inputs = None
+    if identity.source.kind != "ids":  # this shard's slice of the input, and nothing more
+        inputs = read_inputs(identity.source, int(ids[0]) // per, int(ids[-1]) // per + 1, input_cache)
     # Micro-batches start at multiples of `micro_batch` from the shard's first row,
     # whatever the worker count, so batch composition never changes the bytes.
-    parts = [
-        family.to_table(sampler(requests(identity, ids[i: i + micro_batch], prompts)), sampler.recipe)
-        for i in range(0, len(ids), micro_batch)
-    ]
+    parts = []
+    for i in range(0, len(ids), micro_batch):
+        part = ids[i: i + micro_batch]
+        part_inputs = None if inputs is None else inputs[part[0] // per - ids[0] // per:]
+        parts.append(to_table(sampler(requests(identity, part, part_inputs)), sampler.recipe))
     return pa.concat_tables(parts)
-
-
-def load_prompts(uri: str, column: str) -> np.ndarray:
-    """The prompt column of a Parquet or JSONL file, as an object array of str."""
-    import json
-
-    if not storage.exists(uri):
-        raise UserError(f"prompts file {uri} does not exist")
-    data = storage.read_bytes(uri)
-    if uri.endswith(".jsonl"):
-        rows = []
-        for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{uri} line {n} is not JSON ({e.msg})") from e
-        missing = [n for n, r in enumerate(rows, start=1) if not isinstance(r, dict) or column not in r]
-        if rows and missing:
-            raise UserError(f"{uri}: record {missing[0]} has no field {column!r}; set --prompt-column")
-        prompts = [str(r[column]) for r in rows]
-    else:
-        try:
-            table = pq.read_table(io.BytesIO(data))
-        except pa.ArrowInvalid as e:
-            raise UserError(f"{uri} is neither Parquet nor .jsonl ({e})") from e
-        if column not in table.column_names:
-            raise UserError(f"{uri} has no column {column!r} (columns: {', '.join(table.column_names)}); set --prompt-column")
-        prompts = [str(p) for p in table.column(column).to_pylist() if p is not None]
-    if not prompts:
-        raise UserError(f"{uri} holds no prompts")
-    return np.array(prompts, dtype=object)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -197,8 +185,9 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, micro_batch: int, prompts=None) -> ShardEntry:
-    data = parquet_bytes(shard_table(sampler, family, identity, k, micro_batch, prompts))
+def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, micro_batch: int,
+                input_cache: dict | None = None) -> ShardEntry:
+    data = parquet_bytes(shard_table(sampler, to_table, identity, k, micro_batch, input_cache))
     storage.write_bytes_atomic(storage.join(out, shard_name(k)), data)
     ids = identity.shard_ids(k)
     return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sha256(data))
@@ -208,7 +197,9 @@ def write_shard(sampler, family, identity: DatasetIdentity, out: str, k: int, mi
 
 
 def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
-    from gen_jobs.models import family_module
+    import torch
+
+    from gen_jobs import families
 
     ckpt = checkpoint.latest(args.checkpoint)  # a run folder names its newest checkpoint
     if ckpt != args.checkpoint.rstrip("/"):
@@ -218,32 +209,42 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), args.set))
     labels = parse_labels(args.labels)
     if labels is not None:
-        model = recipe.model
-        if not getattr(model, "conditional", False):
-            raise UserError("--labels needs a class-conditional checkpoint; this model is unconditional, use --labels uniform")
-        bad = [k for k in labels if k >= model.num_classes]
+        classes = recipe.row_classes()
+        if classes is None:
+            raise UserError("--labels needs a class-conditional checkpoint; this model has no classes, use --labels uniform")
+        bad = [k for k in labels if k >= classes]
         if bad:
-            raise UserError(f"--labels {args.labels}: classes {bad} out of range; this model has classes 0..{model.num_classes - 1}")
+            raise UserError(f"--labels {args.labels}: classes {bad} out of range; this model has classes 0..{classes - 1}")
+    source = row_source(args, families.get(recipe.family).rows_from, recipe.family, ckpt)
     identity = DatasetIdentity(
         family=recipe.family,
         recipe=recipe.model_dump(mode="json"),
         checkpoint=ckpt,
         checkpoint_sha256=checkpoint.weights_sha256(ckpt),
         seed=recipe.generate.seed if args.seed is None else args.seed,
-        num_rows=args.num_samples or 0,
+        num_rows=args.num_samples or source.inputs * source.samples_per_input,
         rows_per_shard=args.rows_per_shard or recipe.generate.rows_per_shard,
         labels=labels,
+        source=source,
+        device_kind="cuda" if args.gpu else "cpu",
+        torch_version=torch.__version__,
     )
-    if args.prompts:
-        if not family_module(recipe.family).TAKES_PROMPTS:
-            raise UserError(f"--prompts needs a text checkpoint; {ckpt} is a {recipe.family} model")
-        prompts = load_prompts(args.prompts, args.prompt_column)
-        identity.prompts = args.prompts
-        identity.prompt_column = args.prompt_column
-        identity.prompts_sha256 = sha256(storage.read_bytes(args.prompts))
-        identity.samples_per_prompt = args.samples_per_prompt
-        identity.num_rows = len(prompts) * args.samples_per_prompt
     return identity, recipe.generate.batch_size
+
+
+def row_source(args: GenerateArgs, rows_from: str, family: str, ckpt: str) -> RowSource:
+    """The row source the arguments name, if the family makes rows from it."""
+    if args.prompts:
+        if rows_from != "prompts":
+            raise UserError(f"--prompts needs a text checkpoint; {ckpt} is a {family} model")
+        return plan_prompts(args.prompts, args.prompt_column, args.samples_per_prompt)
+    if args.input:
+        if rows_from != "images":
+            raise UserError(f"--input needs a model that transforms images (style transfer); {ckpt} is a {family} model")
+        return plan_images(args.input, args.input_column, args.samples_per_input)
+    if rows_from == "images":
+        raise UserError(f"a {family} model makes rows from input images: pass --input URI instead of --num-samples")
+    return RowSource()
 
 
 def shards_to_write(identity: DatasetIdentity, out: str, manifest: Manifest | None) -> tuple[list[int], dict[int, ShardEntry]]:
@@ -310,12 +311,12 @@ SCORED_ROWS = 10_000
 
 def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> dict | None:
     """The family's quality figures on the first ~10,000 rows of the dataset."""
-    from gen_jobs.models import family_module
+    from gen_jobs import families
 
-    family = family_module(identity.family)
-    recipe = family.Recipe.model_validate(identity.recipe)
+    family = families.get(identity.family)
+    recipe = family.load("recipe").model_validate(identity.recipe)
     table = read_shards(out, entries, max_rows=SCORED_ROWS)
-    return family.score_dataset(table, recipe, identity.checkpoint)
+    return family.load("score_dataset")(table, recipe, identity.checkpoint)
 
 
 def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> Manifest:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Literal
 
 from pydantic import BaseModel
 
 from gen_jobs import __version__, storage
 from gen_jobs.errors import UserError
+from gen_jobs.rows import RowSource
+from gen_jobs.seeding import NOISE_VERSION
 
 MANIFEST = "_manifest.json"
 PENDING = "_pending.json"
@@ -30,7 +33,13 @@ def shard_name(k: int) -> str:
 
 
 class DatasetIdentity(BaseModel):
-    """What makes a dataset's bytes: equal identities give byte-identical shards."""
+    """What makes a dataset's bytes: equal identities give byte-identical shards.
+
+    Besides the inputs (checkpoint weights, recipe, seed, row source) it records
+    how rows were computed: the noise scheme, the device kind and the torch
+    version, since a different kernel can change a pixel or a token. `--resume`
+    refuses to mix any of them.
+    """
 
     family: str
     recipe: dict
@@ -40,15 +49,30 @@ class DatasetIdentity(BaseModel):
     num_rows: int
     rows_per_shard: int
     labels: list[int] | None = None
-    prompts: str | None = None
-    prompt_column: str | None = None
-    prompts_sha256: str | None = None
-    samples_per_prompt: int = 1
+    source: RowSource = RowSource()
+    noise_version: str = NOISE_VERSION
+    device_kind: Literal["cpu", "cuda"] = "cpu"
+    torch_version: str
 
     def differences(self, other: "DatasetIdentity") -> list[str]:
-        """Names of the fields that change the bytes (the checkpoint's location does not)."""
-        fields = [f for f in DatasetIdentity.model_fields if f not in ("checkpoint", "prompts")]
-        return [f for f in fields if getattr(self, f) != getattr(other, f)]
+        """What differs between the two, in words (the checkpoint's and input's locations do not count)."""
+        out = []
+        for f in ("family", "recipe", "checkpoint_sha256", "seed", "num_rows", "rows_per_shard", "labels"):
+            if getattr(self, f) != getattr(other, f):
+                out.append(f)
+        out += self.source.differences(other.source)
+        if self.noise_version != other.noise_version:
+            out.append(f"noise version (made with {other.noise_version}, now {self.noise_version})")
+        if self.device_kind != other.device_kind:
+            out.append(f"device (made on {other.device_kind}, resuming on {self.device_kind})")
+        if self.torch_version != other.torch_version:
+            out.append(f"torch version (made with {other.torch_version}, now {self.torch_version})")
+        return out
+
+    def describe(self) -> str:
+        """One line for people: how the rows were made."""
+        return (f"{self.family}, checkpoint sha256 {self.checkpoint_sha256[:12]}, seed {self.seed}, rows from {self.source.kind}, "
+                f"noise {self.noise_version}, made on {self.device_kind} with torch {self.torch_version}")
 
     @property
     def num_shards(self) -> int:
@@ -107,7 +131,11 @@ def read_pending(out: str) -> DatasetIdentity | None:
     uri = storage.join(out, PENDING)
     if not storage.exists(uri):
         return None
-    return DatasetIdentity.model_validate_json(storage.read_bytes(uri))
+    try:
+        return DatasetIdentity.model_validate_json(storage.read_bytes(uri))
+    except ValueError as e:
+        raise UserError(f"{uri} is not a valid raygen pending record ({str(e).splitlines()[0]}); "
+                        "pass --overwrite to regenerate the dataset") from e
 
 
 def shard_files(out: str) -> dict[str, str]:

@@ -42,8 +42,12 @@ class GenerateDefaults(StrictModel):
 
 class RecipeBase(StrictModel):
     name: str = Field(description="short name, used for run and output folder names")
-    family: str = Field(description="model family, a key of gen_jobs.models.FAMILIES")
+    family: str = Field(description="model family, a key of gen_jobs.families.REGISTRY")
     generate: GenerateDefaults = GenerateDefaults()
+
+    def row_classes(self) -> int | None:
+        """How many classes a row may ask for (`raygen generate --labels`, Serve's `label`); None: none."""
+        return None
 
 
 def builtin_recipes() -> list[str]:
@@ -101,12 +105,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def recipe_from_dict(data: dict[str, Any]) -> RecipeBase:
     """Validate a recipe mapping with its family's pydantic class."""
-    from gen_jobs.models import FAMILIES, family_module
+    from gen_jobs import families
 
     family = data.get("family")
-    if family not in FAMILIES:
-        raise UserError(f"recipe key 'family' is {family!r}; valid families: {', '.join(FAMILIES)}")
-    cls = family_module(family).Recipe
+    if family not in families.names():
+        raise UserError(f"recipe key 'family' is {family!r}; valid families: {', '.join(families.names())}")
+    cls = families.get(family).load("recipe")
     try:
         return cls.model_validate(data)
     except ValidationError as e:

@@ -3,7 +3,8 @@
     raygen train dcgan_digits [--storage URI] [--name RUN] [--workers N] [--gpu] [--set k=v ...]
     python -m gen_jobs.train dcgan_digits ...        # the same, for `ray job submit`
 
-DDP over N workers (gloo on CPU, NCCL with --gpu). Checkpoints go to
+The loop is gen_jobs.harness, driving the family's TrainingTask on N workers
+(gloo on CPU, NCCL with --gpu). Checkpoints go to
 STORAGE/RUN/ (a local path or s3:// URI) through `ray.train.report`; running
 again with the same --name resumes from the latest one. The last line printed
 is exactly `checkpoint: <URI>`.
@@ -58,13 +59,13 @@ class EpochLog(UserCallback):
         self.reports = 0
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        from gen_jobs.models import family_module
+        from gen_jobs import families
 
         first = metrics[0]
         if self.reports == 0 and first.get("epoch", 1) > 1:
             print(f"resumed from the run's latest checkpoint at epoch {first['epoch'] - 1}", flush=True)
         self.reports += 1
-        line = family_module(self.family).describe_epoch(first, self.epochs)
+        line = families.get(self.family).load("describe_epoch")(first, self.epochs)
         print(line + ("  checkpoint saved" if checkpoint else ""), flush=True)
 
 
@@ -73,18 +74,18 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from gen_jobs import families
     from gen_jobs.cluster import connect
-    from gen_jobs.models import family_module
+    from gen_jobs.harness import train_loop_per_worker
 
-    family = family_module(recipe.family)
-    prepared = family.prepare_config(recipe)
+    prepared = families.get(recipe.family).load("training").prepare(recipe)
     fs, path = storage.resolve(storage_uri)
     if not storage.is_s3(storage_uri):
         fs.create_dir(path, recursive=True)
     connect()
     trainer = TorchTrainer(
-        family.train_loop_per_worker,
-        train_loop_config={"recipe": recipe.model_dump(mode="json"), **prepared},
+        train_loop_per_worker,
+        train_loop_config={"family": recipe.family, "recipe": recipe.model_dump(mode="json"), "prepared": prepared},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu),
         run_config=ray.train.RunConfig(

@@ -3,7 +3,8 @@
     raygen verify URI
     python -m gen_jobs.verify URI
 
-Every shard the manifest lists must be present, match its sha256 and row count,
+It prints the dataset identity it checked (family, checkpoint digest, seed,
+row source, noise version, device kind, torch version). Every shard the manifest lists must be present, match its sha256 and row count,
 and hold contiguous ids from its first id; `part-*` files the manifest does not
 list are flagged as strays. Exit 0 with a one-line summary, or exit 1 naming
 each bad file.
@@ -59,7 +60,8 @@ def problems(out: str) -> tuple[list[str], str]:
         bad.append(f"{MANIFEST}: shards hold {next_id} rows, manifest says {manifest.num_rows}")
     for name in sorted(set(present) - listed):
         bad.append(f"{name}: stray file not in the manifest")
-    summary = f"OK {out}: {len(manifest.shards)} shards, {manifest.num_rows:,} rows, ids 0..{manifest.num_rows - 1}, checksums match"
+    summary = (f"OK {out}: {len(manifest.shards)} shards, {manifest.num_rows:,} rows, ids 0..{manifest.num_rows - 1}, "
+               f"checksums match\n   made by: {manifest.identity().describe()}")
     return bad, summary
 
 

@@ -26,7 +26,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from gen_jobs.errors import UserError
-from serving.apis import API_FOR_FAMILY, api_module
+from serving.apis import api_module
 from serving.config import AppConfig, Limits
 from serving.errors import ApiError
 from serving.model_server import ModelServer
@@ -142,7 +142,7 @@ def build_app(args: AppConfig) -> Application:
         if not storage.is_s3(uri):
             uri = str(Path(uri).resolve())  # replicas may run in another working directory
         family = checkpoint.read_recipe(uri).family
-        if family not in API_FOR_FAMILY:
+        if api_module(family) is None:
             raise UserError(f"model {spec.name}: the {family} family has no HTTP API yet")
         deployment = ModelServer.options(
             name=f"model-{spec.name}",

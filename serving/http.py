@@ -14,7 +14,6 @@ model's queue is full.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,9 +22,6 @@ from starlette.exceptions import HTTPException
 
 from serving.apis import all_api_modules
 from serving.errors import ApiError
-
-if TYPE_CHECKING:
-    from serving.app import Gateway
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,7 +48,7 @@ def describe_validation(error: RequestValidationError) -> ApiError:
     return ApiError(400, f"{field}: {message} (got {got!r})" if field else message, param=field)
 
 
-def http_app(gateway: Gateway) -> FastAPI:
+def http_app(gateway: "Gateway") -> FastAPI:  # noqa: F821 (serving.app.Gateway; not imported: it imports this module)
     app = FastAPI(title="raygen", description="OpenAI-compatible sampling from raygen's model families")
     limits = gateway.limits
 
@@ -108,6 +104,6 @@ def http_app(gateway: Gateway) -> FastAPI:
     return app
 
 
-async def _model_card(gateway: Gateway, served) -> dict:
+async def _model_card(gateway: "Gateway", served) -> dict:  # noqa: F821
     return {"id": served.name, "object": "model", "created": gateway.created, "owned_by": "raygen",
             "raygen": await gateway.describe(served)}

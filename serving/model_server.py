@@ -43,11 +43,11 @@ class ModelServer:
     def __init__(self, name: str, family: str, checkpoint_uri: str, gpu: bool, max_batch_size: int,
                  batch_wait_timeout_s: float):
         from gen_jobs.checkpoint import weights_sha256
-        from gen_jobs.models import family_module
+        from gen_jobs import families
 
         self.name, self.family, self.checkpoint_uri = name, family, checkpoint_uri
         self.api = api_module(family)
-        self.sampler = family_module(family).Sampler(checkpoint_uri, "cuda" if gpu else "cpu")
+        self.sampler = families.get(family).load("sampler")(checkpoint_uri, "cuda" if gpu else "cpu")
         self.weights_sha256 = weights_sha256(checkpoint_uri)
         self.max_batch_size = max_batch_size
         for batched in (self._sample, self._sample_steps):

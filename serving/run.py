@@ -28,7 +28,6 @@ from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
 
 DEMO_RUNS = "./out/runs"
-DEMO_MODELS = {"dcgan_digits": "dcgan_digits", "gpt_pydoc": "gpt_pydoc"}  # served name -> demo recipe
 
 
 class ServeArgs(StrictModel):
@@ -56,12 +55,14 @@ def parse_model(spec: str) -> dict:
 
 def demo_models(log=print) -> list[dict]:
     """The demo's runs under ./out/runs, trained first where missing."""
-    from gen_jobs import checkpoint, storage
+    from gen_jobs import checkpoint, families, storage
     from gen_jobs.recipes import load_recipe
     from gen_jobs.train import train
 
     models = []
-    for name, recipe_name in DEMO_MODELS.items():
+    demos = [families.get(f).demo for f in families.names()]
+    for recipe_name in [d.recipe for d in demos if d is not None]:
+        name = recipe_name  # served under its demo recipe's name
         run = storage.join(DEMO_RUNS, recipe_name)
         try:
             uri = checkpoint.latest(run)

@@ -153,7 +153,7 @@ def random_checkpoint(tmp_path) -> str:
     """An untrained DCGAN checkpoint written without Ray: fast, for unit tests."""
     import torch
 
-    from gen_jobs.models.dcgan import GAN
+    from gen_jobs.families.dcgan.training import GAN
     from gen_jobs.recipes import load_recipe
 
     torch.manual_seed(0)

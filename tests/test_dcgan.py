@@ -7,7 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gen_jobs.models.dcgan import GAN, Discriminator, Generator, ModelConfig, Sampler, diff_augment, to_table
+from gen_jobs.families.dcgan.model import Discriminator, Generator, ModelConfig
+from gen_jobs.families.dcgan.sampler import Sampler, to_table
+from gen_jobs.families.dcgan.training import GAN, diff_augment
 from gen_jobs.recipes import load_recipe
 from gen_jobs.seeding import row_seeds
 

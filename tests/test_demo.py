@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from gen_jobs.demo import DemoArgs, run_family
-from gen_jobs.text_data import PYDOC, TextDataConfig, load_documents
+from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents
 from gen_jobs.verify import problems
 
 

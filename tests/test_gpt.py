@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from gen_jobs.errors import UserError
-from gen_jobs.generate import GenerateArgs, plan, write_manifest, write_shard
-from gen_jobs.models import gpt
+from gen_jobs.generate import GenerateArgs, plan, write_manifest
+from gen_jobs.columns import object_column
+from gen_jobs.decoding import pick_tokens
+from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
+from gen_jobs.families.gpt.sampler import ROW_SETTINGS, Sampler
 from gen_jobs.recipes import load_recipe
 from gen_jobs.seeding import row_seeds
-from gen_jobs.text_data import load_documents, split_documents
+from gen_jobs.families.gpt.data import load_documents, split_documents
 
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.n_positions=64", "model.vocab_size=300",
             "model.dropout=0", "sampling.max_new_tokens=16", "train.epochs=1", "generate.batch_size=4"]
@@ -25,7 +28,7 @@ PROMPTS = ["The", "def f(x):", "A list is", "Exceptions", "", "The with statemen
 def tokenizer():
     recipe = load_recipe("gpt_pydoc", TINY_GPT)
     train, _ = split_documents(load_documents(recipe.data), recipe.data.held_out)
-    return gpt.train_tokenizer(train, 300)
+    return train_tokenizer(train, 300)
 
 
 @pytest.fixture()
@@ -33,7 +36,7 @@ def gpt_checkpoint(tokenizer, tmp_path):
     recipe = load_recipe("gpt_pydoc", TINY_GPT)
     torch.manual_seed(0)
     folder = tmp_path / "gpt"
-    gpt.save(folder, recipe, gpt.build_model(recipe.model), tokenizer, {"epoch": 0})
+    save_gpt(folder, recipe, build_model(recipe.model), tokenizer, {"epoch": 0})
     return str(folder)
 
 
@@ -46,7 +49,7 @@ def test_tokenizer_round_trips_text(tokenizer):
 
 
 def test_sampler_row_alone_equals_row_in_a_mixed_batch(gpt_checkpoint):
-    sampler = gpt.Sampler(gpt_checkpoint)
+    sampler = Sampler(gpt_checkpoint)
     ids = np.arange(len(PROMPTS), dtype=np.int64)
     batch = {"id": ids, "seed": row_seeds(3, ids), "prompt": np.array(PROMPTS, dtype=object)}
     together = sampler(batch)
@@ -59,7 +62,7 @@ def test_sampler_row_alone_equals_row_in_a_mixed_batch(gpt_checkpoint):
 
 
 def test_same_seed_same_text_and_finish_reasons(gpt_checkpoint):
-    sampler = gpt.Sampler(gpt_checkpoint)
+    sampler = Sampler(gpt_checkpoint)
     seeds = row_seeds(0, np.arange(6, dtype=np.int64))
     first, second = sampler({"seed": seeds}), sampler({"seed": seeds})
     assert list(first["text"]) == list(second["text"])
@@ -70,7 +73,7 @@ def test_same_seed_same_text_and_finish_reasons(gpt_checkpoint):
 
 def test_stop_strings_end_samples(gpt_checkpoint):
     recipe = load_recipe("gpt_pydoc", [*TINY_GPT, "sampling.stop=[' ', 'e']", "sampling.temperature=1.5"])
-    sampler = gpt.Sampler(gpt_checkpoint, recipe=recipe)
+    sampler = Sampler(gpt_checkpoint, recipe=recipe)
     out = sampler({"seed": row_seeds(0, np.arange(8, dtype=np.int64))})
     stopped = [t for t, r in zip(out["text"], out["finish_reason"]) if r == "stop"]
     assert stopped and all(" " not in t and "e" not in t for t in stopped)
@@ -79,10 +82,10 @@ def test_stop_strings_end_samples(gpt_checkpoint):
 def test_pick_tokens_greedy_top_k_and_top_p():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]])
     u = torch.tensor([0.99, 0.5])
-    assert gpt.pick_tokens(logits, u, 0.0, 0, 1.0).tolist() == [1, 0]
-    assert gpt.pick_tokens(logits, u, 1.0, 1, 1.0).tolist() == [1, 0]  # top_k=1 is greedy
-    assert gpt.pick_tokens(logits, u, 1.0, 0, 0.01).tolist() == [1, 0]  # a tiny nucleus too
-    picks = {int(gpt.pick_tokens(logits[:1], torch.tensor([v]), 1.0, 2, 1.0)) for v in np.linspace(0, 0.999, 50)}
+    assert pick_tokens(logits, u, 0.0, 0, 1.0).tolist() == [1, 0]
+    assert pick_tokens(logits, u, 1.0, 1, 1.0).tolist() == [1, 0]  # top_k=1 is greedy
+    assert pick_tokens(logits, u, 1.0, 0, 0.01).tolist() == [1, 0]  # a tiny nucleus too
+    picks = {int(pick_tokens(logits[:1], torch.tensor([v]), 1.0, 2, 1.0)) for v in np.linspace(0, 0.999, 50)}
     assert picks == {1, 3}  # top-2 of row 0
 
 
@@ -93,12 +96,9 @@ def test_unconditional_and_prompted_shards(gpt_checkpoint, tmp_path):
     args = GenerateArgs(checkpoint=gpt_checkpoint, out=str(out), prompts=str(prompts), samples_per_prompt=2, rows_per_shard=4)
     identity, micro_batch = plan(args)
     assert identity.num_rows == 6
-    sampler = gpt.Sampler(gpt_checkpoint)
-    from gen_jobs.generate import load_prompts
+    from test_verify import write_in_process
 
-    loaded = load_prompts(str(prompts), "prompt")
-    entries = [write_shard(sampler, gpt, identity, str(out), k, micro_batch, loaded) for k in range(identity.num_shards)]
-    write_manifest(str(out), identity, entries)
+    write_manifest(str(out), identity, write_in_process(identity, str(out), micro_batch))
     table = pq.read_table(out)
     assert table.column_names == ["id", "seed", "prompt", "text", "num_prompt_tokens", "num_tokens", "finish_reason"]
     assert table.column("prompt").to_pylist() == ["The", "The", "def f(x):", "def f(x):", "A list is", "A list is"]
@@ -112,7 +112,7 @@ def test_bring_your_own_huggingface_folder(tokenizer, tmp_path):
     torch.manual_seed(1)
     GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    sampler = gpt.Sampler(str(folder))
+    sampler = Sampler(str(folder))
     assert sampler.recipe.family == "gpt" and sampler.recipe.model.n_positions == 64
     out = sampler({"seed": np.array([1, 2]), "prompt": np.array(["Hello", None], dtype=object)})
     assert len(out["text"]) == 2 and out["prompt"][1] is None
@@ -128,20 +128,20 @@ def test_per_row_settings_equal_the_same_settings_from_the_recipe(gpt_checkpoint
     ]
     seeds = row_seeds(5, np.arange(3, dtype=np.int64))
     prompts = np.array(PROMPTS[:3], dtype=object)
-    mixed = gpt.Sampler(gpt_checkpoint)({
+    mixed = Sampler(gpt_checkpoint)({
         "seed": seeds, "prompt": prompts,
-        **{key: gpt.object_column([s[key] for s in settings]) for key in gpt.ROW_SETTINGS},
+        **{key: object_column([s[key] for s in settings]) for key in ROW_SETTINGS},
     })
     for i, s in enumerate(settings):
         recipe = load_recipe("gpt_pydoc", [*TINY_GPT, *(f"sampling.{k}={json.dumps(v)}" for k, v in s.items())])
-        alone = gpt.Sampler(gpt_checkpoint, recipe=recipe)({"seed": seeds[i: i + 1], "prompt": prompts[i: i + 1]})
+        alone = Sampler(gpt_checkpoint, recipe=recipe)({"seed": seeds[i: i + 1], "prompt": prompts[i: i + 1]})
         assert (alone["text"][0], alone["finish_reason"][0]) == (mixed["text"][i], mixed["finish_reason"][i])
     assert mixed["num_tokens"][0] <= 5 and mixed["num_tokens"][1] <= 12
 
 
 def test_streamed_text_grows_by_prefixes_into_the_final_text(gpt_checkpoint):
     recipe = load_recipe("gpt_pydoc", [*TINY_GPT, "sampling.stop=['in', '\\nUser:']", "sampling.temperature=1.2"])
-    sampler = gpt.Sampler(gpt_checkpoint, recipe=recipe)
+    sampler = Sampler(gpt_checkpoint, recipe=recipe)
     batch = {"seed": row_seeds(1, np.arange(8, dtype=np.int64))}
     shown = [""] * 8
     for rows in sampler.stream(batch):
@@ -166,12 +166,12 @@ def test_bad_sampling_settings(override, key):
 
 def test_long_prompts_truncate_left_or_refuse(gpt_checkpoint):
     long_prompt = "word " * 200
-    sampler = gpt.Sampler(gpt_checkpoint)
+    sampler = Sampler(gpt_checkpoint)
     out = sampler({"seed": np.array([0]), "prompt": np.array([long_prompt], dtype=object)})
     assert out["num_prompt_tokens"][0] == 64 - 16
     strict = load_recipe("gpt_pydoc", [*TINY_GPT, "sampling.long_prompts=error"])
     with pytest.raises(UserError, match="shorten it"):
-        gpt.Sampler(gpt_checkpoint, recipe=strict)({"seed": np.array([0]), "prompt": np.array([long_prompt], dtype=object)})
+        Sampler(gpt_checkpoint, recipe=strict)({"seed": np.array([0]), "prompt": np.array([long_prompt], dtype=object)})
 
 
 def test_bad_prompt_files(gpt_checkpoint, tmp_path):
@@ -207,12 +207,12 @@ def test_not_a_causal_lm_and_mismatched_tokenizer(gpt_checkpoint, tokenizer, tmp
     GPT2LMHeadModel(GPT2Config(vocab_size=280, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(small)
     tokenizer.save_pretrained(small)
     with pytest.raises(UserError, match="tokenizer has 300 tokens but the model only 280"):
-        gpt.Sampler(str(small))
+        Sampler(str(small))
 
 
 def test_user_corpora_txt_jsonl_parquet_and_s3(s3_server, tmp_path):
     from gen_jobs import storage
-    from gen_jobs.text_data import TextDataConfig
+    from gen_jobs.families.gpt.data import TextDataConfig
 
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("plain text file")

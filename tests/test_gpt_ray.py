@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from gen_jobs.generate import GenerateArgs, generate
-from gen_jobs.models import gpt
+from gen_jobs.families.gpt.model import build_model, pack_blocks
+from gen_jobs.families.gpt.sampler import Sampler
+from gen_jobs.families.gpt.training import held_out_loss
 from gen_jobs.recipes import load_recipe
-from gen_jobs.text_data import load_documents, split_documents
+from gen_jobs.families.gpt.data import load_documents, split_documents
 from gen_jobs.verify import problems
 from test_gpt import TINY_GPT
 from test_ray_pipeline import shard_bytes
@@ -30,11 +32,11 @@ def test_training_lowers_held_out_loss(gpt_trained):
     info = json.loads((Path(gpt_trained) / "raygen.json").read_text())
     assert info["epoch"] == 2
     recipe = load_recipe("gpt_pydoc", TRAIN)
-    tokenizer = gpt.Sampler(gpt_trained).tokenizer
+    tokenizer = Sampler(gpt_trained).tokenizer
     _, held = split_documents(load_documents(recipe.data), recipe.data.held_out)
     torch.manual_seed(recipe.train.seed)
-    untrained = gpt.build_model(recipe.model)
-    total, count = gpt._held_out_loss(untrained, gpt.pack_blocks(held, tokenizer, recipe.model.n_positions), "cpu")
+    untrained = build_model(recipe.model)
+    total, count = held_out_loss(untrained, pack_blocks(held, tokenizer, recipe.model.n_positions), "cpu")
     assert info["metrics"]["held_out_loss"] < total / count - 0.5
     assert info["metrics"]["held_out_perplexity"] == pytest.approx(math.exp(info["metrics"]["held_out_loss"]), rel=0.01)
     assert {"config.json", "model.safetensors", "tokenizer.json", "recipe.json", "train_state.pt"} <= {

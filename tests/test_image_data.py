@@ -10,7 +10,7 @@ from PIL import Image
 
 from gen_jobs import storage
 from gen_jobs.errors import UserError
-from gen_jobs.image_data import ImageDataConfig, load_images
+from gen_jobs.families.dcgan.data import ImageDataConfig, load_images
 
 
 def _png(value: int, mode: str = "L") -> bytes:

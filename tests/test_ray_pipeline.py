@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import REPO, TINY
 from gen_jobs import storage
 from gen_jobs.checkpoint import read_recipe
 from gen_jobs.generate import GenerateArgs, generate
-from gen_jobs.image_encoding import decode_png
+from gen_jobs.images import decode_png
 from gen_jobs.recipes import load_recipe
 from gen_jobs.verify import problems
 
@@ -158,4 +159,16 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(checkpoint)
     assert "epoch 2/2" in log and "epoch 1/2" not in log
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith(f"checkpoint: {storage_dir}/tiny/checkpoint_") and last != f"checkpoint: {checkpoint}"
-    assert json.loads((Path(last.split(": ", 1)[1]) / "raygen.json").read_text())["epoch"] == 2
+    resumed = Path(last.split(": ", 1)[1])
+    assert json.loads((resumed / "raygen.json").read_text())["epoch"] == 2
+
+    # The harness reseeds every epoch from (seed, epoch, rank): the interrupted-and-resumed
+    # run ends with the same weights as a run that trained both epochs in one go.
+    from gen_jobs.checkpoint import load_state
+    from gen_jobs.train import train
+
+    straight = Path(train(load_recipe("dcgan_digits", [*TINY[:1], *TINY[2:], "train.epochs=2"]), storage_dir,
+                          "tiny-straight", workers=2, gpu=False))
+    for stem in ("model", "generator", "discriminator"):
+        a, b = load_state(resumed, stem), load_state(straight, stem)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stem

@@ -21,9 +21,9 @@ from PIL import Image
 from conftest import free_port
 from gen_jobs.generate import GenerateArgs, generate
 from gen_jobs.manifest import read_manifest, read_shards
-from gen_jobs.models import gpt
+from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
 from gen_jobs.recipes import load_recipe
-from gen_jobs.text_data import load_documents, split_documents
+from gen_jobs.families.gpt.data import load_documents, split_documents
 from test_gpt import TINY_GPT
 
 API_KEY = "test-key-" + os.urandom(8).hex()
@@ -37,7 +37,7 @@ def gpt_checkpoint(tmp_path_factory) -> str:
     train, _ = split_documents(load_documents(recipe.data), recipe.data.held_out)
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("serve") / "gpt"
-    gpt.save(folder, recipe, gpt.build_model(recipe.model), gpt.train_tokenizer(train, 300), {"epoch": 0})
+    save_gpt(folder, recipe, build_model(recipe.model), train_tokenizer(train, 300), {"epoch": 0})
     return str(folder)
 
 
@@ -121,6 +121,12 @@ def test_images_generate_valid_pngs_of_the_asked_label_and_size(client):
     assert len({img.tobytes() for img in images}) == 4  # four seeds, four different digits
     bigger = client.images.generate(model="digits", prompt="", size="64x64", extra_body={"seed": 11, "label": 7})
     assert np.array_equal(png(bigger.data[0].b64_json)[::2, ::2], images[0])  # nearest-neighbour upscale
+    # All 64 bits of a seed count: s and s + 2**32 are different requests, for images and text alike.
+    far = client.images.generate(model="digits", prompt="", extra_body={"seed": 11 + 2**32, "label": 7})
+    assert png(far.data[0].b64_json).tobytes() != images[0].tobytes()
+    texts = [client.completions.create(model="pydoc", prompt="The", max_tokens=12, temperature=1.0, seed=s).choices[0].text
+             for s in (5, 5 + 2**32)]
+    assert texts[0] != texts[1]
 
 
 def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, checkpoint, gpt_checkpoint, tmp_path):

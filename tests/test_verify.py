@@ -1,25 +1,30 @@
 """Manifest and verify: a good dataset passes; corrupt, missing and stray shards are named.
 
-Datasets here are written in-process (the Ray pipeline calls the same write_shard).
+Datasets here are written in-process by the ShardWriter that Ray Data's actors run.
 """
 
 import json
 
 import pytest
 
-from gen_jobs.generate import GenerateArgs, plan, write_manifest, write_shard
+import numpy as np
+
+from gen_jobs.generate import GenerateArgs, ShardEntry, ShardWriter, plan, write_manifest
 from gen_jobs.manifest import read_manifest
-from gen_jobs.models.dcgan import Sampler
 from gen_jobs.verify import main as verify_main
 
 
 def make_dataset(checkpoint: str, out: str, num_samples: int = 50, rows_per_shard: int = 20, seed: int = 0) -> None:
     args = GenerateArgs(checkpoint=checkpoint, out=out, num_samples=num_samples, rows_per_shard=rows_per_shard, seed=seed)
     identity, micro_batch = plan(args)
-    sampler = Sampler(checkpoint)
-    family = __import__("gen_jobs.models.dcgan", fromlist=["x"])
-    entries = [write_shard(sampler, family, identity, out, k, micro_batch) for k in range(identity.num_shards)]
-    write_manifest(out, identity, entries)
+    write_manifest(out, identity, write_in_process(identity, out, micro_batch))
+
+
+def write_in_process(identity, out: str, micro_batch: int) -> list[ShardEntry]:
+    """Every shard, written by one ShardWriter in this process; their manifest entries."""
+    writer = ShardWriter(identity.model_dump(mode="json"), out, micro_batch, "cpu")
+    columns = writer({"shard": np.arange(identity.num_shards)})
+    return [ShardEntry(**{key: columns[key][k] for key in ShardEntry.model_fields}) for k in range(identity.num_shards)]
 
 
 @pytest.fixture()
@@ -45,7 +50,9 @@ def test_manifest_records_every_shard(dataset, random_checkpoint):
 def test_verify_passes_with_one_line(dataset, capsys):
     assert verify_main([str(dataset)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("OK") and "3 shards" in out[0] and "50 rows" in out[0]
+    assert len(out) == 2 and out[0].startswith("OK") and "3 shards" in out[0] and "50 rows" in out[0]
+    # the identity it checked: how the rows were made
+    assert "made by: dcgan" in out[1] and "noise splitmix64-counter-v1" in out[1] and "made on cpu with torch" in out[1]
 
 
 def test_verify_names_corrupt_missing_and_stray_files(dataset, capsys):

@@ -8,7 +8,8 @@ An API module holds its pydantic request schemas and
     respond(sampler, request, out, model)   sampler output -> the response body
 and, for APIs that stream, a `Stream` class (text.Stream). Batching, limits,
 auth, errors and metrics are shared (serving.app, serving.model_server); a new
-family (music, style transfer) adds one module here and one line below.
+family (music, style transfer) adds one module here and names it in its
+descriptor's `serve_api`.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ def choice_seed(seed: int, k: int) -> int:
     return (seed + k) % (MAX_SEED + 1)
 
 
-API_FOR_FAMILY: dict[str, str] = {
-    "dcgan": "serving.apis.images",
-    "gpt": "serving.apis.text",
-}
+def api_module(family: str) -> ModuleType | None:
+    """The API module a family's descriptor names (gen_jobs.family.Family.serve_api), or None."""
+    from gen_jobs import families
 
-
-def api_module(family: str) -> ModuleType:
-    return importlib.import_module(API_FOR_FAMILY[family])
+    name = families.get(family).serve_api
+    return importlib.import_module(name) if name else None
 
 
 def all_api_modules() -> list[ModuleType]:
-    return [importlib.import_module(name) for name in sorted(set(API_FOR_FAMILY.values()))]
+    from gen_jobs import families
+
+    names = {families.get(f).serve_api for f in families.names()} - {None}
+    return [importlib.import_module(name) for name in sorted(names)]

@@ -96,7 +96,7 @@ def rows(sampler, request: ImageRequest) -> dict[str, np.ndarray]:
 
 
 def respond(sampler, request: ImageRequest, out: dict[str, np.ndarray], model: str) -> dict:
-    from gen_jobs.image_encoding import encode_png
+    from gen_jobs.images import encode_png
 
     images = out["image"]  # uint8 n x S x S x C
     size = request.pixels()

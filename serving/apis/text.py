@@ -143,7 +143,7 @@ def chat_prompt(tokenizer, messages: list[ChatMessage]) -> str:
 
 def rows(sampler, request: SamplingFields) -> dict[str, np.ndarray]:
     """The sampler batch for a request: one row per (prompt, choice), with the request's settings."""
-    from gen_jobs.models.gpt import object_column
+    from gen_jobs.columns import object_column
 
     s = sampler.sampling
     prompts = prompts_of(sampler, request)

@@ -1,4 +1,4 @@
-"""Image training data: scikit-learn's bundled digits, a folder of images, or Parquet.
+"""DCGAN's training data: scikit-learn's bundled digits, a folder of images, or Parquet.
 
 Every source becomes the same pair of arrays:
     images: float32 (N, C, H, W) in [-1, 1], resized to the recipe's image size
@@ -15,19 +15,17 @@ Sources (the recipe's `data.source`):
 
 from __future__ import annotations
 
-import io
 import posixpath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field
 
 from gen_jobs import storage
 from gen_jobs.errors import UserError
+from gen_jobs.images import IMAGE_SUFFIXES, decode_image, resize_uint8
 from gen_jobs.recipes import StrictModel
 
 DIGITS = "sklearn:digits"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class ImageDataConfig(StrictModel):
@@ -43,19 +41,6 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     return images, digits.target.astype(np.int64)
-
-
-def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, h, w) or (N, h, w, C) uint8 -> (N, size, size, C) uint8, bicubic like PIL."""
-    if images.ndim == 3:
-        images = images[..., None]
-    out = []
-    for img in images:
-        mode = "L" if img.shape[-1] == 1 else "RGB"
-        pil = Image.fromarray(img[..., 0] if mode == "L" else img, mode=mode)
-        arr = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
-        out.append(arr if arr.ndim == 3 else arr[..., None])
-    return np.stack(out)
 
 
 def load_images(cfg: ImageDataConfig, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -80,15 +65,6 @@ def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     return np.round(images.astype(np.float32).mean(axis=-1, keepdims=True)).astype(np.uint8)
 
 
-def _decode(data: bytes, size: int, channels: int, where: str) -> np.ndarray:
-    try:
-        img = Image.open(io.BytesIO(data)).convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{where} is not a readable image ({e}); remove it or convert it to PNG") from e
-    arr = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC))
-    return arr if arr.ndim == 3 else arr[..., None]
-
-
 def _has_parquet(uri: str) -> bool:
     return any(f.endswith(".parquet") for f in storage.list_files(uri)) if storage.is_dir(uri) else False
 
@@ -103,7 +79,7 @@ def _from_folder(uri: str, size: int, channels: int) -> tuple[np.ndarray, np.nda
     if not storage.is_s3(uri):
         root = storage.resolve(uri)[1]
     classes = sorted({posixpath.dirname(posixpath.relpath(f, root)) for f in files})
-    images = np.stack([_decode(storage.read_bytes(f), size, channels, f) for f in files])
+    images = np.stack([decode_image(storage.read_bytes(f), size, channels, f) for f in files])
     if classes == [""]:
         return images, None
     if "" in classes:
@@ -130,7 +106,7 @@ def _from_parquet(cfg: ImageDataConfig, size: int, channels: int) -> tuple[np.nd
     for table in tables:
         for i, cell in enumerate(table.column(cfg.image_column).to_pylist()):
             data = cell["bytes"] if isinstance(cell, dict) else cell
-            images.append(_decode(data, size, channels, f"{cfg.source} row {i}"))
+            images.append(decode_image(data, size, channels, f"{cfg.source} row {i}"))
         if cfg.label_column and cfg.label_column in columns:
             labels.extend(table.column(cfg.label_column).to_pylist())
     return np.stack(images), (np.asarray(labels, dtype=np.int64) if labels else None)

@@ -1,4 +1,4 @@
-"""Quality figures for generated text.
+"""GPT's quality figures for generated text.
 
     distinct_1, distinct_2   unique words (word pairs) / all words (word pairs) in the samples:
                              low values mean the model repeats itself across samples
@@ -63,3 +63,18 @@ def score_texts(texts: list[str], corpus: list[str] | None = None, perplexity: f
         memorised_8gram_share=memorised,
         held_out_perplexity=perplexity,
     )
+
+
+def score_dataset(table, recipe, checkpoint_uri: str) -> dict:
+    """Text figures of a generated table (memorisation against the training corpus, when known)."""
+    from gen_jobs import checkpoint
+    from gen_jobs.errors import UserError
+    from gen_jobs.families.gpt.data import load_documents
+
+    perplexity = checkpoint.training_metrics(checkpoint_uri).get("held_out_perplexity")
+    try:
+        corpus = load_documents(recipe.data)
+    except UserError:  # a bring-your-own model's corpus is unknown here
+        corpus = None
+    quality = score_texts(table.column("text").to_pylist(), corpus, perplexity)
+    return {"summary": quality.summary(), **quality.model_dump(exclude_none=True)}

@@ -1,4 +1,4 @@
-"""Quality figures for generated digits, from a reference classifier trained on real ones.
+"""DCGAN's quality figures for generated digits, from a reference classifier trained on real ones.
 
     classes_covered   classes the reference classifier finds among the samples (of 10);
                       fewer than 10 means mode collapse
@@ -27,7 +27,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC
 
-from gen_jobs.image_data import digits_arrays, resize_uint8
+from gen_jobs.families.dcgan.data import DIGITS, digits_arrays
+from gen_jobs.images import resize_uint8
 
 NUM_CLASSES = 10
 
@@ -151,10 +152,27 @@ class DigitsReference:
 
     def training_figures(self, G: torch.nn.Module, cfg, num_samples: int, device: torch.device) -> dict:
         """Figures for the training log: G's samples for fixed seeds, labels cycling 0..9."""
-        from gen_jobs.models.dcgan import sample_images
+        from gen_jobs.families.dcgan.sampler import sample_images
 
         seeds = np.arange(num_samples, dtype=np.int64)
         labels = (seeds % NUM_CLASSES) if cfg.conditional else None
         images, drawn = sample_images(G, seeds, labels, device)
         q = self.score(images, drawn if cfg.conditional else None, tstr=False)
         return q.model_dump(exclude_none=True, exclude={"num_samples"})
+
+
+def scorable(recipe) -> bool:
+    """The digits reference classifier can score this model's samples."""
+    return recipe.data.source == DIGITS and recipe.model.num_classes == 10
+
+
+def score_dataset(table, recipe, checkpoint_uri: str) -> dict | None:
+    """The digits figures of a generated table (None when the reference classifier does not apply)."""
+    from gen_jobs.images import decode_png
+
+    if not scorable(recipe):
+        return None
+    images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])
+    labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64) if recipe.model.conditional else None
+    quality = DigitsReference(recipe.model.image_size).score(images, labels)
+    return {"summary": quality.summary(), "warnings": quality.warnings(), **quality.model_dump(exclude_none=True)}

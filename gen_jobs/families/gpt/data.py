@@ -1,4 +1,4 @@
-"""Text training corpora: Python's own documentation, or the user's files.
+"""GPT's training corpora: Python's own documentation, or the user's files.
 
 Sources (the recipe's `data.source`):
     pydoc:topics        the ~465K characters of English in `pydoc_data.topics`,
@@ -13,13 +13,13 @@ same corpus, and the held-out split is the same documents each time.
 from __future__ import annotations
 
 import io
-import json
 
 from pydantic import Field
 
 from gen_jobs import storage
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
+from gen_jobs.rows import jsonl_column
 
 PYDOC = "pydoc:topics"
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -61,21 +61,9 @@ def _read(uri: str, column: str) -> list[str]:
         if column not in table.column_names:
             raise UserError(f"{uri} has no column {column!r} (columns: {', '.join(table.column_names)}); set data.text_column")
         return [t for t in table.column(column).to_pylist() if isinstance(t, str)]
-    text = data.decode("utf-8", errors="replace")
     if uri.endswith(".jsonl"):
-        out = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{uri} line {n} is not JSON ({e.msg})") from e
-            if column not in record:
-                raise UserError(f"{uri} line {n} has no field {column!r}; set data.text_column")
-            out.append(str(record[column]))
-        return out
-    return [text]
+        return [t for t in jsonl_column(uri, data, column, "data.text_column") if t is not None]
+    return [data.decode("utf-8", errors="replace")]
 
 
 def split_documents(documents: list[str], held_out: float) -> tuple[list[str], list[str]]:

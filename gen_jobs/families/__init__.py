@@ -1,0 +1,28 @@
+"""The registry of model families: one line per family.
+
+Each entry names a package whose `FAMILY` (a gen_jobs.family.Family) says what
+the family is made of; see gen_jobs/family.py for the contract. Adding a
+family means adding its package and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from gen_jobs.family import Family
+
+REGISTRY: dict[str, str] = {
+    "dcgan": "gen_jobs.families.dcgan",
+    "gpt": "gen_jobs.families.gpt",
+}
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str) -> Family:
+    """The descriptor of family `name` (a KeyError names the valid ones)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model family {name!r}; valid families: {', '.join(REGISTRY)}")
+    return importlib.import_module(REGISTRY[name]).FAMILY

@@ -1,0 +1,63 @@
+"""The family contract: what a model family declares once, and what the shared core asks of it.
+
+A family is one package under `gen_jobs/families/<name>/` whose `__init__`
+holds `FAMILY = Family(...)` and nothing heavy (no torch import), so listing
+families costs nothing. The descriptor names, as `module:attribute` strings
+loaded on first use, the family's parts:
+
+    recipe          its pydantic Recipe (a RecipeBase)
+    training        its TrainingTask class, which gen_jobs.harness drives on Ray Train
+    sampler         its Sampler: `__init__(checkpoint_uri, device, recipe=None)` loads once;
+                    `__call__(batch)` maps request columns (id, seed, and label / prompt / image
+                    as `rows_from` says) to output columns. Ray Data and Ray Serve both use it.
+    to_table        sampler output -> the dataset's Arrow table (schema + HuggingFace features)
+    score_dataset   the quality figures recorded in the manifest (or None)
+    describe_epoch  the training log's line for one epoch's metrics
+
+and, as plain values:
+
+    rows_from       what its rows are made from besides id and seed: "ids" (nothing more),
+                    "prompts" (a text column), "images" (an input image dataset)
+    serve_api       the serving.apis module of its HTTP API, or None
+    demo            its demo defaults (recipe name, rows, what to show), or None
+    foreign_checkpoint  a `module:function` that describes a checkpoint folder made
+                    elsewhere (no raygen recipe.json) with a recipe, or None
+
+The shared core (generate, demo, checkpoint, manifest, serving) reaches a
+family only through this descriptor: it never tests a family's name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+RowsFrom = Literal["ids", "prompts", "images"]
+
+
+@dataclass(frozen=True)
+class DemoDefaults:
+    recipe: str  # a built-in recipe name
+    num_samples: int  # rows the demo generates
+    show: Literal["grid", "text"]  # what the demo's report shows of the dataset
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    recipe: str
+    training: str
+    sampler: str
+    to_table: str
+    score_dataset: str
+    describe_epoch: str
+    rows_from: RowsFrom = "ids"
+    serve_api: str | None = None
+    demo: DemoDefaults | None = None
+    foreign_checkpoint: str | None = None
+
+    def load(self, part: str) -> Any:
+        """The object a `module:attribute` field names, imported on first use."""
+        module, _, attribute = getattr(self, part).partition(":")
+        return getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,160 @@
+"""The training harness: the Ray Train loop every family shares.
+
+    gen_jobs.train runs `TorchTrainer(train_loop_per_worker, ...)`; nothing here runs at import.
+
+What the harness does, so that no family writes it again:
+  - worker context: rank, world size, device (Ray Train's: a GPU per worker with --gpu);
+  - the same initial weights on every worker (torch seeded with train.seed before the task is built);
+  - resume: the run's latest checkpoint (weights + `train_state.pt`, loaded with
+    weights_only=True) gives the task its state and the epoch to continue from;
+  - determinism across interruptions: every epoch reseeds torch from
+    (train.seed, epoch, rank) and shuffles with a generator seeded from
+    (train.seed, epoch), so a run resumed at epoch e draws exactly what an
+    uninterrupted run draws from epoch e on, and ends with the same weights
+    (tested). No RNG state needs saving, and a resumed run may change its
+    worker count;
+  - the epoch's shuffled example order, cut into global batches, each worker taking
+    every world-th example of a batch (its slice);
+  - step metrics averaged over steps and all-reduced over workers;
+  - checkpoint cadence (train.checkpoint_every, and always the last epoch), written by
+    rank 0 and reported with `ray.train.report`; other epochs report metrics only.
+
+A family supplies a TrainingTask (see the Protocol below): its models and
+optimisers, one training step on a batch of example indices, end-of-epoch
+figures, and how to save and load its state.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from gen_jobs.recipes import RecipeBase
+
+TRAIN_STATE = "train_state.pt"
+
+
+class Workers:
+    """This worker's place in the group and the collectives a task may need."""
+
+    def __init__(self, rank: int, world: int, device: torch.device):
+        self.rank, self.world, self.device = rank, world, device
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum over workers (a CPU float64 tensor in, the same shape out)."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        out = values.to(self.device)
+        dist.all_reduce(out)
+        return out.cpu()
+
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """Average `module`'s gradients over workers in one flat all-reduce (for models not wrapped in DDP)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+class TrainingTask(Protocol):
+    """What a family gives the harness. Built on every worker after torch is seeded."""
+
+    num_examples: int  # examples shuffled each epoch
+
+    def __init__(self, recipe: RecipeBase, prepared: dict, workers: Workers): ...
+
+    @staticmethod
+    def prepare(recipe: RecipeBase) -> dict:
+        """Driver-side, before any worker starts: check the data, build what all workers share."""
+        ...
+
+    def train_step(self, indices: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on this worker's slice of a batch; returns its losses."""
+        ...
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        """Figures after an epoch (every worker calls it: it may use collectives)."""
+        ...
+
+    def save(self, folder: Path, info: dict) -> None:
+        """Write a checkpoint (weights, recipe, `info`) that gen_jobs.checkpoint can read."""
+        ...
+
+    def train_state(self) -> dict:
+        """Optimiser and schedule state (tensors and plain values only: loaded with weights_only=True)."""
+        ...
+
+    def load(self, folder: Path, train_state: dict) -> None:
+        """Take the state of a checkpoint written by `save` and `train_state`."""
+        ...
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Torch's seed for one worker's epoch: distinct per worker, the same on every rerun."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % (2**63)
+
+
+def batch_indices(order: torch.Tensor, step: int, batch_size: int, workers: Workers) -> torch.Tensor:
+    """This worker's slice of global batch `step`: every world-th index of it."""
+    return order[step * batch_size * workers.world:][workers.rank:: workers.world][:batch_size]
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's loop: config = {"family", "recipe" (JSON), "prepared" (the task's prepare())}."""
+    import ray.train
+    import ray.train.torch
+
+    from gen_jobs import families
+
+    family = families.get(config["family"])
+    recipe = family.load("recipe").model_validate(config["recipe"])
+    t = recipe.train
+    ctx = ray.train.get_context()
+    workers = Workers(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+    torch.manual_seed(t.seed)  # the same initial weights on every worker
+    task = family.load("training")(recipe, config["prepared"], workers)
+    start_epoch = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as folder:
+            state = torch.load(Path(folder) / TRAIN_STATE, map_location="cpu", weights_only=True)
+            task.load(Path(folder), state)
+            start_epoch = int(state["epoch"])
+
+    steps_per_epoch = max(1, task.num_examples // (t.batch_size * workers.world))
+    for epoch in range(start_epoch, t.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(epoch_seed(t.seed, epoch, workers.rank))
+        order = torch.randperm(task.num_examples, generator=torch.Generator().manual_seed(t.seed + epoch))
+        sums: dict[str, float] = {}
+        for step in range(steps_per_epoch):
+            for key, value in task.train_step(batch_indices(order, step, t.batch_size, workers)).items():
+                sums[key] = sums.get(key, 0.0) + value
+        means = workers.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64))
+        means /= steps_per_epoch * workers.world
+        metrics = {"epoch": epoch + 1, **{k: round(v, 4) for k, v in zip(sums, means.tolist())}}
+        metrics.update(task.end_epoch(epoch + 1))
+        metrics["seconds"] = round(time.perf_counter() - started, 2)
+        last = epoch + 1 == t.epochs
+        if workers.rank == 0 and (last or (epoch + 1) % t.checkpoint_every == 0):
+            with tempfile.TemporaryDirectory(prefix="raygen-ckpt-") as folder:
+                task.save(Path(folder), {"epoch": epoch + 1, "metrics": metrics})
+                torch.save({"epoch": epoch + 1, **task.train_state()}, Path(folder) / TRAIN_STATE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics, checkpoint=None)

@@ -1,0 +1,78 @@
+"""Row sources: prompts and input images are read a shard's slice at a time, nulls keep their place."""
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from gen_jobs.errors import UserError
+from gen_jobs.rows import plan_images, plan_prompts, read_inputs
+
+
+def test_parquet_prompts_are_read_by_row_group_and_nulls_keep_their_place(tmp_path):
+    path = tmp_path / "p.parquet"
+    prompts = [f"prompt {i}" if i % 5 else None for i in range(100)]
+    pq.write_table(pa.table({"prompt": prompts, "other": list(range(100))}), path, row_group_size=10)
+    source = plan_prompts(str(path), "prompt", samples_per_input=2)
+    assert source.inputs == 100 and len(source.sha256) == 64
+    cache: dict = {}
+    assert list(read_inputs(source, 23, 41, cache)) == prompts[23:41]
+    assert len(cache["row_groups"]) == 11  # ten groups and the end: read from metadata, rows only from 3 groups
+    assert read_inputs(source, 25, 26)[0] is None  # row 25 is null and stays row 25
+
+
+def test_jsonl_prompts_nulls_and_bad_records(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p}) for p in ["a", None, "c", "d"]) + "\n")
+    source = plan_prompts(str(path), "prompt", 1)
+    assert source.inputs == 4 and list(read_inputs(source, 1, 3)) == [None, "c"]
+    path.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": 3}) + "\n")
+    with pytest.raises(UserError, match="line 2's 'prompt' is int, not a string or null"):
+        plan_prompts(str(path), "prompt", 1)
+    path.write_bytes(b'{"prompt": "\xff"}\n')
+    with pytest.raises(UserError, match="not UTF-8"):
+        plan_prompts(str(path), "prompt", 1)
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (4, 4), value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_an_image_folder_is_read_in_sorted_order_and_its_digest_follows_its_content(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "b").mkdir(parents=True)
+    for name, value in [("b/2.png", 2), ("a.png", 0), ("b/1.png", 1), ("notes.txt", 9)]:
+        (folder / name).write_bytes(_png(value) if name.endswith(".png") else b"not an image")
+    source = plan_images(str(folder), "image", 1)
+    assert source.inputs == 3
+    assert list(read_inputs(source, 1, 3)) == [_png(1), _png(2)]  # a.png, b/1.png, b/2.png
+    (folder / "b" / "1.png").write_bytes(_png(7))
+    assert plan_images(str(folder), "image", 1).sha256 != source.sha256
+
+
+def test_parquet_images_and_bad_inputs(tmp_path):
+    cells = [{"bytes": _png(i), "path": f"{i}.png"} for i in range(3)] + [None]
+    pq.write_table(pa.table({"image": cells}), tmp_path / "images.parquet")
+    source = plan_images(str(tmp_path / "images.parquet"), "image", 1)
+    assert list(read_inputs(source, 2, 4)) == [_png(2), None]
+    with pytest.raises(UserError, match="no column 'picture'"):
+        plan_images(str(tmp_path / "images.parquet"), "picture", 1)
+    with pytest.raises(UserError, match="does not exist"):
+        plan_images(str(tmp_path / "nowhere"), "image", 1)
+
+
+def test_a_family_refuses_a_row_source_it_cannot_use(random_checkpoint, tmp_path):
+    from gen_jobs.generate import GenerateArgs, plan
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(_png(1))
+    with pytest.raises(UserError, match="--input needs a model that transforms images.*dcgan"):
+        plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "o"), input=str(tmp_path / "in")))
+    pq.write_table(pa.table({"prompt": ["a"]}), tmp_path / "p.parquet")
+    with pytest.raises(UserError, match="--prompts needs a text checkpoint"):
+        plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "o"), prompts=str(tmp_path / "p.parquet")))
