@@ -4,7 +4,8 @@
 
 Both sides use the same generator (random weights: the cost does not depend on
 them) and batch size in one process; the Sampler adds what a dataset row needs:
-a generator per row (label + latent from the row's seed) and the uint8 image.
+its label and latent from the row's seed (gen_jobs.seeding's counter-based
+noise, computed on the device) and the uint8 image; the bare loop uses torch.randn.
 On a GPU it also prints how many images differ from the CPU's and by how much.
 
     sampler <img/s> vs bare G(z) <img/s>, ratio <R>

@@ -44,6 +44,7 @@ def bare_loop(checkpoint: str, out: Path, num_rows: int, rows_per_shard: int, mi
 
     from gen_jobs.checkpoint import read_recipe
     from gen_jobs.families.dcgan.model import Generator
+    from gen_jobs import seeding
     from gen_jobs.seeding import row_seeds
 
     torch.set_num_threads(1)
@@ -58,19 +59,17 @@ def bare_loop(checkpoint: str, out: Path, num_rows: int, rows_per_shard: int, mi
         seeds = row_seeds(0, ids)
         labels, pngs = [], []
         for i in range(0, len(ids), micro_batch):
-            z, y = [], []
-            for seed in seeds[i: i + micro_batch].tolist():
-                gen = torch.Generator().manual_seed(seed)
-                y.append(int(torch.randint(cfg.num_classes, (1,), generator=gen)))
-                z.append(torch.randn(cfg.latent_dim, generator=gen))
+            s = seeding.seed_tensor(seeds[i: i + micro_batch])  # the same counter-based noise as raygen's rows
+            y = seeding.integers(s, seeding.LABEL, cfg.num_classes)
+            z = seeding.normals(s, seeding.LATENT, cfg.latent_dim)
             with torch.inference_mode():
-                x = G(torch.stack(z), torch.tensor(y))
+                x = G(z, y)
             images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
             for img in images:
                 buf = io.BytesIO()
                 Image.fromarray(img, mode="L").save(buf, format="PNG", compress_level=6)
                 pngs.append(buf.getvalue())
-            labels += y
+            labels += y.tolist()
         image = pa.StructArray.from_arrays(
             [pa.array(pngs, pa.binary()), pa.array([f"{i}.png" for i in ids], pa.string())], names=["bytes", "path"]
         )

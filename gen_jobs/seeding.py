@@ -83,7 +83,7 @@ def row_seeds(base_seed: int, ids: np.ndarray) -> np.ndarray:
 
 def seed_tensor(seeds: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """Row seeds as an int64 tensor on `device` (B)."""
-    return torch.as_tensor(np.asarray(seeds, dtype=np.int64)).to(device)
+    return torch.as_tensor(np.ascontiguousarray(seeds, dtype=np.int64)).to(device)
 
 
 def random_bits(seeds: torch.Tensor, stream: int, index: torch.Tensor | int) -> torch.Tensor:

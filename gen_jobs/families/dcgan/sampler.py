@@ -31,7 +31,7 @@ def sample_images(G: nn.Module, seeds: np.ndarray, labels: np.ndarray | None, de
     s = seeding.seed_tensor(seeds, device)  # B
     y = seeding.integers(s, seeding.LABEL, cfg.num_classes)  # B
     if labels is not None:
-        given = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
+        given = torch.as_tensor(np.ascontiguousarray(labels, dtype=np.int64), device=device)
         y = torch.where(given >= 0, given, y)
     z = seeding.normals(s, seeding.LATENT, cfg.latent_dim)  # B x latent
     with torch.inference_mode():
