@@ -3,13 +3,14 @@
     raygen demo [--family dcgan|gpt] [--out ./out] [--workers 2] [--num-samples N]
     python -m gen_jobs.demo
 
-Without --family it runs every family, one after the other. Everything lands
-under --out:
+Without --family it runs every family, one after the other. Each run writes
+into a new folder of its own, OUT/demo-<YYYYmmdd-HHMMSS>/, and deletes nothing
+(earlier demos and `raygen train` runs under OUT/runs stay as they are):
     runs/<recipe>/            Ray Train run with its checkpoints
     dcgan_digits/             10,000 labelled digit images: part-*.parquet + _manifest.json
     dcgan_digits_grid.png     10x10 samples from that dataset, one row per label
     gpt_pydoc/                1,000 text samples from the GPT trained on Python's docs
-A rerun trains and generates afresh (it replaces its own previous output).
+`raygen serve` with no arguments serves the newest demo's checkpoints.
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, per_label: int = 10) -> 
     return np.concatenate(rows, axis=0)
 
 
+def new_demo_folder(out: str) -> str:
+    """OUT/demo-<YYYYmmdd-HHMMSS>: a name no earlier run used (the demo deletes nothing)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = storage.join(out, f"demo-{stamp}")
+    n = 2
+    while storage.exists(folder):
+        folder = storage.join(out, f"demo-{stamp}-{n}")
+        n += 1
+    return folder
+
+
 def run_family(family: str, args: DemoArgs, log=print) -> dict:
     """Train, generate, verify; returns what to report (paths, quality, timings)."""
     from gen_jobs.generate import GenerateArgs, generate
@@ -73,7 +85,8 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     timings = {}
     recipe = load_recipe(demo.recipe, args.set)
     runs = storage.join(args.out, "runs")
-    storage.remove_tree(storage.join(runs, recipe.name))  # the demo always trains afresh
+    if storage.exists(storage.join(runs, recipe.name)):  # never continue or delete someone's run
+        raise UserError(f"{storage.join(runs, recipe.name)} already exists; the demo writes only into a new folder")
     log(f"[{family} 1/3] training {recipe.name} on {args.workers} Ray Train workers ({recipe.train.epochs} epochs)")
     started = time.perf_counter()
     ckpt = train(recipe, runs, recipe.name, args.workers, gpu=False)
@@ -83,10 +96,7 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     num_samples = args.num_samples or demo.num_samples
     log(f"[{family} 2/3] generating {num_samples:,} samples with {args.workers} Ray Data workers")
     started = time.perf_counter()
-    manifest = generate(
-        GenerateArgs(checkpoint=ckpt, out=dataset, num_samples=num_samples, workers=args.workers, overwrite=True),
-        log=log,
-    )
+    manifest = generate(GenerateArgs(checkpoint=ckpt, out=dataset, num_samples=num_samples, workers=args.workers), log=log)
     timings["generate"] = time.perf_counter() - started
 
     log(f"[{family} 3/3] verifying shards against the manifest")
@@ -144,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.set and not args.family:
             raise UserError(f"--set overrides one recipe: pass --family ({' or '.join(demo_families())}) with it")
         chosen = [args.family] if args.family else demo_families()
+        folder = new_demo_folder(args.out)
+        run_args = args.model_copy(update={"out": folder})
         started = time.perf_counter()
         for n, family in enumerate(chosen, start=1):
             print(f"=== demo {n}/{len(chosen)}: {family}", flush=True)
-            report(run_family(family, args))
-        print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; everything is under {args.out}")
+            report(run_family(family, run_args))
+        print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; everything is under {folder}")
         return 0
 
     return run_main(body)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 
@@ -29,21 +30,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
-from gen_jobs import checkpoint, storage
+from gen_jobs import checkpoint, output_folder, storage
 from gen_jobs.cli_args import run_main, validate_args
 from gen_jobs.errors import UserError
+from gen_jobs.lease import Lease
 from gen_jobs.manifest import (
     MANIFEST,
     PENDING,
+    SHARD_TAG,
     DatasetIdentity,
     Manifest,
     ShardEntry,
-    read_manifest,
-    read_pending,
     read_shards,
     schema_description,
     sha256,
-    shard_files,
     shard_name,
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
@@ -187,7 +187,9 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, micro_batch: int,
                 input_cache: dict | None = None) -> ShardEntry:
-    data = parquet_bytes(shard_table(sampler, to_table, identity, k, micro_batch, input_cache))
+    table = shard_table(sampler, to_table, identity, k, micro_batch, input_cache)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **identity.shard_tag(k)})
+    data = parquet_bytes(table)
     storage.write_bytes_atomic(storage.join(out, shard_name(k)), data)
     ids = identity.shard_ids(k)
     return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sha256(data))
@@ -247,21 +249,20 @@ def row_source(args: GenerateArgs, rows_from: str, family: str, ckpt: str) -> Ro
     return RowSource()
 
 
-def shards_to_write(identity: DatasetIdentity, out: str, manifest: Manifest | None) -> tuple[list[int], dict[int, ShardEntry]]:
-    """(shards to (re)generate, entries of the shards already good)."""
-    present = shard_files(out)
+def shards_to_write(identity: DatasetIdentity, manifest: Manifest | None, shards: dict[str, str]) -> tuple[list[int], dict[int, ShardEntry]]:
+    """(shards to (re)generate, entries of the shards already good); `shards`: raygen's shard files present."""
     expected = {e.file: e for e in manifest.shards} if manifest else {}
     todo, good = [], {}
     for k in range(identity.num_shards):
         name = shard_name(k)
-        if name not in present:
+        if name not in shards:
             todo.append(k)
             continue
-        data = storage.read_bytes(present[name])
+        data = storage.read_bytes(shards[name])
         entry = expected.get(name)
         if entry is not None:
             ok = entry.sha256 == sha256(data)
-        else:  # no manifest yet: a shard under its final name was written whole; check it is ours
+        else:  # no manifest (or a damaged one): keep a shard only if it proves it belongs to this dataset
             entry = _entry_from_file(identity, k, data)
             ok = entry is not None
         if ok:
@@ -272,38 +273,20 @@ def shards_to_write(identity: DatasetIdentity, out: str, manifest: Manifest | No
 
 
 def _entry_from_file(identity: DatasetIdentity, k: int, data: bytes) -> ShardEntry | None:
+    """The entry of a shard file written for this identity: its tag, ids and seeds must all agree."""
     try:
-        ids = pq.read_table(io.BytesIO(data), columns=["id"]).column("id").to_numpy()
-    except (pa.ArrowInvalid, KeyError, OSError):
+        table = pq.read_table(io.BytesIO(data), columns=["id", "seed"])
+        tag = json.loads((table.schema.metadata or {})[SHARD_TAG])
+    except (pa.ArrowInvalid, KeyError, OSError, ValueError):
         return None
     expected = identity.shard_ids(k)
-    if not np.array_equal(ids, np.arange(expected.start, expected.stop)):
+    ids = np.arange(expected.start, expected.stop, dtype=np.int64)
+    if tag != {"dataset": identity.digest(), "shard": k}:
+        return None
+    if not (np.array_equal(table.column("id").to_numpy(), ids)
+            and np.array_equal(table.column("seed").to_numpy(), row_seeds(identity.seed, ids))):
         return None
     return ShardEntry(file=shard_name(k), first_id=expected.start, rows=len(expected), sha256=sha256(data))
-
-
-def prepare_output(args: GenerateArgs, identity: DatasetIdentity) -> Manifest | None:
-    """Check what is at --out against the request; returns the manifest to resume from."""
-    manifest = read_manifest(args.out)
-    previous = manifest.identity() if manifest else read_pending(args.out)
-    strays = shard_files(args.out)
-    if args.overwrite:
-        for uri in [storage.join(args.out, MANIFEST), storage.join(args.out, PENDING), *strays.values()]:
-            storage.delete_file(uri)
-        return None
-    if previous is None and strays:
-        raise UserError(f"{args.out} holds part files but no raygen manifest; choose an empty --out or pass --overwrite")
-    if previous is not None and not args.resume:
-        state = "a complete dataset" if manifest else "an unfinished dataset"
-        raise UserError(f"{args.out} already holds {state}; pass --resume to complete it, --overwrite to replace it, or choose another --out")
-    if previous is not None:
-        diff = identity.differences(previous)
-        if diff:
-            raise UserError(
-                f"refusing to resume {args.out}: it was made with a different {', '.join(diff)}; "
-                "pass --overwrite to replace it or choose another --out (the existing data was left as it was)"
-            )
-    return manifest
 
 
 SCORED_ROWS = 10_000
@@ -319,30 +302,38 @@ def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> dic
     return family.load("score_dataset")(table, recipe, identity.checkpoint)
 
 
-def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> Manifest:
-    """Score the dataset, then record it: the manifest goes last, then the pending marker goes."""
+def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry], lease: Lease | None = None) -> Manifest:
+    """Score the dataset, then record it: the manifest goes last, then the pending marker goes.
+
+    Under a lease, the lease is checked first: a run that lost it writes no manifest.
+    """
     fs, path = storage.resolve(storage.join(out, entries[0].file))
     schema = pq.read_schema(path, filesystem=fs)
     manifest = Manifest(
         **identity.model_dump(), shards=entries, schema_=schema_description(schema), quality=score(out, identity, entries)
     )
+    if lease is not None:
+        lease.assert_held()
     storage.write_bytes_atomic(storage.join(out, MANIFEST), manifest.to_json())
     storage.delete_file(storage.join(out, PENDING))
     return manifest
 
 
 def generate(args: GenerateArgs, log=print) -> Manifest:
+    identity, micro_batch = plan(args, log)
+    # One live run per --out: a second is refused; --resume / --overwrite take over a dead run's lease.
+    with Lease(args.out, take_over=args.resume or args.overwrite) as lease:
+        return _generate(args, identity, micro_batch, lease, log)
+
+
+def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, lease: Lease, log) -> Manifest:
     import ray
     from ray.data import ActorPoolStrategy
 
     from gen_jobs.cluster import connect, quiet_data_progress
 
-    identity, micro_batch = plan(args, log)
-    manifest = prepare_output(args, identity)
-    for uri in storage.list_files(args.out):  # temporaries of a killed run: never valid shards
-        if uri.rsplit("/", 1)[-1].startswith(".part-") and uri.endswith(".tmp"):
-            storage.delete_file(uri)
-    todo, good = shards_to_write(identity, args.out, manifest)
+    manifest, found = output_folder.prepare(args.out, identity, args.resume, args.overwrite, log)
+    todo, good = shards_to_write(identity, manifest, found.shards)
     if not todo and manifest is not None:
         log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
         return manifest
@@ -378,7 +369,7 @@ def generate(args: GenerateArgs, log=print) -> Manifest:
             rate = rows_written / max(time.perf_counter() - started, 1e-9)
             log(f"shard {entry.file} written ({done}/{len(todo)}, {rate:,.0f} rows/s)")
 
-    result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)])
+    result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease)
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
     log(f"wrote {written_rows:,} rows in {len(todo)} shards to {args.out} in {seconds:.1f} s")

@@ -7,6 +7,12 @@ A dataset folder (local or s3://) holds:
                             file, first id, row count and sha256
     _pending.json           only while a run is unfinished: what is being made,
                             so that --resume can check it continues the same dataset
+    _lease.json             only while a run is live: who is writing (gen_jobs.lease)
+
+Every shard also carries, in its Parquet footer's key-value metadata, a
+`raygen` tag: {"dataset": the identity's digest, "shard": k}. It proves the
+file is raygen's (so --overwrite may delete it) and which dataset it belongs
+to (so --resume may keep it without a manifest).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from gen_jobs.seeding import NOISE_VERSION
 
 MANIFEST = "_manifest.json"
 PENDING = "_pending.json"
+LEASE = "_lease.json"
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
+SHARD_TAG = b"raygen"
 
 
 def shard_name(k: int) -> str:
@@ -68,6 +76,16 @@ class DatasetIdentity(BaseModel):
         if self.torch_version != other.torch_version:
             out.append(f"torch version (made with {other.torch_version}, now {self.torch_version})")
         return out
+
+    def digest(self) -> str:
+        """sha256 of what makes the bytes (locations left out: moving a checkpoint or input changes nothing)."""
+        data = self.model_dump(mode="json", exclude={"checkpoint"})
+        data["source"].pop("uri", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def shard_tag(self, k: int) -> dict[bytes, bytes]:
+        """The footer metadata of shard k: whose it is."""
+        return {SHARD_TAG: json.dumps({"dataset": self.digest(), "shard": k}, sort_keys=True).encode()}
 
     def describe(self) -> str:
         """One line for people: how the rows were made."""
@@ -117,35 +135,76 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class DamagedStateFile(UserError):
+    """A manifest or pending record that cannot be read; `recorded` holds the shard checksums it still names."""
+
+    def __init__(self, message: str, recorded: dict[str, str]):
+        super().__init__(message)
+        self.recorded = recorded
+
+
+def _damaged(uri: str, raw: bytes, error: Exception, what: str) -> DamagedStateFile:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "family" in data and "noise_version" not in data:
+        why = "it was made by an earlier raygen, whose rows used other noise, so it cannot be continued"
+    else:
+        why = f"it is damaged ({str(error).splitlines()[0][:200]})"
+    recorded = {}
+    if isinstance(data, dict) and isinstance(data.get("shards"), list):  # what it still says of its shards
+        recorded = {e["file"]: e["sha256"] for e in data["shards"]
+                    if isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str)}
+    return DamagedStateFile(f"{uri} is not a valid raygen {what}: {why}", recorded)
+
+
 def read_manifest(out: str) -> Manifest | None:
+    """The dataset's manifest, None if there is none; DamagedStateFile (a UserError) if it cannot be read."""
     uri = storage.join(out, MANIFEST)
     if not storage.exists(uri):
         return None
+    raw = storage.read_bytes(uri)
     try:
-        return Manifest.from_json(storage.read_bytes(uri))
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{uri} is not a valid raygen manifest ({e}); pass --overwrite to regenerate the dataset") from e
+        return Manifest.from_json(raw)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise _damaged(uri, raw, e, "manifest") from e
 
 
 def read_pending(out: str) -> DatasetIdentity | None:
     uri = storage.join(out, PENDING)
     if not storage.exists(uri):
         return None
+    raw = storage.read_bytes(uri)
     try:
-        return DatasetIdentity.model_validate_json(storage.read_bytes(uri))
+        return DatasetIdentity.model_validate_json(raw)
     except ValueError as e:
-        raise UserError(f"{uri} is not a valid raygen pending record ({str(e).splitlines()[0]}); "
-                        "pass --overwrite to regenerate the dataset") from e
+        raise _damaged(uri, raw, e, "pending record") from e
 
 
 def shard_files(out: str) -> dict[str, str]:
-    """{file name: URI} of every `part-*` file directly in the dataset folder."""
+    """{file name: URI} of every file directly in the dataset folder named exactly like a shard."""
     files = {}
     for uri in storage.list_files(out):
         name = uri.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith("part-"):
+        if SHARD_PATTERN.match(name):
             files[name] = uri
     return files
+
+
+def shard_tag(uri: str) -> dict | None:
+    """The `raygen` tag in a shard's Parquet footer; None if it has none, is not Parquet, or is a link."""
+    import pyarrow.parquet as pq
+
+    if storage.is_link(uri):
+        return None
+    fs, path = storage.resolve(uri)
+    try:
+        meta = pq.read_metadata(path, filesystem=fs).metadata or {}
+        tag = json.loads(meta[SHARD_TAG])
+    except (OSError, ValueError, KeyError):
+        return None
+    return tag if isinstance(tag, dict) else None
 
 
 def read_shards(out: str, entries: list[ShardEntry], columns: list[str] | None = None,

@@ -6,15 +6,22 @@ manifests) goes through this module, so S3 behaves exactly like a local disk.
 S3 uses the standard AWS credential chain (environment, ~/.aws, instance role).
 `AWS_ENDPOINT_URL` points it at an S3-compatible store (MinIO, moto, Ceph), and
 transient errors are retried by the AWS standard retry strategy.
+
+Local paths are made absolute but never resolved through symbolic links:
+raygen writes and deletes the directory entries it names, so a link is
+replaced or removed as a link and the file it points to is never touched.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 import os
 import posixpath
 import shutil
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -29,9 +36,27 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
-def _s3_filesystem() -> pafs.S3FileSystem:
+def _s3_settings() -> tuple[str | None, str]:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return endpoint, region
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    return _cached_s3_filesystem(*_s3_settings())
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    """One filesystem (and connection pool) per endpoint and region, not one per call.
+
+    The cached filesystems are dropped and Arrow's S3 layer finalised at exit
+    (`_finalize_s3`): an S3FileSystem that outlives the interpreter can abort
+    the process as it exits (apache/arrow#41087, #36346), which scripts and
+    RayJobs would read as a failure.
+    """
+    if not _cached_s3_filesystem.cache_info().currsize:
+        atexit.register(_finalize_s3)
     kwargs: dict = {
         "region": region,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_S3_RETRY_ATTEMPTS),
@@ -41,6 +66,12 @@ def _s3_filesystem() -> pafs.S3FileSystem:
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
     return pafs.S3FileSystem(**kwargs)
+
+
+def _finalize_s3() -> None:
+    _cached_s3_filesystem.cache_clear()
+    gc.collect()
+    pafs.ensure_s3_finalized()
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -59,7 +90,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         raise UserError(
             f"unsupported URI scheme {scheme!r} in {uri!r}: use a local path or s3://BUCKET/PREFIX"
         )
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
 def join(uri: str, *names: str) -> str:
@@ -91,13 +122,14 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write `data` so that `uri` is either absent, its old content, or all of `data`.
 
     Local: write a hidden temporary file in the same folder, then rename it over
-    the target (atomic on POSIX). S3: one object upload is atomic by itself; the
-    object becomes visible only when its upload completes.
+    the target (atomic on POSIX; a symbolic link at the target is replaced, not
+    followed). S3: one PUT (boto3), atomic by itself: the object is visible only
+    once whole, and there is no multipart upload to leave behind on failure.
     """
     fs, path = resolve(uri)
     if is_s3(uri):
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        bucket, _, key = path.partition("/")
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,11 +145,34 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
 
 
 def delete_file(uri: str) -> None:
+    """Delete one file (a symbolic link is removed as a link; its target is left alone)."""
     fs, path = resolve(uri)
     try:
-        fs.delete_file(path)
+        if is_s3(uri):
+            fs.delete_file(path)
+        else:
+            os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def is_link(uri: str) -> bool:
+    """Whether a local path is a symbolic link (S3 has none)."""
+    return not is_s3(uri) and os.path.islink(resolve(uri)[1])
+
+
+@functools.lru_cache(maxsize=1)
+def _s3_client(endpoint: str | None, region: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region,
+                        config=Config(retries={"mode": "standard", "max_attempts": _S3_RETRY_ATTEMPTS}))
+
+
+def s3_client():
+    """A boto3 S3 client with the same endpoint, region and retries as the pyarrow filesystem."""
+    return _s3_client(*_s3_settings())
 
 
 def list_files(uri: str, recursive: bool = False) -> list[str]:
@@ -131,11 +186,38 @@ def list_files(uri: str, recursive: bool = False) -> list[str]:
     return sorted(prefix + p for p in files)
 
 
+def list_entries(uri: str) -> list[str]:
+    """URIs of what lies directly in a folder/prefix, sorted, symbolic links included (not followed)."""
+    if is_s3(uri):
+        return list_files(uri)
+    path = resolve(uri)[1]
+    try:
+        entries = list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(os.path.join(path, e.name) for e in entries if e.is_symlink() or e.is_file(follow_symlinks=False))
+
+
 def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Copy a folder/prefix and everything under it to a local folder."""
+    """Copy a folder/prefix and everything under it to a local folder.
+
+    Object keys are checked first: a key that would land outside `local_dir`
+    (a `..` part, an absolute name) is refused, never written.
+    """
     fs, path = resolve(uri)
     local = Path(local_dir)
-    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        relative = PurePosixPath(info.path[len(path.rstrip("/")) + 1:])
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise UserError(f"{uri} holds an object named {info.path!r}, which would land outside the download "
+                            "folder; refusing to copy it")
+        target = local.joinpath(*relative.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     return local
 
 

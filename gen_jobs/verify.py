@@ -3,17 +3,20 @@
     raygen verify URI
     python -m gen_jobs.verify URI
 
-It prints the dataset identity it checked (family, checkpoint digest, seed,
-row source, noise version, device kind, torch version). Every shard the manifest lists must be present, match its sha256 and row count,
-and hold contiguous ids from its first id; `part-*` files the manifest does not
-list are flagged as strays. Exit 0 with a one-line summary, or exit 1 naming
-each bad file.
+Every shard the manifest lists must be present, match its sha256, carry the
+dataset's tag, have the manifest's schema, and hold its row count of
+contiguous ids from its first id, each with the seed its id and the base seed
+give. Shard-named files the manifest does not list are flagged as strays.
+Exit 0 with a summary and the dataset identity it checked (family, checkpoint
+digest, seed, row source, noise version, device kind, torch version), or exit
+1 naming each bad file.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 
 import numpy as np
@@ -23,7 +26,8 @@ import pyarrow.parquet as pq
 from gen_jobs import storage
 from gen_jobs.cli_args import run_main
 from gen_jobs.errors import UserError
-from gen_jobs.manifest import MANIFEST, read_manifest, sha256, shard_files
+from gen_jobs.manifest import MANIFEST, SHARD_TAG, read_manifest, schema_description, sha256, shard_files
+from gen_jobs.seeding import row_seeds
 
 
 def problems(out: str) -> tuple[list[str], str]:
@@ -34,6 +38,7 @@ def problems(out: str) -> tuple[list[str], str]:
         raise UserError(f"no {MANIFEST} in {out}: not a raygen dataset, or not finished{hint}")
     present = shard_files(out)
     listed = {e.file for e in manifest.shards}
+    digest = manifest.identity().digest()
     bad = []
     next_id = 0
     for entry in manifest.shards:
@@ -48,14 +53,23 @@ def problems(out: str) -> tuple[list[str], str]:
             bad.append(f"{entry.file}: sha256 mismatch (corrupt or modified)")
             continue
         try:
-            ids = pq.read_table(io.BytesIO(data), columns=["id"]).column("id").to_numpy()
-        except (pa.ArrowInvalid, KeyError, OSError) as e:
+            table = pq.read_table(io.BytesIO(data), columns=["id", "seed"])
+            schema = pq.read_schema(io.BytesIO(data))
+            tag = json.loads((schema.metadata or {}).get(SHARD_TAG, b"null"))
+        except (pa.ArrowInvalid, KeyError, OSError, ValueError) as e:
             bad.append(f"{entry.file}: unreadable ({e})")
             continue
-        if len(ids) != entry.rows:
+        ids = table.column("id").to_numpy()
+        if tag != {"dataset": digest, "shard": entry.first_id // manifest.rows_per_shard}:
+            bad.append(f"{entry.file}: its raygen tag says {tag}, not this dataset's shard")
+        elif schema_description(schema)["fields"] != manifest.schema_.get("fields"):
+            bad.append(f"{entry.file}: its schema differs from the manifest's")
+        elif len(ids) != entry.rows:
             bad.append(f"{entry.file}: {len(ids)} rows, manifest says {entry.rows}")
         elif not np.array_equal(ids, np.arange(entry.first_id, entry.first_id + entry.rows)):
             bad.append(f"{entry.file}: ids are not contiguous from {entry.first_id}")
+        elif not np.array_equal(table.column("seed").to_numpy(), row_seeds(manifest.seed, ids)):
+            bad.append(f"{entry.file}: seeds do not follow from the base seed {manifest.seed} and the ids")
     if next_id != manifest.num_rows:
         bad.append(f"{MANIFEST}: shards hold {next_id} rows, manifest says {manifest.num_rows}")
     for name in sorted(set(present) - listed):

@@ -54,16 +54,18 @@ def http_app(gateway: "Gateway") -> FastAPI:  # noqa: F821 (serving.app.Gateway;
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if not gateway.authorized(request.headers.get("authorization")):
-                return error_response(ApiError(401, "a valid API key is required: send `Authorization: Bearer <key>`"))
-            if request.method == "POST":
-                length = request.headers.get("content-length")
-                if length is None or not length.isdigit():
-                    return error_response(ApiError(411, "send the request body with a Content-Length header"))
-                if int(length) > limits.max_body_bytes:
-                    return error_response(ApiError(
-                        413, f"the request body has {int(length):,} bytes; this server accepts at most {limits.max_body_bytes:,}"))
+        # Every route but the liveness probe needs the key (the API docs too), whatever
+        # route prefix the app is served under (Serve passes it as the ASGI root_path).
+        path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/"))
+        if path != "/healthz" and not gateway.authorized(request.headers.get("authorization")):
+            return error_response(ApiError(401, "a valid API key is required: send `Authorization: Bearer <key>`"))
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return error_response(ApiError(411, "send the request body with a Content-Length header"))
+            if int(length) > limits.max_body_bytes:
+                return error_response(ApiError(
+                    413, f"the request body has {int(length):,} bytes; this server accepts at most {limits.max_body_bytes:,}"))
         return await call_next(request)
 
     @app.exception_handler(ApiError)

@@ -45,7 +45,7 @@ class ModelServer:
         from gen_jobs.checkpoint import weights_sha256
         from gen_jobs import families
 
-        self.name, self.family, self.checkpoint_uri = name, family, checkpoint_uri
+        self.name, self.family = name, family
         self.api = api_module(family)
         self.sampler = families.get(family).load("sampler")(checkpoint_uri, "cuda" if gpu else "cpu")
         self.weights_sha256 = weights_sha256(checkpoint_uri)
@@ -55,7 +55,8 @@ class ModelServer:
             batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     def describe(self) -> dict:
-        return {"family": self.family, "kind": self.api.KIND, "checkpoint": self.checkpoint_uri,
+        # The checkpoint's digest, not its location: paths and bucket names are the operator's business.
+        return {"family": self.family, "kind": self.api.KIND,
                 "weights_sha256": self.weights_sha256, **self.api.describe(self.sampler)}
 
     async def generate(self, request) -> dict | ApiError:

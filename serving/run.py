@@ -3,8 +3,9 @@
     raygen serve [CONFIG] [--model NAME=CHECKPOINT_URI ...] [--host 127.0.0.1] [--port 8000]
     python -m serving.run ...
 
-With no CONFIG and no --model it serves what `raygen demo` trained under
-./out/runs (dcgan_digits and gpt_pydoc), training a missing one first. CONFIG
+With no CONFIG and no --model it serves the demo recipes' newest checkpoints
+under ./out (from `raygen demo`, in out/demo-*/runs, or `raygen train`, in
+out/runs), training a missing one first. CONFIG
 is a Serve config file like serving/config.yaml (or a bare app config with
 `models:`); each --model adds a model served under NAME, its family read from
 the checkpoint (a checkpoint folder or a Ray Train run folder, path or s3://).
@@ -27,7 +28,8 @@ from gen_jobs.cli_args import run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
 
-DEMO_RUNS = "./out/runs"
+DEMO_OUT = "./out"
+DEMO_RUNS = "./out/runs"  # where `raygen train` writes by default
 
 
 class ServeArgs(StrictModel):
@@ -53,24 +55,34 @@ def parse_model(spec: str) -> dict:
     return {"name": name, "checkpoint": uri}
 
 
+def newest_checkpoint(out: str, recipe_name: str) -> str | None:
+    """The newest checkpoint of a run named `recipe_name` in OUT/runs or OUT/demo-*/runs, or None."""
+    from gen_jobs import storage
+
+    found = []
+    for uri in storage.list_files(out, recursive=True):
+        parts = uri.split("/")
+        if parts[-1] == "model.safetensors" and len(parts) >= 4 and parts[-3] == recipe_name and parts[-4] == "runs" \
+                and parts[-2].startswith("checkpoint_"):
+            found.append("/".join(parts[:-1]))
+    return max(found, key=lambda c: c.rsplit("/", 1)[-1]) if found else None  # checkpoint_<timestamp> sorts by time
+
+
 def demo_models(log=print) -> list[dict]:
-    """The demo's runs under ./out/runs, trained first where missing."""
-    from gen_jobs import checkpoint, families, storage
+    """The demo recipes' newest checkpoints under ./out, trained first where missing."""
+    from gen_jobs import families
     from gen_jobs.recipes import load_recipe
     from gen_jobs.train import train
 
     models = []
     demos = [families.get(f).demo for f in families.names()]
     for recipe_name in [d.recipe for d in demos if d is not None]:
-        name = recipe_name  # served under its demo recipe's name
-        run = storage.join(DEMO_RUNS, recipe_name)
-        try:
-            uri = checkpoint.latest(run)
-        except UserError:
-            log(f"no checkpoint under {run}: training {recipe_name} first (as `raygen demo` does)")
+        uri = newest_checkpoint(DEMO_OUT, recipe_name)
+        if uri is None:
+            log(f"no checkpoint of {recipe_name} under {DEMO_OUT}: training it first (as `raygen demo` does)")
             recipe = load_recipe(recipe_name)
             uri = train(recipe, DEMO_RUNS, recipe.name, workers=2, gpu=False)
-        models.append({"name": name, "checkpoint": uri})
+        models.append({"name": recipe_name, "checkpoint": uri})  # served under its demo recipe's name
     return models
 
 

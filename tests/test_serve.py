@@ -59,8 +59,9 @@ def server(ray_cluster, checkpoint, gpt_checkpoint):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     try:
-        serve.run(build_app(config), name="raygen", route_prefix="/", blocking=False)
-        yield f"http://127.0.0.1:{port}"
+        # Under a route prefix, as behind a shared ingress: every route and guard must still apply.
+        serve.run(build_app(config), name="raygen", route_prefix="/raygen", blocking=False)
+        yield f"http://127.0.0.1:{port}/raygen"
     finally:
         serve.shutdown()
         del os.environ["RAYGEN_API_KEY"]
@@ -188,7 +189,11 @@ def test_api_key_is_required(server, http):
     wrong = httpx.post(f"{server}/v1/images/generations", json={"model": "digits"}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
     assert httpx.get(f"{server}/healthz").status_code == 200  # liveness probes need no key
-    assert http.get("/v1/models").status_code == 200
+    assert httpx.get(f"{server}/docs").status_code == 401  # the API's own docs follow the key too
+    assert httpx.get(f"{server}/openapi.json").status_code == 401
+    models = http.get("/v1/models")
+    assert models.status_code == 200
+    assert "checkpoint" not in models.json()["data"][0]["raygen"]  # no paths or bucket names to the world
 
 
 def test_overload_gets_quick_503s_then_recovers(http):

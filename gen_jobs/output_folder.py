@@ -1,0 +1,133 @@
+"""Whose files are in a dataset folder, and what a run may do with them.
+
+    used by gen_jobs.generate, under the folder's lease (gen_jobs.lease)
+
+raygen deletes or replaces only files it can prove are its own:
+  - shards: exactly named `part-NNNNN.parquet`, a regular file (never a link),
+    whose name this folder's manifest or pending record lists, or whose Parquet
+    footer carries raygen's tag (a listed shard that is damaged is still
+    raygen's, and is rewritten);
+  - its temporaries (`.part-NNNNN.parquet.<32 hex>.tmp`, the same for state files) and lease leftovers;
+  - its state files (`_manifest.json`, `_pending.json`, `_lease.json`).
+Anything else is the user's: a folder holding such files is refused, even
+with --overwrite, and nothing in it is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from gen_jobs import storage
+from gen_jobs.errors import UserError
+from gen_jobs.manifest import (
+    LEASE,
+    MANIFEST,
+    PENDING,
+    SHARD_PATTERN,
+    DamagedStateFile,
+    DatasetIdentity,
+    Manifest,
+    read_manifest,
+    read_pending,
+    shard_name,
+    shard_tag,
+)
+
+# storage.write_bytes_atomic's temporaries of shards and state files, and the lease's leftovers
+TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_pending\.json|_lease\.json)\.[0-9a-f]{32}\.(tmp|stale)$")
+STATE_FILES = (MANIFEST, PENDING, LEASE)
+
+
+@dataclass
+class Survey:
+    """A dataset folder's files, sorted by whose they are."""
+
+    shards: dict[str, str] = field(default_factory=dict)  # raygen's shards: name -> URI
+    temporaries: list[str] = field(default_factory=list)  # raygen's leftovers of earlier runs (URIs)
+    foreign: list[str] = field(default_factory=list)  # names of everything else
+
+
+def survey(out: str, recorded: set[str]) -> Survey:
+    """Sort the files directly in `out`; `recorded`: the shard names its state files list."""
+    result = Survey()
+    for uri in storage.list_entries(out):
+        name = uri.rstrip("/").rsplit("/", 1)[-1]
+        if storage.is_link(uri):
+            result.foreign.append(f"{name} (a symbolic link)")
+        elif name in STATE_FILES:
+            continue
+        elif TEMPORARY.match(name):
+            result.temporaries.append(uri)
+        elif SHARD_PATTERN.match(name) and (name in recorded or shard_tag(uri) is not None):
+            result.shards[name] = uri
+        else:
+            result.foreign.append(name)
+    return result
+
+
+@dataclass
+class State:
+    manifest: Manifest | None
+    previous: DatasetIdentity | None  # what the folder's manifest or pending record says was being made
+    damaged: list[DamagedStateFile]
+    recorded: set[str]  # shard names that the folder's state files list
+
+
+def read_state(out: str) -> State:
+    damaged, recorded = [], set()
+    try:
+        manifest = read_manifest(out)
+    except DamagedStateFile as e:
+        manifest, recorded = None, set(e.recorded)
+        damaged.append(e)
+    if manifest is not None:
+        recorded = {e.file for e in manifest.shards}
+    try:
+        pending = read_pending(out)
+    except DamagedStateFile as e:
+        pending = None
+        damaged.append(e)
+    if pending is not None:
+        recorded |= {shard_name(k) for k in range(pending.num_shards)}
+    previous = manifest.identity() if manifest is not None else pending
+    return State(manifest, previous, damaged, recorded)
+
+
+def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, log=print) -> tuple[Manifest | None, Survey]:
+    """Check what is at `out` against the request and clear what may be cleared.
+
+    Returns the manifest to resume from (None when starting afresh) and the folder's survey.
+    Raises UserError, touching nothing, when the request does not fit the folder.
+    """
+    state = read_state(out)
+    if state.damaged and not (resume or overwrite):
+        raise UserError(f"{state.damaged[0]}; pass --resume to rebuild it from the shards (each one is checked) "
+                        "or --overwrite to start again")
+    found = survey(out, state.recorded)
+    if found.foreign:
+        shown = ", ".join(found.foreign[:5]) + (f" and {len(found.foreign) - 5} more" if len(found.foreign) > 5 else "")
+        raise UserError(f"{out} holds files that are not raygen's ({shown}); raygen writes a dataset only into a "
+                        f"folder of its own and never deletes what is not its own: choose an empty --out "
+                        f"(for example {storage.join(out, 'dataset')})")
+    for uri in found.temporaries:  # leftovers of a run that died: the lease says none is live
+        storage.delete_file(uri)
+    if overwrite:
+        for uri in [*found.shards.values(), storage.join(out, MANIFEST), storage.join(out, PENDING)]:
+            storage.delete_file(uri)
+        return None, Survey()
+    for problem in state.damaged:
+        log(f"warning: {problem}; rebuilding it from the shards, each checked against this run")
+    if state.previous is None and found.shards and not resume:
+        raise UserError(f"{out} holds raygen shards but no manifest (an unfinished run); pass --resume to "
+                        "complete it, --overwrite to replace it, or choose another --out")
+    if state.previous is not None and not resume:
+        what = "a complete dataset" if state.manifest else "an unfinished dataset"
+        raise UserError(f"{out} already holds {what}; pass --resume to complete it, --overwrite to replace it, "
+                        "or choose another --out")
+    if state.previous is not None:
+        diff = identity.differences(state.previous)
+        if diff:
+            raise UserError(f"refusing to resume {out}: it was made with a different {', '.join(diff)}; "
+                            "pass --overwrite to replace it or choose another --out (the existing data was left as it was)")
+    return state.manifest, found

@@ -1,0 +1,188 @@
+"""Nothing of the user's is lost: raygen writes and deletes only what it can prove is its own.
+
+Each test sets up a folder as a user might have it, runs `raygen generate` on it and
+checks that every file that is not raygen's is untouched, byte for byte.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO
+from gen_jobs import storage
+from gen_jobs.errors import UserError
+from gen_jobs.lease import Lease
+from gen_jobs.verify import problems
+from test_cli_errors import error_of
+from test_verify import make_dataset
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {p.name: (os.readlink(p).encode() if p.is_symlink() else p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def generate_args(checkpoint: str, out, *extra: str) -> list[str]:
+    return ["generate", "--checkpoint", checkpoint, "--out", str(out), "--num-samples", "50", "--rows-per-shard", "20",
+            *extra]
+
+
+def test_overwrite_never_follows_a_symlink_into_the_users_file(capsys, random_checkpoint, tmp_path):
+    precious = tmp_path / "thesis.txt"
+    precious.write_text("four years of work")
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "part-00000.parquet").symlink_to(precious)
+    err = error_of(capsys, generate_args(random_checkpoint, out, "--overwrite"))
+    assert "not raygen's (part-00000.parquet (a symbolic link))" in err
+    assert precious.read_text() == "four years of work" and (out / "part-00000.parquet").is_symlink()
+
+
+def test_overwrite_leaves_other_tools_files_alone(capsys, random_checkpoint, tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "part-00000-x.snappy.parquet").write_bytes(b"spark's output")
+    (out / "part-notes.txt").write_text("notes")
+    pq.write_table(pa.table({"id": np.arange(20)}), out / "part-00000.parquet")  # shard-named, but not raygen's
+    before = snapshot(out)
+    err = error_of(capsys, generate_args(random_checkpoint, out, "--overwrite"))
+    assert "not raygen's" in err and "part-00000-x.snappy.parquet" in err and "part-00000.parquet" in err
+    assert "choose an empty --out" in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"{not json", "is not a valid raygen manifest: it is damaged"),
+    (b"[1, 2, 3]", "is not a valid raygen manifest: it is damaged"),
+    (json.dumps({"family": "dcgan", "seed": 0, "shards": []}).encode(), "made by an earlier raygen"),
+])
+def test_a_damaged_manifest_is_a_clear_error_that_overwrite_gets_past(capsys, ray_cluster, random_checkpoint, tmp_path,
+                                                                      content, says):
+    out = tmp_path / "data"
+    make_dataset(random_checkpoint, str(out))
+    (out / "_manifest.json").write_bytes(content)
+    err = error_of(capsys, generate_args(random_checkpoint, out))
+    assert says in err and "--resume" in err and "--overwrite" in err
+    (out / "notes.txt").write_text("mine")  # a foreign file makes even --overwrite refuse...
+    assert "not raygen's (notes.txt)" in error_of(capsys, generate_args(random_checkpoint, out, "--overwrite"))
+    (out / "notes.txt").unlink()  # ...and without it, --overwrite deletes raygen's shards only and starts again
+    from gen_jobs.cli import main as raygen
+
+    assert raygen(generate_args(random_checkpoint, out, "--overwrite")) == 0
+    assert problems(str(out))[0] == []
+
+
+def test_resume_rebuilds_a_damaged_manifest_from_tagged_shards(capsys, ray_cluster, random_checkpoint, tmp_path):
+    from gen_jobs.cli import main as raygen
+
+    out, reference = tmp_path / "data", tmp_path / "reference"
+    make_dataset(random_checkpoint, str(out))
+    make_dataset(random_checkpoint, str(reference))
+    (out / "_manifest.json").write_text("{oops")
+    (out / "_pending.json").write_text("[]")
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert raygen(generate_args(random_checkpoint, out, "--resume")) == 0
+    assert "rebuilding it from the shards" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == kept  # checked, kept, not rewritten
+    assert problems(str(out))[0] == []
+    assert snapshot(out) == snapshot(reference)
+
+
+def test_resume_without_a_manifest_keeps_only_shards_that_prove_they_belong(ray_cluster, random_checkpoint, tmp_path):
+    from gen_jobs.cli import main as raygen
+
+    out, other = tmp_path / "data", tmp_path / "other"
+    make_dataset(random_checkpoint, str(out))
+    make_dataset(random_checkpoint, str(other), seed=9)  # another dataset: same ids, other seeds and tag
+    (out / "_manifest.json").unlink()
+    (out / "part-00001.parquet").write_bytes((other / "part-00001.parquet").read_bytes())
+    assert raygen(generate_args(random_checkpoint, out, "--resume")) == 0
+    reference = tmp_path / "reference"
+    make_dataset(random_checkpoint, str(reference))
+    assert snapshot(out) == snapshot(reference)
+
+
+def test_verify_checks_seeds_and_tags_not_only_checksums(random_checkpoint, tmp_path):
+    out, other = tmp_path / "data", tmp_path / "other"
+    make_dataset(random_checkpoint, str(out))
+    make_dataset(random_checkpoint, str(other), seed=9)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    swapped = (other / "part-00001.parquet").read_bytes()
+    (out / "part-00001.parquet").write_bytes(swapped)  # and make its checksum "match", as a careless copy would
+    from gen_jobs.manifest import sha256
+
+    manifest["shards"][1]["sha256"] = sha256(swapped)
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    bad, _ = problems(str(out))
+    assert len(bad) == 1 and bad[0].startswith("part-00001.parquet: its raygen tag says")
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_folder(capsys, random_checkpoint, tmp_path):
+    out = tmp_path / "data"
+    with Lease(str(out)):
+        err = error_of(capsys, generate_args(random_checkpoint, out))
+        assert "is being written by another raygen run" in err and f"pid {os.getpid()}" in err
+    assert not (out / "_lease.json").exists()  # released
+
+
+def test_a_dead_runs_lease_is_taken_over_by_resume_only(capsys, random_checkpoint, tmp_path):
+    out = tmp_path / "data"
+    make_dataset(random_checkpoint, str(out))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"run_id": "ab" * 16, "host": os.uname().nodename, "pid": int(dead.stdout), "started": time.time(),
+              "heartbeat": time.time()}
+    (out / "_lease.json").write_text(json.dumps(record))
+    err = error_of(capsys, generate_args(random_checkpoint, out))
+    assert "holds the unfinished work of run abababab" in err and "pass --resume" in err
+    from gen_jobs.cli import main as raygen
+
+    assert raygen(generate_args(random_checkpoint, out, "--resume")) == 0  # all shards intact: nothing to write
+    assert not (out / "_lease.json").exists()
+
+
+def test_two_runs_started_together_get_the_lease_once(random_checkpoint, tmp_path):
+    script = ("import sys, time\nfrom gen_jobs.lease import Lease\nfrom gen_jobs.errors import UserError\n"
+              "try:\n    with Lease(sys.argv[1]):\n        print('got it', flush=True); time.sleep(3)\n"
+              "except UserError as e:\n    print('refused', flush=True)\n")
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data")], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True) for _ in range(4)]
+    outcomes = sorted(run.communicate(timeout=60)[0].strip() for run in runs)
+    assert outcomes == ["got it", "refused", "refused", "refused"]
+
+
+def test_s3_lease_is_exclusive(s3_server):
+    out = "s3://raygen/leases/data"
+    with Lease(out) as first:
+        with pytest.raises(UserError, match="is being written by another raygen run"):
+            Lease(out).acquire()
+        first.assert_held()
+    assert not storage.exists(out + "/_lease.json")
+
+
+def test_a_checkpoint_prefix_cannot_write_outside_its_download_folder(s3_server, tmp_path):
+    storage.write_bytes_atomic("s3://raygen/evil/ckpt/model.safetensors", b"weights")
+    storage.s3_client().put_object(Bucket="raygen", Key="evil/ckpt/../../escaped.txt", Body=b"gotcha")
+    target = tmp_path / "a" / "b"
+    try:
+        storage.download_dir("s3://raygen/evil/ckpt", target)
+    except UserError as e:
+        assert "outside the download folder" in str(e)
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_the_demo_deletes_nothing_it_did_not_create(tmp_path):
+    from gen_jobs.demo import new_demo_folder
+
+    (tmp_path / "runs" / "dcgan_digits").mkdir(parents=True)
+    (tmp_path / "runs" / "dcgan_digits" / "mine.txt").write_text("my training run")
+    first = new_demo_folder(str(tmp_path))
+    os.makedirs(first)
+    second = new_demo_folder(str(tmp_path))
+    assert first != second and not os.path.exists(second)
+    assert (tmp_path / "runs" / "dcgan_digits" / "mine.txt").read_text() == "my training run"
