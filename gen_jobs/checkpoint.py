@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,35 @@ def load_state(folder: Path, stem: str) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(folder / f"{stem}.safetensors"))
+
+
+TRAINING_ONLY = ("train_state.pt",)  # what sampling never reads
+
+
+def read_files(uri: str) -> dict[str, bytes]:
+    """A checkpoint's files (all but TRAINING_ONLY) as {relative path: bytes}: a copy that outlives the folder.
+
+    Generation pins the checkpoint this way, so Ray Train's num_to_keep (or a
+    user) deleting the folder while a job runs cannot change or break the job.
+    """
+    root = uri.rstrip("/")
+    files = {}
+    for path in storage.list_files(root, recursive=True):
+        relative = path[len(root) + 1:] if storage.is_s3(root) else os.path.relpath(path, storage.resolve(root)[1])
+        if relative.split("/")[-1] not in TRAINING_ONLY:
+            files[relative] = storage.read_bytes(path)
+    return files
+
+
+def write_files(files: dict[str, bytes], folder: Path) -> Path:
+    """Materialise `read_files`' copy in a local folder (refusing names that would leave it)."""
+    for relative, data in files.items():
+        parts = Path(relative).parts
+        if Path(relative).is_absolute() or ".." in parts:
+            raise UserError(f"a checkpoint file is named {relative!r}, which would land outside its folder")
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
+    return folder
 
 
 class LocalCheckpoint:

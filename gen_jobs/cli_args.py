@@ -20,7 +20,10 @@ def validate_args(cls: type[BaseModel], values: dict) -> BaseModel:
 
 
 def run_main(body: Callable[[], int | None]) -> int:
-    """Run a command: UserError -> `error: ...` on stderr and exit 2; Ctrl-C -> exit 130."""
+    """Run a command: UserError -> `error: ...` on stderr and exit 2; storage that stays
+    unreachable -> `error: ...` and exit 1 (work already written is kept); Ctrl-C -> exit 130."""
+    from gen_jobs import storage
+
     try:
         return body() or 0
     except UserError as e:
@@ -29,3 +32,10 @@ def run_main(body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        failure = storage.describe_failure(e)
+        if failure is None:
+            raise
+        print(f"error: {failure}. Everything written whole so far is kept; run the same command again "
+              "(for generate, with --resume) once the store answers", file=sys.stderr)
+        return 1

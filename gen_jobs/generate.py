@@ -24,6 +24,7 @@ import io
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -124,15 +125,37 @@ def parser() -> argparse.ArgumentParser:
 
 
 class ShardWriter:
-    """Ray Data callable class: {shard: k} -> writes part-k, returns its manifest entry."""
+    """Ray Data callable class: {shard: k} -> writes part-k, returns its manifest entry.
 
-    def __init__(self, identity: dict, out: str, micro_batch: int, device: str):
+    `checkpoint_files` is the driver's pinned copy of the checkpoint (checkpoint.read_files),
+    checked against the identity's digest; without it the checkpoint is read from its URI.
+    `run_id` is the run's lease: a worker that cannot see it under a local --out is on a
+    node that does not share that folder, and refuses to write there.
+    """
+
+    def __init__(self, identity: dict, out: str, micro_batch: int, device: str,
+                 checkpoint_files=None, run_id: str | None = None):
+        import tempfile
+
+        import ray
+
         from gen_jobs import families
 
         self.identity = DatasetIdentity.model_validate(identity)
+        if run_id is not None:
+            check_shared_folder(out, run_id)
         family = families.get(self.identity.family)
         recipe = family.load("recipe").model_validate(self.identity.recipe)  # with the run's --set overrides
-        self.sampler = family.load("sampler")(self.identity.checkpoint, device, recipe)
+        source = self.identity.checkpoint
+        if isinstance(checkpoint_files, ray.ObjectRef):  # the driver's pinned copy, in the object store
+            checkpoint_files = ray.get(checkpoint_files)
+        if checkpoint_files is not None:
+            self._pinned = tempfile.TemporaryDirectory(prefix="raygen-ckpt-")  # lives as long as this actor
+            source = str(checkpoint.write_files(checkpoint_files, Path(self._pinned.name)))
+        if checkpoint.weights_sha256(source) != self.identity.checkpoint_sha256:
+            raise UserError(f"the checkpoint {self.identity.checkpoint} changed after this job was planned "
+                            "(its weights' sha256 differs); start the job again")
+        self.sampler = family.load("sampler")(source, device, recipe)
         self.to_table = family.load("to_table")
         self.out = out
         self.micro_batch = micro_batch
@@ -142,6 +165,34 @@ class ShardWriter:
         entries = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
                                self.input_cache) for k in batch["shard"]]
         return {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}
+
+
+def pin_checkpoint(identity: DatasetIdentity) -> dict[str, bytes]:
+    """The checkpoint's files, read once by the driver and checked against the identity's digest."""
+    from gen_jobs.checkpoint import SAMPLER_WEIGHTS
+
+    files = checkpoint.read_files(identity.checkpoint)
+    if sha256(files.get(SAMPLER_WEIGHTS, b"")) != identity.checkpoint_sha256:
+        raise UserError(f"the checkpoint {identity.checkpoint} changed while this job was planned; start it again")
+    return files
+
+
+def check_shared_folder(out: str, run_id: str) -> None:
+    """A local --out must be the same folder on every node: this node must see the run's lease in it."""
+    import socket
+
+    from gen_jobs.lease import LEASE
+
+    if storage.is_s3(out):
+        return
+    lease = storage.join(out, LEASE)
+    try:
+        seen = json.loads(storage.read_bytes(lease)).get("run_id") if storage.exists(lease) else None
+    except ValueError:
+        seen = None
+    if seen != run_id:
+        raise UserError(f"--out {out} is not shared with node {socket.gethostname()}: on a cluster of several "
+                        "machines give a folder every node mounts (NFS) or an s3:// URI")
 
 
 INPUT_COLUMN = {"prompts": "prompt", "images": "input"}  # the sampler's batch column for each row source
@@ -344,6 +395,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     if todo:
         connect()
         quiet_data_progress()
+        pinned = ray.put(pin_checkpoint(identity))  # one copy for every actor, whatever happens to the folder
     started = time.perf_counter()  # after Ray start-up: the rate is the pipeline's own
     if todo:
         workers = min(args.workers, len(todo))
@@ -355,6 +407,8 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
                 "out": args.out,
                 "micro_batch": micro_batch,
                 "device": "cuda" if args.gpu else "cpu",
+                "checkpoint_files": pinned,
+                "run_id": lease.run_id,
             },
             batch_size=1,
             compute=ActorPoolStrategy(size=workers),

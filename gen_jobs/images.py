@@ -36,6 +36,8 @@ def decode_image(data: bytes, size: int, channels: int, where: str) -> np.ndarra
     """A user's image file -> uint8 size x size x channels (bicubic); UserError naming `where` if unreadable."""
     try:
         img = Image.open(io.BytesIO(data)).convert("L" if channels == 1 else "RGB")
+    except Image.DecompressionBombError as e:  # not an OSError: a huge (or hostile) image
+        raise UserError(f"{where} is too large to decode safely ({e}); shrink it or remove it") from e
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{where} is not a readable image ({e}); remove it or convert it to PNG") from e
     arr = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC))

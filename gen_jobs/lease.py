@@ -139,7 +139,7 @@ class Lease:
             self.record.heartbeat = time.time()
             try:
                 ok = self._store.renew(self.run_id, self._bytes())
-            except OSError:  # storage unreachable for a moment: try again at the next beat
+            except Exception:  # storage unreachable for a moment (OSError, botocore errors): try again at the next beat
                 continue
             if not ok:
                 self.lost = "another run took it over"

@@ -29,7 +29,9 @@ import pyarrow.fs as pafs
 from gen_jobs.errors import UserError
 
 SUPPORTED_SCHEMES = ("local path", "file://", "s3://")
-_S3_RETRY_ATTEMPTS = 8
+# Attempts per S3 request, with the AWS standard strategy's jittered exponential backoff
+# (capped at 20 s a wait): about a minute in all, enough to ride out a short outage.
+_S3_RETRY_ATTEMPTS = 12
 
 
 def is_s3(uri: str) -> bool:
@@ -154,6 +156,17 @@ def delete_file(uri: str) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def describe_failure(error: BaseException) -> str | None:
+    """One line for an S3 error that the retries did not carry through; None for any other error."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # boto3 is a dependency; without it no S3 call was made with it
+        BotoCoreError = ClientError = ()  # noqa: N806
+    if isinstance(error, (BotoCoreError, ClientError)) or (isinstance(error, OSError) and "AWS Error" in str(error)):
+        return f"S3 failed after {_S3_RETRY_ATTEMPTS} attempts: {str(error).strip().splitlines()[0][:300]}"
+    return None
 
 
 def is_link(uri: str) -> bool:

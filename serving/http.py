@@ -37,9 +37,11 @@ def describe_validation(error: RequestValidationError) -> ApiError:
     if problem.get("type") == "json_invalid":
         return ApiError(400, f"the request body is not valid JSON ({problem.get('ctx', {}).get('error', 'parse error')})")
     field = ".".join(loc) or None
+    message = problem.get("msg", "invalid value").removeprefix("Value error, ")
+    if field is None and problem.get("type") == "value_error":  # a check of the whole body
+        return ApiError(400, message)
     if field is None:
         return ApiError(400, "the request body must be a JSON object (send it with Content-Type: application/json)")
-    message = problem.get("msg", "invalid value").removeprefix("Value error, ")
     if problem.get("type") == "missing":
         return ApiError(400, f"{field} is required", param=field)
     if problem.get("type") == "extra_forbidden":

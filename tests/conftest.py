@@ -49,6 +49,23 @@ def free_port() -> int:
             return port
 
 
+S3_SERVER: dict = {}  # the running moto server and its port, for tests that take it down
+
+
+def restart_s3_server(down_for: float) -> None:
+    """Stop the S3 server for `down_for` seconds, then start it again on the same port.
+
+    moto keeps its buckets in this process, so they are all there again afterwards,
+    as on a real store that was unreachable for a while.
+    """
+    from moto.server import ThreadedMotoServer
+
+    S3_SERVER["server"].stop()
+    time.sleep(down_for)
+    S3_SERVER["server"] = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_SERVER["port"], verbose=False)
+    S3_SERVER["server"].start()
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible HTTP server (moto) on loopback, with a bucket `raygen`.
@@ -62,6 +79,7 @@ def s3_server():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    S3_SERVER["server"], S3_SERVER["port"] = server, port
     endpoint = f"http://127.0.0.1:{port}"
     env = {
         "AWS_ENDPOINT_URL": endpoint,
@@ -74,7 +92,7 @@ def s3_server():
     os.environ.update(env)
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="raygen")
     yield endpoint
-    server.stop()
+    S3_SERVER["server"].stop()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

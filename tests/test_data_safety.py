@@ -186,3 +186,32 @@ def test_the_demo_deletes_nothing_it_did_not_create(tmp_path):
     second = new_demo_folder(str(tmp_path))
     assert first != second and not os.path.exists(second)
     assert (tmp_path / "runs" / "dcgan_digits" / "mine.txt").read_text() == "my training run"
+
+
+def test_a_job_keeps_its_pinned_checkpoint_when_the_folder_is_deleted(random_checkpoint, tmp_path):
+    import shutil
+
+    from gen_jobs.generate import GenerateArgs, ShardWriter, pin_checkpoint, plan
+
+    reference = tmp_path / "reference"
+    make_dataset(random_checkpoint, str(reference))
+    identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "data"), num_samples=50,
+                                              rows_per_shard=20))
+    pinned = pin_checkpoint(identity)
+    shutil.rmtree(random_checkpoint)  # as Ray Train's num_to_keep would, while the job runs
+    ShardWriter(identity.model_dump(mode="json"), str(tmp_path / "data"), micro_batch, "cpu", pinned)(
+        {"shard": np.arange(identity.num_shards)})
+    for k in range(identity.num_shards):
+        name = f"part-{k:05d}.parquet"
+        assert (tmp_path / "data" / name).read_bytes() == (reference / name).read_bytes()
+
+
+def test_a_worker_that_does_not_share_the_out_folder_refuses_to_write(random_checkpoint, tmp_path):
+    from gen_jobs.generate import GenerateArgs, ShardWriter, plan
+
+    out = tmp_path / "data"
+    identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=20))
+    with Lease(str(out)) as lease:
+        with pytest.raises(UserError, match="is not shared with node"):
+            ShardWriter(identity.model_dump(mode="json"), str(out), micro_batch, "cpu", run_id="0" * 32)
+        ShardWriter(identity.model_dump(mode="json"), str(out), micro_batch, "cpu", run_id=lease.run_id)

@@ -174,6 +174,11 @@ def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, che
     ("/v1/images/generations", {"model": "digits", "label": 10}, 400, "label"),
     ("/v1/images/generations", {"model": "digits", "seed": -1}, 400, "seed"),
     ("/v1/images/generations", {"model": "digits", "prompt": "x" * 30_000}, 413, "at most 20,000"),
+    ("/v1/completions", b'{"model": "pydoc", "prompt": "\\ud800"}', 400, "lone surrogate"),
+    ("/v1/chat/completions", b'{"model": "pydoc", "messages": [{"role": "user", "content": "a\\udfff"}]}', 400,
+     "lone surrogate"),
+    ("/v1/completions", {"model": "pydoc", "prompt": "x", "top_k": 2**63}, 400, "top_k"),
+    ("/v1/images/generations", {"model": "digits", "label": 2**64}, 400, "label"),
 ])
 def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(http, path, body, status, says):
     kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}

@@ -16,8 +16,43 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
+
+from pydantic import model_validator
+
+from gen_jobs.recipes import StrictModel
 
 MAX_SEED = 2**63 - 1  # seeds are int64, like a dataset's seed column
+MAX_TOP_K = 2**31 - 1  # more than any vocabulary: the same as top_k off
+
+
+class HttpBody(StrictModel):
+    """Base of every HTTP request body: unknown fields are refused, and so is text that is not Unicode.
+
+    JSON can carry a lone surrogate ("\\ud800"), which no tokenizer or encoder
+    accepts; it is a 400 here rather than a 500 deep in a replica.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        def check(value: Any) -> None:
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(f"text holds {value[e.start]!r} at {e.start}, which is not a Unicode character "
+                                     "(a lone surrogate); send valid UTF-8 text") from None
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    check(key)
+                    check(item)
+            elif isinstance(value, list):
+                for item in value:
+                    check(item)
+
+        check(data)
+        return data
 
 
 def choice_seed(seed: int, k: int) -> int:

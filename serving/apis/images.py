@@ -22,8 +22,7 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import Field, field_validator
 
-from gen_jobs.recipes import StrictModel
-from serving.apis import MAX_SEED, choice_seed
+from serving.apis import MAX_SEED, HttpBody, choice_seed
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
@@ -32,14 +31,14 @@ if TYPE_CHECKING:
 KIND = "image"
 
 
-class ImageRequest(StrictModel):
+class ImageRequest(HttpBody):
     model: str
     prompt: str = ""
     n: int = Field(1, ge=1)
     response_format: str = "b64_json"
     size: str | None = Field(None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$", description="WxH, e.g. 64x64")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    label: int | None = Field(None, ge=0, description="raygen extension: the class to draw")
+    label: int | None = Field(None, ge=0, le=MAX_SEED, description="raygen extension: the class to draw")
     user: str | None = None  # accepted for compatibility, unused
 
     @field_validator("response_format")

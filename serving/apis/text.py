@@ -31,8 +31,7 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from gen_jobs.errors import UserError
-from gen_jobs.recipes import StrictModel
-from serving.apis import MAX_SEED, choice_seed
+from serving.apis import MAX_SEED, MAX_TOP_K, HttpBody, choice_seed
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
@@ -43,16 +42,16 @@ CHAT_STOP = "\nUser:"
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
-class StreamOptions(StrictModel):
+class StreamOptions(HttpBody):
     include_usage: bool = False
 
 
-class SamplingFields(StrictModel):
+class SamplingFields(HttpBody):
     model: str
     max_tokens: int | None = Field(None, ge=1, description="new tokens per choice; default: the recipe's")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, description="raygen extension; 0 = off")
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K, description="raygen extension; 0 = off")
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = Field(None, description="up to 4 strings that end a choice")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
@@ -79,7 +78,7 @@ class CompletionRequest(SamplingFields):
         return prompts
 
 
-class ChatMessage(StrictModel):
+class ChatMessage(HttpBody):
     role: Literal["system", "user", "assistant"]
     content: str
     name: str | None = None
