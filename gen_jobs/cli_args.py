@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
 from gen_jobs.errors import UserError
+
+
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr as one line, whatever it quotes (newlines, undecodable file names)."""
+    line = " ".join(message.split("\n")).encode("utf-8", "backslashreplace").decode("utf-8")
+    print(f"error: {line}", file=sys.stderr)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <what>; see <prog> --help`, exit 2 (no usage block)."""
+
+    def error(self, message: str):
+        print_error(f"{message}; see `{self.prog} --help`")
+        sys.exit(2)
 
 
 def validate_args(cls: type[BaseModel], values: dict) -> BaseModel:
@@ -27,15 +42,17 @@ def run_main(body: Callable[[], int | None]) -> int:
     try:
         return body() or 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # argparse's --help (0) and its one-line errors (2): a return code, as for the rest
+        return e.code if isinstance(e.code, int) else 2
     except Exception as e:
         failure = storage.describe_failure(e)
         if failure is None:
             raise
-        print(f"error: {failure}. Everything written whole so far is kept; run the same command again "
-              "(for generate, with --resume) once the store answers", file=sys.stderr)
+        print_error(f"{failure}. Everything written whole so far is kept; run the same command again "
+                    "(for generate, with --resume) once the store answers")
         return 1

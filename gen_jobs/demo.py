@@ -15,7 +15,6 @@ into a new folder of its own, OUT/demo-<YYYYmmdd-HHMMSS>/, and deletes nothing
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import time
@@ -24,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from gen_jobs import storage
-from gen_jobs.cli_args import run_main, validate_args
+from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
 
@@ -144,7 +143,7 @@ def report(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        p = argparse.ArgumentParser(prog="raygen demo", description=__doc__.split("\n")[0])
+        p = ArgumentParser(prog="raygen demo", description=__doc__.split("\n")[0])
         p.add_argument("--family", choices=demo_families(), help="run one family (default: all)")
         p.add_argument("--out", default="./out", help="output folder: path or s3:// URI")
         p.add_argument("--workers", type=int, default=2, help="Ray Train and Ray Data workers")

@@ -19,7 +19,6 @@ shards that are missing or fail their checksum.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from gen_jobs import checkpoint, output_folder, storage
-from gen_jobs.cli_args import run_main, validate_args
+from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.lease import Lease
 from gen_jobs.manifest import (
@@ -98,8 +97,8 @@ def parse_labels(spec: str) -> list[int] | None:
     return labels
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raygen generate", description="Generate a sharded Parquet dataset with Ray Data.")
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="raygen generate", description="Generate a sharded Parquet dataset with Ray Data.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (path or s3:// URI) printed by raygen train, or a training run folder (its newest checkpoint)")
     p.add_argument("--out", required=True, help="dataset folder: path or s3:// URI")
     p.add_argument("--num-samples", type=int, help="rows to generate (unconditional)")
@@ -253,6 +252,8 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
     import torch
 
     from gen_jobs import families
+
+    storage.check_lasting(args.out, "--out")
 
     ckpt = checkpoint.latest(args.checkpoint)  # a run folder names its newest checkpoint
     if ckpt != args.checkpoint.rstrip("/"):

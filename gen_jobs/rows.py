@@ -141,6 +141,11 @@ def jsonl_column(uri: str, data: bytes, column: str, setting: str) -> list[str |
             raise UserError(f"{uri}: line {n} has no field {column!r}; set {setting}")
         if record[column] is not None and not isinstance(record[column], str):
             raise UserError(f"{uri}: line {n}'s {column!r} is {type(record[column]).__name__}, not a string or null")
+        if isinstance(record[column], str):
+            try:
+                record[column].encode("utf-8")
+            except UnicodeEncodeError:  # a JSON escape such as \ud800: no tokenizer could ever encode it
+                raise UserError(f"{uri}: line {n}'s {column!r} holds a lone surrogate escape, which is not text") from None
         values.append(record[column])
     return values
 

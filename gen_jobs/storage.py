@@ -70,6 +70,19 @@ def _cached_s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSyste
     return pafs.S3FileSystem(**kwargs)
 
 
+def check_lasting(uri: str, what: str) -> None:
+    """Refuse a relative local path inside a `ray job submit --working-dir` job.
+
+    Such a job runs in a temporary copy of the working directory that Ray
+    deletes afterwards (and that differs per node), so output written there is lost.
+    """
+    if is_s3(uri) or os.path.isabs(os.path.expanduser(uri)):
+        return
+    if "runtime_resources" in os.getcwd().split(os.sep) or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        raise UserError(f"{what} {uri!r} is relative, and this job runs in a temporary copy of its working "
+                        "directory that Ray deletes: give an absolute path every node shares, or an s3:// URI")
+
+
 def _finalize_s3() -> None:
     _cached_s3_filesystem.cache_clear()
     gc.collect()

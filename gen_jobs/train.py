@@ -12,14 +12,13 @@ is exactly `checkpoint: <URI>`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from pydantic import Field
 from ray.train import UserCallback
 
 from gen_jobs import storage
-from gen_jobs.cli_args import run_main, validate_args
+from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import RecipeBase, StrictModel, load_recipe
 
@@ -35,8 +34,8 @@ class TrainArgs(StrictModel):
     set: list[str] = []
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raygen train", description="Train a model family on Ray Train.")
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="raygen train", description="Train a model family on Ray Train.")
     p.add_argument("recipe", help="built-in recipe name (e.g. dcgan_digits) or path to a recipe .yaml")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="where runs and checkpoints go: path or s3:// URI")
     p.add_argument("--name", help="run name (default: the recipe's name); the same name resumes")
@@ -78,6 +77,7 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
     from gen_jobs.cluster import connect
     from gen_jobs.harness import train_loop_per_worker
 
+    storage.check_lasting(storage_uri, "--storage")
     prepared = families.get(recipe.family).load("training").prepare(recipe)
     fs, path = storage.resolve(storage_uri)
     if not storage.is_s3(storage_uri):

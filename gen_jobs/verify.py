@@ -14,7 +14,6 @@ digest, seed, row source, noise version, device kind, torch version), or exit
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gen_jobs import storage
-from gen_jobs.cli_args import run_main
+from gen_jobs.cli_args import ArgumentParser, run_main
 from gen_jobs.errors import UserError
 from gen_jobs.manifest import MANIFEST, SHARD_TAG, read_manifest, schema_description, sha256, shard_files
 from gen_jobs.seeding import row_seeds
@@ -81,7 +80,7 @@ def problems(out: str) -> tuple[list[str], str]:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        p = argparse.ArgumentParser(prog="raygen verify", description="Check a dataset against its manifest.")
+        p = ArgumentParser(prog="raygen verify", description="Check a dataset against its manifest.")
         p.add_argument("uri", help="dataset folder: path or s3:// URI")
         ns = p.parse_args(argv)
         if not storage.exists(ns.uri):

@@ -81,6 +81,8 @@ def http_app(gateway: "Gateway") -> FastAPI:  # noqa: F821 (serving.app.Gateway;
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, error: HTTPException):
         message = f"no route {request.method} {request.url.path}" if error.status_code in (404, 405) else str(error.detail)
+        if error.status_code == 400 and "parsing the body" in message:  # FastAPI's words for json.loads failing
+            message = "the request body could not be parsed as JSON (malformed, or nested too deeply)"
         return JSONResponse(ApiError(error.status_code, message).body(), status_code=error.status_code)
 
     @app.exception_handler(Exception)

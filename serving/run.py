@@ -15,7 +15,6 @@ Serve down cleanly on SIGINT or SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field
 
-from gen_jobs.cli_args import run_main, validate_args
+from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
 
@@ -39,8 +38,8 @@ class ServeArgs(StrictModel):
     port: int | None = Field(None, gt=0, lt=65536)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raygen serve", description=__doc__.split("\n")[0])
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="raygen serve", description=__doc__.split("\n")[0])
     p.add_argument("config", nargs="?", help="Serve config YAML (e.g. serving/config.yaml)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT_URI", help="serve a checkpoint as NAME")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

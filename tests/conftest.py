@@ -49,6 +49,7 @@ def free_port() -> int:
             return port
 
 
+S3_SECRET = "raygen-test-secret-" + secrets.token_hex(8)  # distinctive: tests check it never leaks
 S3_SERVER: dict = {}  # the running moto server and its port, for tests that take it down
 
 
@@ -84,7 +85,7 @@ def s3_server():
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }

@@ -22,3 +22,19 @@ def test_ray_job_submit_generation_succeeds(ray_cluster, checkpoint, tmp_path):
     assert "succeeded" in result.stdout
     assert f"dataset: {out} (300 rows, 3 shards)" in result.stdout
     assert problems(str(out))[0] == []
+
+
+@pytest.mark.slow
+def test_a_relative_out_in_a_working_dir_job_is_refused(ray_cluster, checkpoint):
+    """The job runs in a temporary copy of the working directory: a relative --out would be deleted with it."""
+    _, dashboard = ray_cluster
+    result = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".", "--",
+         "python", "-m", "gen_jobs.generate", "--checkpoint", checkpoint, "--out", "out/relative",
+         "--num-samples", "10"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "error: --out 'out/relative' is relative, and this job runs in a temporary copy" in log, log[-3000:]
+    assert not (REPO / "out" / "relative").exists()

@@ -130,6 +130,11 @@ def test_s3_train_generate_verify_and_read_back(ray_cluster, s3_server):
              log=lambda *_: None)
     assert storage.read_bytes(out + "/part-00002.parquet") == before
     assert verify_main([out]) == 0
+    # The S3 secret key is in this process's environment; it must be in no file raygen wrote.
+    from conftest import S3_SECRET
+
+    written = storage.list_files("s3://raygen/runs/tiny-s3", recursive=True) + storage.list_files(out, recursive=True)
+    assert written and not [uri for uri in written if S3_SECRET.encode() in storage.read_bytes(uri)]
 
 
 @pytest.mark.slow

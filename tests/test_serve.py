@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 
 import httpx
@@ -179,6 +180,7 @@ def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, che
      "lone surrogate"),
     ("/v1/completions", {"model": "pydoc", "prompt": "x", "top_k": 2**63}, 400, "top_k"),
     ("/v1/images/generations", {"model": "digits", "label": 2**64}, 400, "label"),
+    ("/v1/completions", b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),
 ])
 def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(http, path, body, status, says):
     kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
@@ -189,10 +191,35 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(http, path, body, 
     assert http.get("/healthz").json()["status"] == "ok"
 
 
+def test_hostile_bodies_get_a_4xx_or_an_answer_never_a_500(http):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from test_hostile_input import nasty_values
+
+    fields = st.sampled_from(["model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "n", "stop",
+                              "seed", "stream", "stream_options", "size", "label", "response_format", "user"])
+    models = st.sampled_from(["digits", "pydoc", "nope", ""])
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/images/generations"]),
+           body=st.dictionaries(fields | st.text(max_size=6), nasty_values, max_size=6), model=models)
+    def check(path, body, model):
+        body = {"model": model, **body} if "model" not in body else body
+        answer = http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        assert answer.status_code < 500, (body, answer.text)
+        if answer.status_code >= 400:
+            assert answer.json()["error"]["message"]
+
+    check()
+    assert http.get("/healthz").json()["status"] == "ok"
+
+
 def test_api_key_is_required(server, http):
     assert httpx.get(f"{server}/v1/models").status_code == 401
     wrong = httpx.post(f"{server}/v1/images/generations", json={"model": "digits"}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
+    assert "nope" not in wrong.text and API_KEY not in wrong.text  # keys are never echoed
     assert httpx.get(f"{server}/healthz").status_code == 200  # liveness probes need no key
     assert httpx.get(f"{server}/docs").status_code == 401  # the API's own docs follow the key too
     assert httpx.get(f"{server}/openapi.json").status_code == 401

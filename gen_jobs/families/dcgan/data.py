@@ -98,7 +98,9 @@ def _from_parquet(cfg: ImageDataConfig, size: int, channels: int) -> tuple[np.nd
         fs, path = storage.resolve(f)
         if not storage.exists(f):
             raise UserError(f"training data {f} does not exist")
-        tables.append(pq.read_table(path, filesystem=fs))
+        schema = pq.read_schema(path, filesystem=fs)
+        wanted = [c for c in (cfg.image_column, cfg.label_column) if c and c in schema.names]
+        tables.append(pq.read_table(path, filesystem=fs, columns=wanted or None))  # only the columns training uses
     columns = tables[0].column_names
     if cfg.image_column not in columns:
         raise UserError(f"Parquet data {cfg.source} has no column {cfg.image_column!r} (columns: {', '.join(columns)}); set data.image_column")
