@@ -12,9 +12,29 @@ import os
 def connect() -> None:
     import ray
 
+    from gen_jobs.errors import UserError
+
     if ray.is_initialized():
         return
-    ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING", configure_logging=True)
+    address = os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, logging_level="WARNING", configure_logging=True)
+    except Exception as e:  # Ray's own words for a cluster that wants a token are buried in a chain; say what to do
+        if not _about_authentication(e):
+            raise
+        raise UserError(f"the Ray cluster at {address} uses token authentication and this client has no token: "
+                        "export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or "
+                        "RAY_AUTH_TOKEN (see the README's Ray notes)") from e
+
+
+def _about_authentication(error: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, is Ray refusing a client without the cluster's token."""
+    seen = 0
+    while error is not None and seen < 10:
+        if "AuthenticationError" in type(error).__name__ or "InvalidAuthToken" in str(error):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def quiet_data_progress() -> None:

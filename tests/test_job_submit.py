@@ -38,3 +38,18 @@ def test_a_relative_out_in_a_working_dir_job_is_refused(ray_cluster, checkpoint)
     assert result.returncode != 0
     assert "error: --out 'out/relative' is relative, and this job runs in a temporary copy" in log, log[-3000:]
     assert not (REPO / "out" / "relative").exists()
+
+
+@pytest.mark.slow
+def test_a_client_without_the_clusters_token_is_told_what_to_do(ray_cluster, checkpoint, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    result = subprocess.run(
+        [str(BIN / "raygen"), "generate", "--checkpoint", checkpoint, "--out", str(tmp_path / "data"), "--num-samples", "10"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "uses token authentication and this client has no token: export RAY_AUTH_MODE=token" in result.stderr
+    assert "Traceback" not in result.stderr
