@@ -242,3 +242,43 @@ def test_overload_gets_quick_503s_then_recovers(http):
     statuses = asyncio.run(burst())
     assert set(statuses) == {200, 503}, statuses
     assert http.post("/v1/images/generations", json={"model": "digits-small-queue"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_killed_replica_fails_requests_fast_and_service_returns(http):
+    """SIGKILL the image model's replica under load: no request hangs, and Serve brings the model back.
+
+    Last in this module: it disturbs the shared app.
+    """
+    import signal
+    import subprocess
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def replicas() -> list[int]:
+        found = subprocess.run(["pgrep", "-f", r"ServeReplica:raygen:model-digits$"], capture_output=True, text=True)
+        return [int(p) for p in found.stdout.split()]
+
+    def one(seed: int) -> tuple[int, float]:
+        started = time.monotonic()
+        try:
+            status = http.post("/v1/images/generations", json={"model": "digits", "seed": seed}, timeout=30).status_code
+        except httpx.TimeoutException:
+            status = -1
+        return status, time.monotonic() - started
+
+    assert replicas(), "no replica process of the digits model found"
+    with ThreadPoolExecutor(8) as pool:
+        before = list(pool.map(one, range(16)))
+        for pid in replicas():
+            os.kill(pid, signal.SIGKILL)
+        during = list(pool.map(one, range(64)))
+    assert all(status == 200 for status, _ in before)
+    print("outcome:", {code: sum(1 for s, _ in during if s == code) for code in {s for s, _ in during}},
+          f"slowest {max(t for _, t in during):.1f} s")
+    assert all(status != -1 and seconds < 30 for status, seconds in during), during  # failed fast, none hung
+    deadline = time.monotonic() + 120
+    while one(1)[0] != 200:  # Serve's controller starts a new replica
+        assert time.monotonic() < deadline, "the model did not come back"
+        time.sleep(1)
+    assert http.get("/healthz").json()["status"] == "ok"
