@@ -412,7 +412,8 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
                 "run_id": lease.run_id,
             },
             batch_size=1,
-            compute=ActorPoolStrategy(size=workers),
+            # Up to `workers` actors, down to one if nodes go (a preempted node must not stall the job).
+            compute=ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
             num_cpus=1,
             num_gpus=1 if args.gpu else 0,
         )

@@ -139,3 +139,23 @@ def test_a_training_worker_killed_mid_run_restarts_from_its_checkpoint_to_the_sa
     for stem in ("model", "generator", "discriminator"):
         a, b = load_state(resumed, stem), load_state(straight, stem)
         assert all((a[k] == b[k]).all() for k in a), stem
+
+
+def test_a_worker_node_removed_mid_job(checkpoint, tmp_path):
+    """Two nodes, one ShardWriter each; the worker node goes away (no drain) after the first shard."""
+    out, undisturbed = tmp_path / "data", tmp_path / "undisturbed"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "scripts" / "node_loss_generate.py"), checkpoint, str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    outcome = [line for line in result.stdout.splitlines() if line.startswith("outcome:")]
+    print(outcome, "node removed" in result.stdout)
+    assert "node removed" in result.stdout and outcome
+    if outcome[0].startswith("outcome: failed"):
+        assert "resumed" in result.stdout
+    generate(GenerateArgs(checkpoint=checkpoint, out=str(undisturbed), num_samples=4000, rows_per_shard=100, workers=1),
+             log=lambda *_: None)
+    assert problems(str(out))[0] == []
+    assert shard_bytes(out) == shard_bytes(undisturbed)
