@@ -19,8 +19,13 @@ run, then the ratios:
 A lone request's overhead is read with batching off: with it on, a request
 alone also waits out batch_wait_timeout_s (5 ms) for company. Last, where a
 lone request's time goes: Serve's own floor (a trivial deployment behind the
-proxy), the proxy -> gateway hop (GET /healthz) and a no-op gateway -> model
-call (a deployment handle from this process).
+proxy; a trivial two-deployment app, ingress -> model handle, no raygen code),
+the proxy -> gateway hop (GET /healthz) and a no-op gateway -> model call (a
+deployment handle from this process); then the goals, judged against the
+two-deployment floor measured in the same run:
+
+    goal image lone p50 <= two-deployment floor + direct call + 2 ms: <ms> <= <ms> ms: met|not met
+    goal text batching >= 3x at concurrency 32: <R>x: met|not met
 """
 
 from __future__ import annotations
@@ -135,8 +140,8 @@ async def lone_get_p50_ms(url: str, path: str) -> float:
         return await lone_p50_ms(get)
 
 
-def breakdown(url: str) -> None:
-    """Where a lone request's milliseconds go, hop by hop."""
+def breakdown(url: str) -> float:
+    """Where a lone request's milliseconds go, hop by hop; returns the two-deployment floor's p50 (ms)."""
     from ray import serve
 
     @serve.deployment(ray_actor_options={"num_cpus": 0})  # the model replicas hold both CPUs
@@ -144,14 +149,32 @@ def breakdown(url: str) -> None:
         async def __call__(self, request) -> str:
             return "ok"
 
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class TrivialModel:
+        async def __call__(self, value: str) -> str:
+            return value
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class TrivialIngress:  # raygen's shape with nothing of raygen: proxy -> ingress -> model handle
+        def __init__(self, model):
+            self.model = model
+
+        async def __call__(self, request) -> str:
+            return await self.model.remote("ok")
+
     serve.run(Trivial.bind(), name="floor", route_prefix="/floor", logging_config=QUIET)
     floor = asyncio.run(lone_get_p50_ms(url, "/floor"))
     serve.delete("floor")
+    serve.run(TrivialIngress.bind(TrivialModel.bind()), name="floor2", route_prefix="/floor2", logging_config=QUIET)
+    floor2 = asyncio.run(lone_get_p50_ms(url, "/floor2"))
+    serve.delete("floor2")
     gateway = asyncio.run(lone_get_p50_ms(url, "/healthz"))
     handle = serve.get_deployment_handle("model-image", "raygen")
     model_hop = asyncio.run(lone_p50_ms(handle.describe.remote))  # answers from memory: the call's own cost
-    print(f"Serve's floor: a trivial deployment answers a lone GET in {floor:.1f} ms p50")
+    print(f"Serve's floor: a trivial deployment answers a lone GET in {floor:.1f} ms p50; "
+          f"a trivial ingress -> model handle app in {floor2:.1f} ms p50")
     print(f"raygen: proxy -> gateway (GET /healthz) {gateway:.1f} ms p50; a no-op gateway -> model call {model_hop:.1f} ms p50")
+    return floor2
 
 
 def deploy(checkpoints: dict[str, str], max_batch_size: int) -> None:
@@ -197,7 +220,7 @@ def main() -> None:
                         rps, p50, p99, errors = results[kind, batching, c] = asyncio.run(load(url, kind, c, args.seconds))
                         print(f"{kind:<5}  batching {'on ' if batching else 'off'}  c={c:<3}: {rps:7.1f} req/s, "
                               f"p50 {p50:7.1f} ms, p99 {p99:7.1f} ms" + (f", {errors} errors" if errors else ""), flush=True)
-            breakdown(url)
+            floor2 = breakdown(url)
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -209,6 +232,13 @@ def main() -> None:
         lone = results[kind, False, 1][1] if 1 in args.concurrency else float("nan")
         print(f"{kind}: Serve adds {lone - direct[kind]:.1f} ms to the p50 of a lone request "
               f"(direct sampler call {direct[kind]:.1f} ms)")
+    # The goals, against the floor measured in this same run.
+    if 1 in args.concurrency:
+        lone, budget = results["image", False, 1][1], floor2 + direct["image"] + 2
+        print(f"goal image lone p50 <= two-deployment floor + direct call + 2 ms: {lone:.1f} <= {budget:.1f} ms: "
+              f"{'met' if lone <= budget else 'not met'}")
+    gain = results["text", True, top][0] / results["text", False, top][0]
+    print(f"goal text batching >= 3x at concurrency {top}: {gain:.2f}x: {'met' if gain >= 3 else 'not met'}")
 
 
 if __name__ == "__main__":

@@ -73,13 +73,18 @@ def latest(uri: str) -> str:
 
     Ray Train names checkpoints checkpoint_<timestamp>, so the last name in
     order is the newest. Lets a config name a run (out/runs/dcgan_digits) and
-    always serve what it trained last.
+    always serve what it trained last. A checkpoint still being uploaded (one
+    without all of its weights, recipe.json and raygen.json yet) is passed over.
     """
     uri = uri.rstrip("/")
     if storage.exists(storage.join(uri, SAMPLER_WEIGHTS)):
         return uri
-    folders = {f.split("/")[-2] for f in storage.list_files(uri, recursive=True) if f.endswith("/" + SAMPLER_WEIGHTS)}
-    candidates = sorted(name for name in folders if name.startswith("checkpoint_"))
+    present: dict[str, set[str]] = {}
+    for f in storage.list_files(uri, recursive=True):
+        folder, _, name = f.rpartition("/")
+        present.setdefault(folder.rsplit("/", 1)[-1], set()).add(name)
+    complete = {SAMPLER_WEIGHTS, RECIPE_FILE, INFO_FILE}
+    candidates = sorted(name for name, files in present.items() if name.startswith("checkpoint_") and complete <= files)
     if not candidates:
         read_recipe(uri)  # raises the usual "not a checkpoint" error, with how to fix it
     return storage.join(uri, candidates[-1])

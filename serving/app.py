@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -123,7 +124,9 @@ def api_error(error: Exception) -> ApiError:
             return candidate
         if isinstance(candidate, BackPressureError):
             return ApiError(503, "the model is overloaded (its request queue is full); retry shortly")
-    return ApiError(500, f"the model failed: {type(error).__name__}: {str(error).strip().splitlines()[-1:]}")
+    # The exception's text stays in the logs: it can name paths, hosts or other internals.
+    logging.getLogger("ray.serve").warning("a model call failed", exc_info=error)
+    return ApiError(500, f"the model failed ({type(error).__name__}); the server's log has the details")
 
 
 def api_key_digest(config: AppConfig) -> str | None:

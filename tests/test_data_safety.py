@@ -215,3 +215,15 @@ def test_a_worker_that_does_not_share_the_out_folder_refuses_to_write(random_che
         with pytest.raises(UserError, match="is not shared with node"):
             ShardWriter(identity.model_dump(mode="json"), str(out), micro_batch, "cpu", run_id="0" * 32)
         ShardWriter(identity.model_dump(mode="json"), str(out), micro_batch, "cpu", run_id=lease.run_id)
+
+
+def test_the_newest_checkpoint_of_a_run_skips_one_still_uploading(random_checkpoint, tmp_path):
+    import shutil
+
+    from gen_jobs.checkpoint import latest
+
+    run = tmp_path / "run"
+    shutil.copytree(random_checkpoint, run / "checkpoint_2026-01-01_00-00-00.000000")
+    (run / "checkpoint_2026-01-02_00-00-00.000000").mkdir()
+    (run / "checkpoint_2026-01-02_00-00-00.000000" / "model.safetensors").write_bytes(b"half")  # the rest not there yet
+    assert latest(str(run)).endswith("checkpoint_2026-01-01_00-00-00.000000")
