@@ -106,12 +106,18 @@ class Gateway:
 
 
 async def _events(chunks) -> AsyncIterator[str]:
+    finished = False
     try:
         async for chunk in chunks:
             yield f"data: {json.dumps(chunk)}\n\n"
+        finished = True
     except Exception as e:  # mid-stream the status is sent already: report in the stream, as OpenAI does
+        finished = True
         yield f"data: {json.dumps(api_error(e).body())}\n\n"
         return
+    finally:
+        if not finished:  # the client went away: stop its rows in the model's batch, freeing their slots
+            chunks.cancel()
     yield "data: [DONE]\n\n"
 
 

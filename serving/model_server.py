@@ -12,6 +12,7 @@ while a batch computes.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -50,9 +51,15 @@ class ModelServer:
         self.sampler = families.get(family).load("sampler")(checkpoint_uri, "cuda" if gpu else "cpu")
         self.weights_sha256 = weights_sha256(checkpoint_uri)
         self.max_batch_size = max_batch_size
+        self.cancelled: set[str] = set()  # streaming requests whose client went away while their rows decode
+        self.rows_cancelled = 0  # rows ended early because nobody was listening any more
         for batched in (self._sample, self._sample_steps):
             batched.set_max_batch_size(max_batch_size)
             batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def stats(self) -> dict:
+        """Counters of this replica (for operators and tests)."""
+        return {"rows_cancelled": self.rows_cancelled}
 
     def describe(self) -> dict:
         # The checkpoint's digest, not its location: paths and bucket names are the operator's business.
@@ -77,11 +84,17 @@ class ModelServer:
             yield e
             return
         stream = self.api.Stream(self.sampler, request, self.name)
+        request_id = uuid.uuid4().hex
+        rows["_request"] = np.full(len(rows["seed"]), request_id, dtype=object)  # which rows to stop if it is cancelled
         yield {}  # the request is valid: the caller may start its response
-        for first, part in enumerate(split_rows(rows, self.max_batch_size)):
-            async for state in self._sample_steps(part):
-                for chunk in stream.chunks(state, first * self.max_batch_size):
-                    yield chunk
+        try:
+            for first, part in enumerate(split_rows(rows, self.max_batch_size)):
+                async for state in self._sample_steps(part):
+                    for chunk in stream.chunks(state, first * self.max_batch_size):
+                        yield chunk
+        except (asyncio.CancelledError, GeneratorExit):  # the client disconnected (Serve cancels the call)
+            self.cancelled.add(request_id)
+            raise
         for chunk in stream.last_chunks():
             yield chunk
 
@@ -100,9 +113,17 @@ class ModelServer:
         while (rows := await asyncio.to_thread(next, steps, None)) is not None:
             out = []
             for r, (a, b) in enumerate(zip(starts, starts[1:])):
+                request_id = batches[r]["_request"][0]
+                if request_id in self.cancelled:  # nobody is listening: end its rows, so the batch can end sooner
+                    for row in rows[a:b]:
+                        if row.finish_reason is None:
+                            row.finish_reason = "cancelled"
+                            self.rows_cancelled += 1
                 if ended[r]:
                     out.append(StopIteration)
                     continue
                 out.append([row.snapshot() for row in rows[a:b]])
                 ended[r] = all(row.finish_reason for row in rows[a:b])
+                if ended[r]:
+                    self.cancelled.discard(request_id)
             yield out

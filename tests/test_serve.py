@@ -245,6 +245,38 @@ def test_overload_gets_quick_503s_then_recovers(http):
 
 
 @pytest.mark.slow
+def test_clients_that_disconnect_mid_stream_free_their_rows(server, http):
+    """20 clients hang up after their first chunk: their rows stop decoding, and a new request is served."""
+    import time
+
+    from ray import serve
+
+    replica = serve.get_deployment_handle("model-pydoc", "raygen")
+    before = replica.stats.remote().result()["rows_cancelled"]
+    body = {"model": "pydoc", "prompt": "", "max_tokens": 32, "n": 8, "temperature": 1.0, "stream": True}
+
+    async def hang_up(seed: int) -> None:
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+            async with c.stream("POST", "/v1/completions", json={**body, "seed": seed}) as answer:
+                async for line in answer.aiter_lines():
+                    if line.startswith("data: {"):
+                        return  # the first chunk: hang up
+
+    async def all_hang_up() -> None:
+        await asyncio.gather(*(hang_up(seed) for seed in range(20)))
+
+    asyncio.run(all_hang_up())
+    started = time.monotonic()
+    answer = http.post("/v1/completions", json={"model": "pydoc", "prompt": "The", "max_tokens": 8, "seed": 1})
+    assert answer.status_code == 200
+    print(f"outcome: a new request after 20 hang-ups took {time.monotonic() - started:.2f} s")
+    deadline = time.monotonic() + 30
+    while replica.stats.remote().result()["rows_cancelled"] == before:
+        assert time.monotonic() < deadline, "no row was stopped after its client left"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
 def test_a_killed_replica_fails_requests_fast_and_service_returns(http):
     """SIGKILL the image model's replica under load: no request hangs, and Serve brings the model back.
 
