@@ -15,6 +15,11 @@ quality figures -> `_manifest.json` written last.
 Row i is a pure function of (checkpoint, recipe, base seed, i), so any number of
 workers, first try or resumed, writes the same bytes. --resume regenerates only
 shards that are missing or fail their checksum.
+
+Safety: the run holds --out's lease (gen_jobs.lease) from start to end; it
+touches only files gen_jobs.output_folder proves are raygen's; the driver pins
+the checkpoint (read once, digest checked) for every actor; an actor that cannot
+see the lease in a local --out is on a node that does not share it and refuses.
 """
 
 from __future__ import annotations
