@@ -73,9 +73,25 @@ class ModelServer:
         except ApiError as e:
             return e
         # A request larger than a batch goes in several (concurrent) pieces.
-        parts = await asyncio.gather(*(self._sample(part) for part in split_rows(rows, self.max_batch_size)))
+        if not hasattr(self.api, "Stream"):  # one sampler call per batch (images: milliseconds)
+            parts = await asyncio.gather(*(self._sample(part) for part in split_rows(rows, self.max_batch_size)))
+        else:  # token by token, in the same step batches as streams, so a client that leaves frees its rows
+            request_id = uuid.uuid4().hex
+            rows["_request"] = np.full(len(rows["seed"]), request_id, dtype=object)
+            try:
+                parts = await asyncio.gather(*(self._decode(part) for part in split_rows(rows, self.max_batch_size)))
+            except asyncio.CancelledError:  # the client disconnected (Serve cancels the call)
+                self.cancelled.add(request_id)
+                raise
         out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         return self.api.respond(self.sampler, request, out, self.name)
+
+    async def _decode(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A part's output columns, decoded step by step in `_sample_steps`' batches."""
+        last = None
+        async for state in self._sample_steps(part):
+            last = state
+        return self.sampler.output(part, last)
 
     async def generate_stream(self, request) -> AsyncIterator[dict | ApiError]:
         try:

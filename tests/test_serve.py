@@ -275,6 +275,26 @@ def test_clients_that_disconnect_mid_stream_free_their_rows(server, http):
         assert time.monotonic() < deadline, "no row was stopped after its client left"
         time.sleep(0.2)
 
+    # Plain (non-streamed) requests whose clients give up are stopped too.
+    before = replica.stats.remote().result()["rows_cancelled"]
+
+    async def give_up(seed: int) -> None:
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=0.1) as c:
+            try:
+                await c.post("/v1/completions", json={**body, "stream": False, "seed": seed})
+            except httpx.TimeoutException:
+                pass
+
+    async def all_give_up() -> None:
+        await asyncio.gather(*(give_up(seed) for seed in range(20)))
+
+    asyncio.run(all_give_up())
+    deadline = time.monotonic() + 30
+    while replica.stats.remote().result()["rows_cancelled"] == before:
+        assert time.monotonic() < deadline, "no row was stopped after its (non-streaming) client left"
+        time.sleep(0.2)
+    assert http.post("/v1/completions", json={"model": "pydoc", "prompt": "The", "max_tokens": 8}).status_code == 200
+
 
 @pytest.mark.slow
 def test_a_killed_replica_fails_requests_fast_and_service_returns(http):
