@@ -156,7 +156,8 @@ class ShardWriter:
         if checkpoint_files is not None:
             self._pinned = tempfile.TemporaryDirectory(prefix="raygen-ckpt-")  # lives as long as this actor
             source = str(checkpoint.write_files(checkpoint_files, Path(self._pinned.name)))
-        if checkpoint.weights_sha256(source) != self.identity.checkpoint_sha256:
+        # The pinned copy was checked by the driver (pin_checkpoint); a checkpoint read by URI is checked here.
+        if checkpoint_files is None and checkpoint.weights_sha256(source) != self.identity.checkpoint_sha256:
             raise UserError(f"the checkpoint {self.identity.checkpoint} changed after this job was planned "
                             "(its weights' sha256 differs); start the job again")
         self.sampler = family.load("sampler")(source, device, recipe)

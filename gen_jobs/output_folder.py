@@ -110,10 +110,8 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
         raise UserError(f"{out} holds files that are not raygen's ({shown}); raygen writes a dataset only into a "
                         f"folder of its own and never deletes what is not its own: choose an empty --out "
                         f"(for example {storage.join(out, 'dataset')})")
-    for uri in found.temporaries:  # leftovers of a run that died: the lease says none is live
-        storage.delete_file(uri)
     if overwrite:
-        for uri in [*found.shards.values(), storage.join(out, MANIFEST), storage.join(out, PENDING)]:
+        for uri in [*found.temporaries, *found.shards.values(), storage.join(out, MANIFEST), storage.join(out, PENDING)]:
             storage.delete_file(uri)
         return None, Survey()
     for problem in state.damaged:
@@ -130,4 +128,6 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
         if diff:
             raise UserError(f"refusing to resume {out}: it was made with a different {', '.join(diff)}; "
                             "pass --overwrite to replace it or choose another --out (the existing data was left as it was)")
+    for uri in found.temporaries:  # leftovers of a run that died (the lease says none is live); only once accepted
+        storage.delete_file(uri)
     return state.manifest, found
