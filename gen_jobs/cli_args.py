@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from gen_jobs.errors import UserError
+from gen_jobs.errors import UserError, user_error_in
 
 
 def print_error(message: str) -> None:
@@ -35,14 +35,14 @@ def validate_args(cls: type[BaseModel], values: dict) -> BaseModel:
 
 
 def run_main(body: Callable[[], int | None]) -> int:
-    """Run a command: UserError -> `error: ...` on stderr and exit 2; storage that stays
+    """Run a command: UserError (here or in a Ray worker) -> `error: ...` on stderr and exit 2; storage that stays
     unreachable -> `error: ...` and exit 1 (work already written is kept); Ctrl-C -> exit 130."""
     from gen_jobs import storage
 
     try:
         return body() or 0
-    except UserError as e:
-        print_error(str(e))
+    except UserError as e:  # (a Ray task's error subclasses its cause: its text is a whole traceback)
+        print_error(str(user_error_in(e)))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -50,6 +50,10 @@ def run_main(body: Callable[[], int | None]) -> int:
     except SystemExit as e:  # argparse's --help (0) and its one-line errors (2): a return code, as for the rest
         return e.code if isinstance(e.code, int) else 2
     except Exception as e:
+        found = user_error_in(e)  # raised in a Ray worker: the same one line as in the driver
+        if found is not None:
+            print_error(str(found))
+            return 2
         failure = storage.describe_failure(e)
         if failure is None:
             raise

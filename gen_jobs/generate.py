@@ -18,8 +18,11 @@ shards that are missing or fail their checksum.
 
 Safety: the run holds --out's lease (gen_jobs.lease) from start to end; it
 touches only files gen_jobs.output_folder proves are raygen's; the driver pins
-the checkpoint (read once, digest checked) for every actor; an actor that cannot
-see the lease in a local --out is on a node that does not share it and refuses.
+the checkpoint (read once, digest checked) for every actor; every shard checks
+that the input files it read (prompts, images) still carry the size and
+modification time they had when the job was planned (gen_jobs.rows); an actor
+that cannot see the lease in a local --out is on a node that does not share it
+and refuses.
 """
 
 from __future__ import annotations
@@ -135,10 +138,12 @@ class ShardWriter:
     checked against the identity's digest; without it the checkpoint is read from its URI.
     `run_id` is the run's lease: a worker that cannot see it under a local --out is on a
     node that does not share that folder, and refuses to write there.
+    `input_stamps` (ObjectRef or dict, `RowSource.stamps`) are the input files' stamps taken
+    when the job was planned: every shard checks the files it read against them.
     """
 
     def __init__(self, identity: dict, out: str, micro_batch: int, device: str,
-                 checkpoint_files=None, run_id: str | None = None):
+                 checkpoint_files=None, run_id: str | None = None, input_stamps=None):
         import tempfile
 
         import ray
@@ -164,7 +169,10 @@ class ShardWriter:
         self.to_table = family.load("to_table")
         self.out = out
         self.micro_batch = micro_batch
-        self.input_cache: dict = {}  # the input's listing / row groups, read once per actor
+        if isinstance(input_stamps, ray.ObjectRef):
+            input_stamps = ray.get(input_stamps)
+        # The input's listing / row groups, read once per actor, and the stamps every shard checks.
+        self.input_cache: dict = {} if input_stamps is None else {"stamps": input_stamps}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         entries = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
@@ -403,6 +411,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
         connect()
         quiet_data_progress()
         pinned = ray.put(pin_checkpoint(identity))  # one copy for every actor, whatever happens to the folder
+        stamps = ray.put(identity.source.stamps) if identity.source.stamps else None
     started = time.perf_counter()  # after Ray start-up: the rate is the pipeline's own
     if todo:
         workers = min(args.workers, len(todo))
@@ -416,6 +425,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
                 "device": "cuda" if args.gpu else "cpu",
                 "checkpoint_files": pinned,
                 "run_id": lease.run_id,
+                "input_stamps": stamps,
             },
             batch_size=1,
             # Up to `workers` actors, down to one if nodes go (a preempted node must not stall the job).

@@ -49,10 +49,13 @@ class RowSource(BaseModel):
     sha256: str | None = None  # digest of the input's bytes, in source order
     inputs: int = 0  # input rows (prompts or images)
     samples_per_input: int = Field(1, gt=0)
+    # {file: "size:mtime"} taken before the digest's read; not part of the identity (a copy of
+    # the same bytes is the same input). Writers compare them to see the input change mid-job.
+    stamps: dict[str, str | None] | None = Field(None, exclude=True)
 
     def differences(self, other: "RowSource") -> list[str]:
         """What would change the rows (the input's location does not, its content does)."""
-        fields = [f for f in RowSource.model_fields if f != "uri"]
+        fields = [f for f in RowSource.model_fields if f not in ("uri", "stamps")]
         return [f"input {f}" for f in fields if getattr(self, f) != getattr(other, f)]
 
 
@@ -63,6 +66,7 @@ def plan_prompts(uri: str, column: str, samples_per_input: int) -> RowSource:
     """A prompts source: Parquet or JSONL, checked whole once (the digest reads it anyway)."""
     if not storage.exists(uri):
         raise UserError(f"prompts file {uri} does not exist")
+    stamps = dict(zip([uri], storage.stamps([uri])))  # before the read: a later write changes the stamp
     data = storage.read_bytes(uri)
     if uri.endswith(".jsonl"):
         prompts = jsonl_column(uri, data, column, "--prompt-column")
@@ -71,12 +75,13 @@ def plan_prompts(uri: str, column: str, samples_per_input: int) -> RowSource:
     if len(prompts) == 0:
         raise UserError(f"{uri} holds no prompts")
     return RowSource(kind="prompts", uri=uri, column=column, sha256=hashlib.sha256(data).hexdigest(),
-                     inputs=len(prompts), samples_per_input=samples_per_input)
+                     inputs=len(prompts), samples_per_input=samples_per_input, stamps=stamps)
 
 
 def plan_images(uri: str, column: str, samples_per_input: int) -> RowSource:
     """An image source: a folder/prefix of image files, or Parquet file(s) with an image column."""
-    files = input_files(uri)
+    stamps = input_listing(uri)  # taken before the reads: a later write changes a file's stamp
+    files = list(stamps)
     digest = hashlib.sha256()
     count = 0
     for f in files:
@@ -93,25 +98,31 @@ def plan_images(uri: str, column: str, samples_per_input: int) -> RowSource:
     if count == 0:
         raise UserError(f"{uri} holds no images")
     return RowSource(kind="images", uri=uri, column=column, sha256=digest.hexdigest(), inputs=count,
-                     samples_per_input=samples_per_input)
+                     samples_per_input=samples_per_input, stamps=stamps)
 
 
 def input_files(uri: str) -> list[str]:
     """The files of an image input in source order: Parquet files if there are any, else image files."""
+    return list(input_listing(uri))
+
+
+def input_listing(uri: str) -> dict[str, str | None]:
+    """{file: stamp} of an image input, in source order (see `input_files`), from one listing."""
     if not storage.exists(uri):
         raise UserError(f"input {uri} does not exist: give a folder of images, a Parquet file or folder, or an s3:// prefix")
     if not storage.is_dir(uri):
         if not uri.endswith((".parquet", *IMAGE_SUFFIXES)):
             raise UserError(f"input {uri} is neither Parquet nor an image ({', '.join(IMAGE_SUFFIXES)})")
-        return [uri]
-    files = storage.list_files(uri, recursive=True)
+        return dict(zip([uri], storage.stamps([uri])))
+    listing = storage.list_stamped(uri, recursive=True)
+    files = list(listing)
     parquet = [f for f in files if f.endswith(".parquet")]
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     if parquet and images:
         raise UserError(f"{uri} mixes Parquet files and image files; give one kind of input")
     if not parquet and not images:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or Parquet files under {uri}")
-    return sorted(parquet or images)
+    return {f: listing[f] for f in sorted(parquet or images)}
 
 
 def _relative(root: str, uri: str) -> str:
@@ -169,19 +180,44 @@ def _parquet_prompts(uri: str, data: bytes, column: str) -> pa.ChunkedArray:
 def read_inputs(source: RowSource, start: int, stop: int, cache: dict | None = None) -> np.ndarray:
     """Input rows [start, stop) as an object array (str / bytes / None), reading only what holds them.
 
-    `cache` (a dict the caller keeps, e.g. per Ray Data actor) saves listing a folder once per actor.
+    `cache` is a dict the caller keeps (e.g. per Ray Data actor): it saves listing a folder and
+    reading Parquet footers more than once. With cache["stamps"] (the planned `RowSource.stamps`)
+    the file list is the planned one, and every file read must still carry its planned stamp:
+    an input rewritten mid-job is a UserError, never rows made from other bytes.
     """
+    cache = {} if cache is None else cache
+    stamps = cache.get("stamps")
     if source.kind == "prompts" and source.uri.endswith(".jsonl"):
-        return _jsonl_slice(source, start, stop)
-    if source.kind == "prompts":
-        return object_column(_parquet_slice([source.uri], source.column, start, stop, cache))
-    files = (cache or {}).get("files") or input_files(source.uri)
-    if cache is not None:
+        rows, read = _jsonl_slice(source, start, stop), [source.uri]
+    elif source.kind == "prompts":
+        values, read = _parquet_slice([source.uri], source.column, start, stop, cache)
+        rows = object_column(values)
+    else:
+        files = cache.get("files") or (list(stamps) if stamps else input_files(source.uri))
         cache["files"] = files
-    if files[0].endswith(".parquet"):
-        cells = _parquet_slice(files, source.column, start, stop, cache)
-        return object_column([cell["bytes"] if isinstance(cell, dict) else cell for cell in cells])
-    return object_column([storage.read_bytes(f) for f in files[start:stop]])
+        if files[0].endswith(".parquet"):
+            cells, read = _parquet_slice(files, source.column, start, stop, cache)
+            rows = object_column([cell["bytes"] if isinstance(cell, dict) else cell for cell in cells])
+        else:
+            read = files[start:stop]
+            try:
+                rows = object_column([storage.read_bytes(f) for f in read])
+            except UserError:  # a file gone since planning: say so, as for one rewritten
+                if stamps is not None:
+                    check_unchanged(read, stamps)
+                raise
+    if stamps is not None:
+        check_unchanged(read, stamps)
+    return rows
+
+
+def check_unchanged(files: list[str], stamps: dict[str, str | None]) -> None:
+    """UserError if any of `files` no longer carries the stamp it had when the job was planned."""
+    changed = [f for f, now in zip(files, storage.stamps(files)) if now is None or now != stamps.get(f)]
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise UserError(f"input {changed[0]}{more} changed or went away after this job was planned, so its rows "
+                        "would not match the dataset's recorded input digest; restore it, or start again with --overwrite")
 
 
 def _jsonl_slice(source: RowSource, start: int, stop: int) -> np.ndarray:
@@ -199,9 +235,9 @@ def _jsonl_slice(source: RowSource, start: int, stop: int) -> np.ndarray:
     return object_column(out)
 
 
-def _parquet_slice(files: list[str], column: str, start: int, stop: int, cache: dict | None) -> list:
-    """Rows [start, stop) of `column` across `files`, reading only the row groups that hold them."""
-    groups = (cache or {}).get("row_groups")
+def _parquet_slice(files: list[str], column: str, start: int, stop: int, cache: dict) -> tuple[list, list[str]]:
+    """(rows [start, stop) of `column` across `files`, the files read), reading only the row groups that hold them."""
+    groups = cache.get("row_groups")
     if groups is None:  # (file, row group, first row) in source order
         groups, first = [], 0
         for f in files:
@@ -211,13 +247,15 @@ def _parquet_slice(files: list[str], column: str, start: int, stop: int, cache: 
                 groups.append((f, g, first))
                 first += meta.row_group(g).num_rows
         groups.append((None, None, first))
-        if cache is not None:
-            cache["row_groups"] = groups
+        cache["row_groups"] = groups
     out: list = []
+    read: list[str] = []
     for (f, g, first), (_, _, end) in zip(groups, groups[1:]):
         if end <= start or first >= stop:
             continue
         fs, path = storage.resolve(f)
         values = pq.ParquetFile(path, filesystem=fs).read_row_group(g, columns=[column]).column(column).to_pylist()
         out.extend(values[max(start - first, 0): stop - first])
-    return out
+        if f not in read:
+            read.append(f)
+    return out, read

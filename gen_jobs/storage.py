@@ -212,6 +212,33 @@ def list_files(uri: str, recursive: bool = False) -> list[str]:
     return sorted(prefix + p for p in files)
 
 
+def list_stamped(uri: str, recursive: bool = False) -> dict[str, str]:
+    """{file URI: stamp} for the files under a folder/prefix, from one listing (see `stamps`)."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return {}
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    prefix = "s3://" if is_s3(uri) else ""
+    return {prefix + i.path: _stamp(i) for i in infos if i.type == pafs.FileType.File}
+
+
+def stamps(uris: list[str]) -> list[str | None]:
+    """A cheap fingerprint of each file, "size:modification time (ns)", None where it is gone.
+
+    It sees a file rewritten or replaced without reading it (a local stat, an S3 HEAD);
+    the content digest in a dataset's identity is what proves the bytes.
+    """
+    if not uris:
+        return []
+    fs, _ = resolve(uris[0])
+    infos = fs.get_file_info([resolve(u)[1] for u in uris])
+    return [_stamp(i) if i.type == pafs.FileType.File else None for i in infos]
+
+
+def _stamp(info: pafs.FileInfo) -> str:
+    return f"{info.size}:{info.mtime_ns}"
+
+
 def list_entries(uri: str) -> list[str]:
     """URIs of what lies directly in a folder/prefix, sorted, symbolic links included (not followed)."""
     if is_s3(uri):

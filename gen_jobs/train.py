@@ -19,7 +19,7 @@ from ray.train import UserCallback
 
 from gen_jobs import storage
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.errors import UserError
+from gen_jobs.errors import UserError, user_error_in
 from gen_jobs.recipes import RecipeBase, StrictModel, load_recipe
 
 DEFAULT_STORAGE = "./out/runs"
@@ -108,6 +108,9 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
 
 
 def _root_cause(error: BaseException) -> str:
+    found = user_error_in(error)  # a worker's own message (bad data, a bad recipe value) says it best
+    if found is not None:
+        return str(found)
     while error.__cause__ is not None:
         error = error.__cause__
     lines = [line for line in str(error).strip().splitlines() if line.strip()]

@@ -228,3 +228,26 @@ def test_user_corpora_txt_jsonl_parquet_and_s3(s3_server, tmp_path):
     assert load_documents(TextDataConfig(source="s3://raygen/corpus")) == ["text on s3"]
     with pytest.raises(UserError, match="does not exist"):
         load_documents(TextDataConfig(source=str(tmp_path / "nope")))
+
+
+def test_a_job_whose_prompts_change_after_planning_fails_in_one_line_and_writes_no_manifest(
+        ray_cluster, gpt_checkpoint, tmp_path, capsys):
+    from gen_jobs.cli_args import run_main
+    from gen_jobs.generate import _generate
+    from gen_jobs.lease import Lease
+
+    prompts = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": PROMPTS}), prompts)
+    args = GenerateArgs(checkpoint=gpt_checkpoint, out=str(tmp_path / "data"), prompts=str(prompts), rows_per_shard=2,
+                        workers=1)
+    identity, micro_batch = plan(args)
+    pq.write_table(pa.table({"prompt": PROMPTS[::-1]}), prompts)  # rewritten while the job is queued
+
+    def job() -> None:  # the planned job, run on Ray Data's actor pool as `raygen generate` runs it
+        with Lease(args.out) as lease:
+            _generate(args, identity, micro_batch, lease, log=lambda _: None)
+
+    assert run_main(job) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (after Ray Data's own log lines)
+    assert last.startswith(f"error: input {prompts} changed or went away after this job was planned")
+    assert not (tmp_path / "data" / "_manifest.json").exists()

@@ -76,3 +76,26 @@ def test_a_family_refuses_a_row_source_it_cannot_use(random_checkpoint, tmp_path
     pq.write_table(pa.table({"prompt": ["a"]}), tmp_path / "p.parquet")
     with pytest.raises(UserError, match="--prompts needs a text checkpoint"):
         plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "o"), prompts=str(tmp_path / "p.parquet")))
+
+
+def test_a_shard_refuses_an_input_that_changed_after_planning(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"p{i}"}) for i in range(6)) + "\n")
+    source = plan_prompts(str(prompts), "prompt", 1)
+    assert list(read_inputs(source, 0, 2, {"stamps": source.stamps})) == ["p0", "p1"]
+    prompts.write_text("\n".join(json.dumps({"prompt": f"q{i}"}) for i in range(6)) + "\n")  # same size, new bytes
+    with pytest.raises(UserError, match=r"p.jsonl changed or went away after this job was planned.*--overwrite"):
+        read_inputs(source, 2, 4, {"stamps": source.stamps})
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.png").write_bytes(_png(i))
+    source = plan_images(str(folder), "image", 1)
+    cache = {"stamps": source.stamps}
+    (folder / "00.png").write_bytes(_png(9))  # a new file sorts first: the planned list keeps the rows in place
+    assert list(read_inputs(source, 0, 2, cache)) == [_png(0), _png(1)]
+    (folder / "3.png").unlink()
+    assert list(read_inputs(source, 1, 3, cache)) == [_png(1), _png(2)]  # only the files a shard reads are checked
+    with pytest.raises(UserError, match=r"3.png changed or went away"):
+        read_inputs(source, 2, 4, cache)
