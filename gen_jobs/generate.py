@@ -56,7 +56,7 @@ from gen_jobs.manifest import (
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
 from gen_jobs.rows import RowSource, plan_images, plan_prompts, read_inputs
-from gen_jobs.seeding import row_seeds
+from gen_jobs.row_seed import row_seeds
 
 
 class GenerateArgs(StrictModel):

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from gen_jobs import __version__, storage
 from gen_jobs.errors import UserError
 from gen_jobs.rows import RowSource
-from gen_jobs.seeding import NOISE_VERSION
+from gen_jobs.row_seed import NOISE_VERSION
 
 MANIFEST = "_manifest.json"
 PENDING = "_pending.json"

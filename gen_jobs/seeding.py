@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-NOISE_VERSION = "splitmix64-counter-v1"
+from gen_jobs.row_seed import NOISE_VERSION, row_seeds  # noqa: F401 - re-exported (NumPy only, no torch)
 
 LABEL, LATENT, TOKEN, MUSIC, STYLE = 1, 2, 3, 4, 5
 _STREAM_SHIFT = 40  # 2**40 indices per stream
@@ -55,7 +55,6 @@ def _signed(x: int) -> int:
 GOLDEN = _signed(0x9E3779B97F4A7C15)
 _M1 = _signed(0xBF58476D1CE4E5B9)
 _M2 = _signed(0x94D049BB133111EB)
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _lsr(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -68,17 +67,6 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
     x = (x ^ _lsr(x, 30)) * _M1
     x = (x ^ _lsr(x, 27)) * _M2
     return x ^ _lsr(x, 31)
-
-
-def row_seeds(base_seed: int, ids: np.ndarray) -> np.ndarray:
-    """int64 seeds in [0, 2**63) for the given int64 row ids (vectorised SplitMix64)."""
-    with np.errstate(over="ignore"):
-        x = np.uint64(base_seed) * np.uint64(0x9E3779B97F4A7C15) + ids.astype(np.uint64)
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(1)).astype(np.int64)
 
 
 def seed_tensor(seeds: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

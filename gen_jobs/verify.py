@@ -26,7 +26,7 @@ from gen_jobs import storage
 from gen_jobs.cli_args import ArgumentParser, run_main
 from gen_jobs.errors import UserError
 from gen_jobs.manifest import MANIFEST, SHARD_TAG, read_manifest, schema_description, sha256, shard_files
-from gen_jobs.seeding import row_seeds
+from gen_jobs.row_seed import row_seeds
 
 
 def problems(out: str) -> tuple[list[str], str]:
