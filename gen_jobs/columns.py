@@ -31,11 +31,15 @@ def _feature(field: pa.Field, media: dict[str, str]) -> dict:
     if field.type == MEDIA_TYPE:
         return {"_type": media.get(field.name, "Image")}
     if pa.types.is_integer(field.type):
-        return {"dtype": "int64", "_type": "Value"}
+        return {"dtype": str(field.type), "_type": "Value"}
     if pa.types.is_floating(field.type):
         return {"dtype": "float32" if field.type == pa.float32() else "float64", "_type": "Value"}
     if pa.types.is_boolean(field.type):
         return {"dtype": "bool", "_type": "Value"}
+    if pa.types.is_binary(field.type):
+        return {"dtype": "binary", "_type": "Value"}
+    if pa.types.is_list(field.type):
+        return {"feature": _feature(field.type.value_field, media), "_type": "List"}
     return {"dtype": "string", "_type": "Value"}
 
 

@@ -1,6 +1,6 @@
 """The embedded demo: train each model family on its bundled data, generate, verify, score.
 
-    raygen demo [--family dcgan|gpt] [--out ./out] [--workers 2] [--num-samples N]
+    raygen demo [--family dcgan|gpt|music] [--out ./out] [--workers 2] [--num-samples N]
     python -m gen_jobs.demo
 
 Without --family it runs every family, one after the other. Each run writes
@@ -10,6 +10,8 @@ into a new folder of its own, OUT/demo-<YYYYmmdd-HHMMSS>/, and deletes nothing
     dcgan_digits/             10,000 labelled digit images: part-*.parquet + _manifest.json
     dcgan_digits_grid.png     10x10 samples from that dataset, one row per label
     gpt_pydoc/                1,000 text samples from the GPT trained on Python's docs
+    music_chorales/           200 pieces (MIDI) from the model trained on Bach chorales, and beside it
+    music_chorales_<id>.mid/.wav, music_chorales_piano_roll.png   the first three pieces, to play and see
 `raygen serve` with no arguments serves the newest demo's checkpoints.
 """
 
@@ -106,8 +108,10 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     result = {"family": family, "checkpoint": ckpt, "dataset": dataset, "quality": manifest.quality or {}, "timings": timings}
     if demo.show == "grid":
         result["grid"] = write_grid(dataset, storage.join(args.out, f"{recipe.name}_grid.png"))
-    else:
+    elif demo.show == "text":
         result["examples"] = read_table(dataset, ["text"]).column("text").to_pylist()[:3]
+    if demo.examples:
+        result["files"] = families.get(family).load("examples")(dataset, args.out, recipe.name)
     return result
 
 
@@ -135,6 +139,8 @@ def report(result: dict) -> None:
         print(f"  sample grid: {result['grid']}  (one row per label 0-9)")
     for text in result.get("examples", []):
         print(f"  sample:      {text[:160]!r}")
+    for uri in result.get("files", []):
+        print(f"  example:     {uri}")
     print(f"  quality:     {result['quality'].get('summary', 'n/a')}")
     for warning in result["quality"].get("warnings", []):
         print(f"  warning:     {warning}")
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--family", choices=demo_families(), help="run one family (default: all)")
         p.add_argument("--out", default="./out", help="output folder: path or s3:// URI")
         p.add_argument("--workers", type=int, default=2, help="Ray Train and Ray Data workers")
-        p.add_argument("--num-samples", type=int, help="samples to generate (default: 10,000 images, 1,000 texts)")
+        p.add_argument("--num-samples", type=int, help="samples to generate (default: 10,000 images, 1,000 texts, 200 pieces)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
         args = validate_args(DemoArgs, vars(p.parse_args(argv)))
         if args.set and not args.family:

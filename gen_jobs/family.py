@@ -19,7 +19,7 @@ and, as plain values:
     rows_from       what its rows are made from besides id and seed: "ids" (nothing more),
                     "prompts" (a text column), "images" (an input image dataset)
     serve_api       the serving.apis module of its HTTP API, or None
-    demo            its demo defaults (recipe name, rows, what to show), or None
+    demo            its demo defaults (recipe name, rows, what to show, example files), or None
     foreign_checkpoint  a `module:function` that describes a checkpoint folder made
                     elsewhere (no raygen recipe.json) with a recipe, or None
 
@@ -40,7 +40,8 @@ RowsFrom = Literal["ids", "prompts", "images"]
 class DemoDefaults:
     recipe: str  # a built-in recipe name
     num_samples: int  # rows the demo generates
-    show: Literal["grid", "text"]  # what the demo's report shows of the dataset
+    show: Literal["grid", "text", "files"]  # what the demo's report shows: a label grid, texts, or `examples`' files
+    examples: str | None = None  # "module:function(dataset, out, name) -> [written URIs]": files beside the dataset
 
 
 @dataclass(frozen=True)

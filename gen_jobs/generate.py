@@ -4,6 +4,7 @@
         [--prompt-column COL] [--samples-per-prompt K] | --input URI [--input-column COL]
         [--samples-per-input K]) [--rows-per-shard R] [--seed S]
         [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite] [--set k=v ...]
+        [--audio [--sample-rate HZ] [--soundfont SF2]]       (music: an `audio` WAV column)
     python -m gen_jobs.generate ...        # the same, for `ray job submit`
 
 Pipeline: shard ids -> actor pool of W ShardWriters, each holding the family's
@@ -75,6 +76,9 @@ class GenerateArgs(StrictModel):
     workers: int = Field(2, gt=0, le=4096)
     gpu: bool = False
     labels: str = "uniform"
+    audio: bool = False
+    sample_rate: int | None = Field(None, ge=8_000, le=96_000)
+    soundfont: str | None = None
     resume: bool = False
     overwrite: bool = False
 
@@ -121,6 +125,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="sampler actors")
     p.add_argument("--gpu", action="store_true", help="one GPU per sampler actor")
     p.add_argument("--labels", default="uniform", help="'uniform' (drawn per row) or K[,K...] cycled by row id")
+    p.add_argument("--audio", action="store_true", help="music: add an `audio` column (WAV) rendered from each piece")
+    p.add_argument("--sample-rate", type=int, help="music audio: samples per second, 8000-96000 (default: the recipe's, 22050)")
+    p.add_argument("--soundfont", help="music audio: a General MIDI .sf2 (default: an installed one, else a NumPy synthesiser)")
     p.add_argument("--resume", action="store_true", help="complete an interrupted or damaged dataset")
     p.add_argument("--overwrite", action="store_true", help="replace whatever dataset is at --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -275,6 +282,7 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
     recipe = checkpoint.read_recipe(ckpt)
     if args.set:
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), args.set))
+    recipe = with_audio(recipe, args).for_dataset()
     labels = parse_labels(args.labels)
     if labels is not None:
         classes = recipe.row_classes()
@@ -298,6 +306,23 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
         torch_version=torch.__version__,
     )
     return identity, recipe.generate.batch_size
+
+
+def with_audio(recipe, args: GenerateArgs):
+    """The recipe with --audio / --sample-rate / --soundfont applied as `audio.*` recipe keys."""
+    if not (args.audio or args.sample_rate or args.soundfont):
+        return recipe
+    if "audio" not in type(recipe).model_fields:
+        raise UserError(f"--audio, --sample-rate and --soundfont need a music checkpoint; this is a {recipe.family} model")
+    if not args.audio and not recipe.audio.enabled:
+        raise UserError("--sample-rate and --soundfont set how audio is rendered: add --audio to render it")
+    overrides = ["audio.enabled=true"]
+    if args.sample_rate:
+        overrides.append(f"audio.sample_rate={args.sample_rate}")
+    data = apply_overrides(recipe.model_dump(mode="json"), overrides)
+    if args.soundfont:
+        data["audio"]["soundfont"] = args.soundfont  # a path, set as is (not parsed as YAML)
+    return recipe_from_dict(data)
 
 
 def row_source(args: GenerateArgs, rows_from: str, family: str, ckpt: str) -> RowSource:

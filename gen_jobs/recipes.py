@@ -49,6 +49,14 @@ class RecipeBase(StrictModel):
         """How many classes a row may ask for (`raygen generate --labels`, Serve's `label`); None: none."""
         return None
 
+    def for_dataset(self) -> "RecipeBase":
+        """This recipe with whatever the machine would choose fixed (checked), for a dataset's identity.
+
+        `raygen generate` calls it once when it plans a job, so a resumed job
+        makes the same bytes on another machine (music: the SoundFont found installed).
+        """
+        return self
+
 
 def builtin_recipes() -> list[str]:
     folder = importlib.resources.files("gen_jobs") / "recipes"

@@ -43,7 +43,14 @@ def gpt_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, checkpoint, gpt_checkpoint):
+def music_checkpoint(tmp_path_factory) -> str:
+    from test_music import make_music_checkpoint
+
+    return make_music_checkpoint(tmp_path_factory.mktemp("serve") / "music")
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint):
     """The raygen app on a free loopback port; yields its base URL. Shut down after the module."""
     from ray import serve
 
@@ -54,6 +61,7 @@ def server(ray_cluster, checkpoint, gpt_checkpoint):
     config = AppConfig(models=[
         {"name": "digits", "checkpoint": checkpoint, "num_cpus": 0.25},
         {"name": "pydoc", "checkpoint": gpt_checkpoint, "num_cpus": 0.25},
+        {"name": "chorales", "checkpoint": music_checkpoint, "num_cpus": 0.25},
         {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.25, "max_ongoing_requests": 1,
          "max_queued_requests": 1, "batching": {"max_batch_size": 1}},
     ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512})
@@ -86,7 +94,7 @@ def png(b64: str) -> np.ndarray:
 
 
 def test_openai_client_lists_models_and_completes(client):
-    assert {m.id for m in client.models.list()} == {"digits", "pydoc", "digits-small-queue"}
+    assert {m.id for m in client.models.list()} == {"digits", "pydoc", "chorales", "digits-small-queue"}
     plain = client.completions.create(model="pydoc", prompt="The with statement", max_tokens=12, seed=7, n=2)
     assert len(plain.choices) == 2 and plain.choices[0].text != plain.choices[1].text
     assert all(c.finish_reason in ("stop", "length") for c in plain.choices)
@@ -129,6 +137,33 @@ def test_images_generate_valid_pngs_of_the_asked_label_and_size(client):
     texts = [client.completions.create(model="pydoc", prompt="The", max_tokens=12, temperature=1.0, seed=s).choices[0].text
              for s in (5, 5 + 2**32)]
     assert texts[0] != texts[1]
+
+
+def test_music_pieces_over_http_equal_the_batch_jobs_rows(http, music_checkpoint, tmp_path):
+    import mido
+
+    generate(GenerateArgs(checkpoint=music_checkpoint, out=str(tmp_path / "music"), num_samples=3, rows_per_shard=3,
+                          workers=1), log=lambda *_: None)
+    rows = read_shards(str(tmp_path / "music"), read_manifest(str(tmp_path / "music")).shards).to_pylist()
+    for row in rows:
+        answer = http.post("/v1/music/generations", json={"model": "chorales", "seed": row["seed"]})
+        assert answer.status_code == 200, answer.text
+        piece = answer.json()["data"][0]
+        assert base64.b64decode(piece["b64_json"]) == row["midi"]
+        assert (piece["seed"], piece["num_notes"], piece["key"]) == (row["seed"], row["num_notes"], row["key"])
+        mido.MidiFile(file=io.BytesIO(row["midi"]))
+    wav = http.post("/v1/music/generations", json={"model": "chorales", "seed": 4, "n": 2, "response_format": "wav",
+                                                   "max_tokens": 16, "primer": base64.b64encode(rows[0]["midi"]).decode()})
+    assert wav.status_code == 200, wav.text
+    assert [base64.b64decode(d["b64_json"])[:4] for d in wav.json()["data"]] == [b"RIFF", b"RIFF"]
+    assert [d["seed"] for d in wav.json()["data"]] == [4, 5]
+    for body, param in (({"primer": "not base64!"}, "primer"), ({"primer": base64.b64encode(b"MThd junk").decode()}, "primer"),
+                        ({"max_tokens": 96}, "max_tokens"), ({"n": 9}, "n")):
+        answer = http.post("/v1/music/generations", json={"model": "chorales", **body})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+    assert http.post("/v1/music/generations", json={"model": "digits"}).status_code == 400  # an image model
+    listed = {m["id"]: m["raygen"] for m in http.get("/v1/models").json()["data"]}
+    assert listed["chorales"]["kind"] == "music" and listed["chorales"]["context_tokens"] == 96
 
 
 def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, checkpoint, gpt_checkpoint, tmp_path):

@@ -87,3 +87,13 @@ def test_a_run_folder_as_checkpoint_means_its_newest_checkpoint(random_checkpoin
     newest = str(run / "checkpoint_2026-11-02_10-00-00.000000")
     assert identity.checkpoint == newest  # what the manifest records
     assert said == [f"checkpoint: {newest} (the newest in {run})"]
+
+
+def test_verify_runs_without_torch():
+    """`raygen verify` aborted at exit (134) in ~1 run of 20 while torch's thread pools were loaded; it needs none."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, gen_jobs.verify; print(sorted(m for m in sys.modules "
+                             "if m.split('.')[0] in ('torch', 'ray')))"], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ from gen_jobs.family import Family
 REGISTRY: dict[str, str] = {
     "dcgan": "gen_jobs.families.dcgan",
     "gpt": "gen_jobs.families.gpt",
+    "music": "gen_jobs.families.music",
 }
 
 

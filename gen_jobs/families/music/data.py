@@ -1,0 +1,197 @@
+"""Music corpora -> symusic Scores with all voices in one track.
+
+    music21:bach-chorales   the 371 Bach chorales bundled in the music21 wheel (nothing downloaded)
+    FOLDER or s3://PREFIX   every .mid/.midi/.xml/.mxl/.musicxml under it, in sorted order
+
+A file that fails to parse is skipped and counted (`Corpus.skipped`), never a
+crash; a corpus with no piece left is a UserError. Parsing MusicXML with music21
+is slow (~0.15 s a chorale), so the bundled chorales are converted once and kept as MIDI bytes in a cache file keyed by music21's version
+($RAYGEN_CACHE, default ~/.cache/raygen); the cache is only a copy, rebuilt
+when missing or unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gen_jobs import storage
+from gen_jobs.errors import UserError
+from gen_jobs.families.music.recipe import MusicDataConfig
+
+BACH = "music21:bach-chorales"
+MIDI_SUFFIXES = (".mid", ".midi")
+SCORE_SUFFIXES = (".xml", ".mxl", ".musicxml")
+TICKS_PER_BEAT = 480
+DEFAULT_VELOCITY = 80  # scores without dynamics (the chorales) play at mezzo-forte
+
+
+@dataclass
+class Corpus:
+    names: list[str]
+    midi: list[bytes]  # one-track standard MIDI files, in `names` order
+    skipped: list[str] = field(default_factory=list)  # "name: why" of each file that did not parse
+
+    def scores(self) -> list:
+        import symusic
+
+        return [symusic.Score.from_midi(m) for m in self.midi]
+
+
+def load_corpus(cfg: MusicDataConfig) -> Corpus:
+    corpus = _bach_chorales(cfg.max_files) if cfg.source == BACH else _user_corpus(cfg.source)
+    if cfg.max_files:
+        corpus = Corpus(corpus.names[: cfg.max_files], corpus.midi[: cfg.max_files], corpus.skipped)
+    if not corpus.midi:
+        why = f" ({len(corpus.skipped)} files did not parse, e.g. {corpus.skipped[0]})" if corpus.skipped else ""
+        raise UserError(f"the music corpus {cfg.source} holds no pieces{why}: give a folder or s3:// prefix of "
+                        f"{', '.join(MIDI_SUFFIXES + SCORE_SUFFIXES)} files")
+    return corpus
+
+
+def split_pieces(items: list, held_out: float) -> tuple[list, list]:
+    """(training, held-out): every round(1/held_out)-th piece is held out, the rest train."""
+    every = max(2, round(1 / held_out))
+    held = items[every - 1:: every]
+    train = [x for i, x in enumerate(items) if (i + 1) % every]
+    if not held:
+        raise UserError(f"the corpus has {len(items)} pieces: too few to hold out one in {every}; add pieces")
+    return train, held
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def one_track(score):
+    """All pitched notes of a symusic Score in one track (drums dropped), sorted by onset then pitch."""
+    import symusic
+
+    out = symusic.Score(score.ticks_per_quarter)
+    out.tempos = score.tempos
+    out.time_signatures = score.time_signatures
+    track = symusic.Track(name="voices", program=0)
+    notes = [n for t in score.tracks if not t.is_drum for n in t.notes]
+    notes.sort(key=lambda n: (n.time, n.pitch, n.duration))
+    for n in notes:
+        track.notes.append(n)
+    out.tracks.append(track)
+    return out
+
+
+def music21_to_midi(stream) -> bytes:
+    """A music21 score -> a one-track MIDI file (ties merged; offsets in beats -> ticks)."""
+    import symusic
+
+    score = symusic.Score(TICKS_PER_BEAT)
+    track = symusic.Track(name="voices", program=0)
+    notes = []
+    for part in stream.parts or [stream]:
+        for n in part.stripTies().flatten().notes:
+            start = int(round(float(n.offset) * TICKS_PER_BEAT))
+            length = max(1, int(round(float(n.quarterLength) * TICKS_PER_BEAT)))
+            for p in n.pitches:
+                notes.append(symusic.Note(start, length, int(p.midi), DEFAULT_VELOCITY))
+    notes.sort(key=lambda n: (n.time, n.pitch, n.duration))
+    for n in notes:
+        track.notes.append(n)
+    score.tracks.append(track)
+    return score.dumps_midi()
+
+
+def _chorale_midi(name: str) -> bytes | str:
+    """One bundled chorale as MIDI bytes, or why it failed."""
+    try:
+        from music21 import corpus
+
+        return music21_to_midi(corpus.parse(name))
+    except Exception as e:  # noqa: BLE001 - any parse failure is a skipped piece, reported by name
+        return f"{type(e).__name__}: {e}"
+
+
+def _cache_folder() -> Path:
+    return Path(os.environ.get("RAYGEN_CACHE") or Path.home() / ".cache" / "raygen")
+
+
+def _bach_chorales(limit: int | None = None) -> Corpus:
+    """The bundled chorales, from the cache; without one, the first `limit` are converted (all: then cached)."""
+    import music21
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache = _cache_folder() / f"bach-chorales-music21-{music21.__version__}.parquet"
+    try:
+        table = pq.read_table(cache)
+        skipped = json.loads((table.schema.metadata or {})[b"skipped"])
+        return Corpus(table.column("name").to_pylist(), table.column("midi").to_pylist(), skipped)
+    except (OSError, KeyError, ValueError, pa.ArrowInvalid):  # (ValueError: also bad JSON)
+        pass  # no cache yet, or a damaged one: convert again
+    from music21.corpus.chorales import Iterator
+
+    names = list(Iterator(returnType="filename"))
+    partial = limit is not None and limit < len(names)
+    if partial:  # a few pieces (tests, trials): converted, not cached
+        names = names[:limit]
+    else:
+        print(f"converting the {len(names)} bundled Bach chorales from MusicXML once (~1 min; cached in {cache})",
+              flush=True)
+    results = [_chorale_midi(name) for name in names]
+    corpus = Corpus([], [])
+    for name, result in zip(names, results):
+        if isinstance(result, bytes):
+            corpus.names.append(name)
+            corpus.midi.append(result)
+        else:
+            corpus.skipped.append(f"{name}: {result}")
+    if partial:
+        return corpus
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=".bach-", suffix=".tmp", delete=False) as tmp:
+        table = pa.table({"name": corpus.names, "midi": pa.array(corpus.midi, pa.binary())})
+        pq.write_table(table.replace_schema_metadata({"skipped": json.dumps(corpus.skipped)}), tmp)
+    os.replace(tmp.name, cache)
+    return corpus
+
+
+def _user_corpus(uri: str) -> Corpus:
+    if not storage.exists(uri):
+        raise UserError(f"music corpus {uri} does not exist: give a folder or s3:// prefix of MIDI or MusicXML files, "
+                        f"or {BACH}")
+    files = [uri] if not storage.is_dir(uri) else storage.list_files(uri, recursive=True)
+    files = [f for f in files if f.lower().endswith(MIDI_SUFFIXES + SCORE_SUFFIXES)]
+    corpus = Corpus([], [])
+    for f in sorted(files):
+        name = f[len(uri.rstrip("/")) + 1:] or f.rsplit("/", 1)[-1]
+        try:
+            corpus.midi.append(parse_file(f, storage.read_bytes(f)))
+            corpus.names.append(name)
+        except UserError as e:
+            corpus.skipped.append(f"{name}: {e}")
+    return corpus
+
+
+def parse_file(name: str, data: bytes) -> bytes:
+    """A MIDI or MusicXML file's bytes -> a one-track MIDI file with notes; UserError if it is not one."""
+    import symusic
+
+    if name.lower().endswith(MIDI_SUFFIXES):
+        try:
+            score = one_track(symusic.Score.from_midi(data))
+        except Exception as e:  # noqa: BLE001 - symusic raises plain RuntimeErrors for any malformed file
+            raise UserError(f"not a MIDI file ({e})") from e
+        midi = score.dumps_midi()
+    else:
+        from music21 import converter
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / ("score" + Path(name).suffix.lower())
+            path.write_bytes(data)
+            try:
+                midi = music21_to_midi(converter.parse(str(path)))
+            except Exception as e:  # noqa: BLE001 - music21 raises many types for malformed scores
+                raise UserError(f"not a MusicXML score ({type(e).__name__}: {e})") from e
+    if symusic.Score.from_midi(midi).note_num() == 0:
+        raise UserError("no notes")
+    return midi

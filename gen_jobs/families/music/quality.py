@@ -1,0 +1,107 @@
+"""The music family's quality figures: generated pieces against the training corpus, beside random tokens.
+
+    playable_share          pieces whose `midi` parses with mido and holds at least 8 notes
+    in_key_share            duration-weighted share of notes in the piece's estimated key, averaged
+    pitch_class_distance    total-variation distance between the pieces' and the corpus's
+                            pitch-class histograms (0 = the same, 1 = disjoint)
+    notes_per_second, pitch_range, inter_onset_s   averaged per piece
+    copied_8gram_share      share of the pieces' 8-token sequences found verbatim in the corpus:
+                            high values mean copying, not composing
+
+Each figure is given for the generated pieces, the corpus itself and a
+baseline of uniformly random tokens decoded the same way, so the numbers mean
+something. Goal (default recipe): in-key share >= 0.9x the corpus's.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from gen_jobs.families.music.analysis import Notes, describe
+
+MIN_NOTES = 8
+IN_KEY_GOAL = 0.9  # of the corpus's own in-key share
+FIGURES = ("in_key_share", "notes_per_second", "pitch_range", "inter_onset_s")
+
+
+def playable(midi: bytes) -> bool:
+    """mido reads it and it holds at least MIN_NOTES notes."""
+    import mido
+
+    try:
+        f = mido.MidiFile(file=io.BytesIO(midi))
+    except Exception:  # noqa: BLE001 - mido raises several types for malformed files
+        return False
+    return sum(1 for track in f.tracks for m in track if m.type == "note_on" and m.velocity > 0) >= MIN_NOTES
+
+
+def figures(scores: list, token_lists: list[list[int]], corpus_grams: set | None) -> dict[str, float]:
+    """Averaged per-piece figures, the aggregate pitch-class histogram and the copied 8-gram share."""
+    notes = [Notes.of(s) for s in scores]
+    per_piece = [describe(n) for n in notes if len(n)]
+    out = {k: round(float(np.mean([p[k] for p in per_piece])), 4) if per_piece else 0.0 for k in FIGURES}
+    hist = sum((n.pitch_classes() * max(len(n), 1) for n in notes), np.zeros(12))
+    out["_pitch_classes"] = hist / hist.sum() if hist.sum() else hist
+    if corpus_grams is not None:
+        grams = [tuple(ids[i: i + 8]) for ids in token_lists for i in range(len(ids) - 7)]
+        out["copied_8gram_share"] = round(sum(g in corpus_grams for g in grams) / len(grams), 4) if grams else 0.0
+    return out
+
+
+def score_pieces(midi: list[bytes], token_lists: list[list[int]], corpus_midi: list[bytes], tokenizer,
+                 max_new_tokens: int, perplexity: float | None = None) -> dict:
+    """The figures of generated pieces, the corpus and a random-token baseline, with a summary and warnings."""
+    import symusic
+
+    from gen_jobs.families.music.model import decode, encode, special_ids
+
+    corpus_ids = [encode(tokenizer, m) for m in corpus_midi]
+    grams = {tuple(ids[i: i + 8]) for ids in corpus_ids for i in range(len(ids) - 7)}
+    generated = figures([symusic.Score.from_midi(m) for m in midi], token_lists, grams)
+    corpus = figures([symusic.Score.from_midi(m) for m in corpus_midi], [], None)
+    rng = np.random.default_rng(0)  # the baseline is fixed: the same figures for every dataset
+    special = set(special_ids(tokenizer))
+    vocab = np.array([i for i in range(len(tokenizer)) if i not in special])
+    random_ids = [rng.choice(vocab, max_new_tokens).tolist() for _ in range(32)]
+    baseline = figures([decode(tokenizer, ids) for ids in random_ids], random_ids, grams)
+    reference = corpus["_pitch_classes"]
+    for f in (generated, corpus, baseline):
+        f["pitch_class_distance"] = round(0.5 * float(np.abs(f.pop("_pitch_classes") - reference).sum()), 4)
+    share = round(sum(playable(m) for m in midi) / max(len(midi), 1), 4)
+    ratio = round(generated["in_key_share"] / corpus["in_key_share"], 3) if corpus["in_key_share"] else None
+    warnings = []
+    if share < 1:
+        warnings.append(f"{len(midi) - round(share * len(midi))} of {len(midi)} pieces are not playable "
+                        f"(unreadable or fewer than {MIN_NOTES} notes)")
+    if ratio is not None and ratio < IN_KEY_GOAL:
+        warnings.append(f"in-key share {generated['in_key_share']:.3f} is {ratio:.2f}x the corpus's "
+                        f"{corpus['in_key_share']:.3f} (goal >= {IN_KEY_GOAL}x): train longer or lower the temperature")
+    summary = (f"{share:.0%} playable, in-key {generated['in_key_share']:.3f} (corpus {corpus['in_key_share']:.3f}, "
+               f"random {baseline['in_key_share']:.3f}), pitch-class distance {generated['pitch_class_distance']:.3f} "
+               f"(random {baseline['pitch_class_distance']:.3f}), copied 8-grams {generated['copied_8gram_share']:.3f} "
+               f"(random {baseline['copied_8gram_share']:.3f})")
+    if perplexity is not None:
+        summary += f", held-out perplexity {perplexity:.2f}"
+    return {"summary": summary, "num_samples": len(midi), "playable_share": share, "in_key_ratio": ratio,
+            "generated": generated, "corpus": corpus, "random_tokens": baseline,
+            "held_out_perplexity": perplexity, "warnings": warnings}
+
+
+def score_dataset(table, recipe, checkpoint_uri: str) -> dict:
+    """Music figures of a generated table, against the recipe's corpus."""
+    from gen_jobs import checkpoint, storage
+    from gen_jobs.errors import UserError
+    from gen_jobs.families.music.data import load_corpus
+    from gen_jobs.families.music.model import TOKENIZER_FILE, tokenizer_from_json
+
+    tokenizer = tokenizer_from_json(storage.read_bytes(storage.join(checkpoint_uri, TOKENIZER_FILE)).decode())
+    try:
+        corpus = load_corpus(recipe.data).midi
+    except UserError:  # the corpus is not reachable from here
+        return None
+    perplexity = checkpoint.training_metrics(checkpoint_uri).get("held_out_perplexity")
+    tokens = [list(t) for t in table.column("tokens").to_pylist()]
+    return score_pieces(table.column("midi").to_pylist(), tokens, corpus, tokenizer,
+                        recipe.sampling.max_new_tokens, perplexity)

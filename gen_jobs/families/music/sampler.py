@@ -1,0 +1,145 @@
+"""Music sampling: checkpoint -> MIDI pieces, the one implementation Ray Data and Ray Serve share.
+
+    raygen generate --checkpoint out/runs/music_chorales --out DATASET --num-samples N [--audio]
+
+Decoding is gen_jobs.decoding's batched KV-cache loop, the text family's own:
+token t of a row is picked with `seeding.uniform32(row seed, MUSIC, t)` on the
+model's device, so a piece depends only on (checkpoint, primer, settings, seed),
+not on the rows beside it. A row starts from BOS, or from BOS and a primer's
+tokens (Serve's `primer`); it ends at EOS ("stop") or after max_new_tokens
+("length"). Its MIDI file is the primer and continuation, decoded by MidiTok.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from gen_jobs import checkpoint, seeding
+from gen_jobs.columns import media_column, row_columns, with_features
+from gen_jobs.decoding import Decoding, decode_steps
+from gen_jobs.errors import UserError
+from gen_jobs.families.music.analysis import Notes, estimate_key, key_name
+from gen_jobs.families.music.audio import find_soundfont, render_wav
+from gen_jobs.families.music.data import parse_file
+from gen_jobs.families.music.model import TOKENIZER_FILE, decode, encode, special_ids, tokenizer_from_json
+from gen_jobs.families.music.recipe import Recipe
+
+ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p")  # optional per-row batch columns
+
+
+class Sampler:
+    """Checkpoint -> pieces. One instance per Ray Data actor or Serve replica.
+
+    __call__ maps {"seed": int64 B, optional "primer": MIDI bytes-or-None B, other columns
+    passed through} to the same batch plus "midi", "num_notes", "duration_s", "key",
+    "tokens", "finish_reason", and "audio" (WAV bytes) when the recipe's audio is on
+    (or the batch has a true "want_audio" column, as Serve's wav answers do).
+    """
+
+    def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
+        from transformers import GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        with checkpoint.LocalCheckpoint(checkpoint_uri) as ckpt:
+            self.recipe: Recipe = recipe or ckpt.recipe
+            tokenizer_file = ckpt.path / TOKENIZER_FILE
+            if not tokenizer_file.is_file():
+                raise UserError(f"{checkpoint_uri} has no {TOKENIZER_FILE}: it is not a music checkpoint")
+            self.tokenizer = tokenizer_from_json(tokenizer_file.read_text())
+            self.model = GPT2LMHeadModel.from_pretrained(ckpt.path, local_files_only=True, use_safetensors=True)
+        self.pad, self.bos, self.eos = special_ids(self.tokenizer)
+        self.sampling = self.recipe.sampling
+        self.device = torch.device(device)
+        self.model.eval().requires_grad_(False).to(self.device)
+        self.context = self.model.config.n_positions
+        audio = self.recipe.audio
+        self.soundfont = find_soundfont(audio.soundfont) if audio.enabled or audio.soundfont else None
+
+    def row_settings(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        n = len(batch["seed"])
+        settings = {key: list(batch[key]) if key in batch else [getattr(self.sampling, key)] * n for key in ROW_SETTINGS}
+        settings["stop"] = [[]] * n
+        return settings
+
+    def prompt_ids(self, primers: list[bytes | None], max_new_tokens: list[int]) -> list[list[int]]:
+        """BOS, then the primer's tokens (fitted to the context minus the row's max_new_tokens)."""
+        out = []
+        for primer, max_new in zip(primers, max_new_tokens):
+            room = self.context - int(max_new)
+            if room < 1:
+                raise UserError(f"max_tokens {max_new} leaves no room in this model's context of {self.context} tokens")
+            ids = [self.bos]
+            if primer is not None:
+                ids += encode(self.tokenizer, parse_file("primer.mid", bytes(primer)))
+            if len(ids) > room:
+                if self.sampling.long_prompts == "error":
+                    raise UserError(f"the primer has {len(ids) - 1} tokens; with max_tokens {max_new} the context of "
+                                    f"{self.context} leaves room for {room - 1}: shorten it or set "
+                                    "sampling.long_prompts=truncate_left")
+                ids = [self.bos] + ids[len(ids) - room + 1:]
+            out.append(ids)
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        settings = self.row_settings(batch)
+        primers = list(batch["primer"]) if "primer" in batch else [None] * len(batch["seed"])
+        prompts = self.prompt_ids(primers, settings["max_new_tokens"])
+        rows = None
+        for rows in decode_steps(self.model, prompts, np.asarray(batch["seed"]), settings, eos=self.eos,
+                                 pad=self.pad, stream=seeding.MUSIC):
+            pass
+        return self.output(batch, rows, prompts)
+
+    def output(self, batch: dict[str, np.ndarray], rows: list[Decoding], prompts: list[list[int]]) -> dict[str, np.ndarray]:
+        """The output columns of a decoded batch (`prompts`: each row's BOS and primer tokens)."""
+        want_audio = batch.get("want_audio")
+        midi, notes_count, seconds, keys, tokens, audio = [], [], [], [], [], []
+        for i, row in enumerate(rows):
+            ids = prompts[i][1:] + row.tokens  # the primer's tokens and the continuation
+            score = decode(self.tokenizer, ids)
+            data = score.dumps_midi()
+            notes = Notes.of(score)
+            midi.append(data)
+            notes_count.append(len(notes))
+            seconds.append(round(notes.end(), 3))
+            keys.append(key_name(estimate_key(notes.pitch_classes())) if len(notes) else None)
+            tokens.append(np.asarray(ids, dtype=np.int32))
+            wanted = self.recipe.audio.enabled or (want_audio is not None and bool(want_audio[i]))
+            audio.append(render_wav(data, notes, self.recipe.audio.sample_rate, self.soundfont) if wanted else None)
+        out = {
+            **{k: v for k, v in batch.items() if k not in ("primer", "want_audio")},
+            "midi": _objects(midi),
+            "num_notes": np.array(notes_count, dtype=np.int64),
+            "duration_s": np.array(seconds, dtype=np.float64),
+            "key": _objects(keys),
+            "tokens": _objects(tokens),
+            "finish_reason": _objects([row.finish_reason or "length" for row in rows]),
+        }
+        if any(a is not None for a in audio):  # (None in the rows of a mixed Serve batch that asked for MIDI)
+            out["audio"] = _objects(audio)
+        return out
+
+
+def _objects(values: list) -> np.ndarray:
+    from gen_jobs.columns import object_column
+
+    return object_column(values)
+
+
+def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
+    """Sampler output -> Arrow: id, seed, midi, num_notes, duration_s, key, tokens, finish_reason[, audio]."""
+    columns = {
+        **row_columns(batch),
+        "midi": pa.array(list(batch["midi"]), pa.binary()),
+        "num_notes": pa.array(batch["num_notes"], pa.int64()),
+        "duration_s": pa.array(batch["duration_s"], pa.float64()),
+        "key": pa.array(list(batch["key"]), pa.string()),
+        "tokens": pa.array([t.tolist() for t in batch["tokens"]], pa.list_(pa.int32())),
+        "finish_reason": pa.array(list(batch["finish_reason"]), pa.string()),
+    }
+    if "audio" in batch:
+        columns["audio"] = media_column(list(batch["audio"]), [f"{i}.wav" for i in batch["id"]])
+    return with_features(pa.table(columns), media={"audio": "Audio"})

@@ -1,0 +1,103 @@
+"""Music models: POST /v1/music/generations (raygen's own route, shaped like OpenAI's image API).
+
+Request fields: model, n, seed, max_tokens (new tokens per piece; default the
+recipe's), response_format ("midi" or "wav"), primer (a base64 MIDI file the
+pieces continue; optional).
+
+Answer: {"created", "data": [{"b64_json": the base64 MIDI or WAV file,
+"format", "seed", "num_notes", "duration_s", "key", "finish_reason"}, ...]}.
+Piece k of a request with seed s uses seed s + k; without a primer and
+max_tokens, its MIDI equals the `raygen generate` dataset row with that seed
+byte for byte (and its WAV the row's `audio` with the recipe's renderer).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import time
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from fastapi import FastAPI
+from pydantic import Field
+
+from serving.apis import MAX_SEED, HttpBody, choice_seed
+from serving.errors import ApiError
+
+if TYPE_CHECKING:
+    from serving.app import Gateway
+
+KIND = "music"
+
+
+class MusicRequest(HttpBody):
+    model: str
+    n: int = Field(1, ge=1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="new tokens per piece (REMI: ~2.5 per note)")
+    response_format: Literal["midi", "wav"] = "midi"
+    primer: str | None = Field(None, description="a base64 standard MIDI file for the pieces to continue")
+    user: str | None = None  # accepted for compatibility, unused
+
+
+def add_routes(app: FastAPI, gateway: Gateway) -> None:
+    @app.post("/v1/music/generations")
+    async def music_generations(body: MusicRequest):
+        limits = gateway.limits
+        served = gateway.model(body.model, KIND)
+        if body.n > limits.max_n:
+            raise ApiError(400, f"n {body.n} is above this server's limit of {limits.max_n} pieces per request", param="n")
+        if body.max_tokens is not None and body.max_tokens > limits.max_tokens:
+            raise ApiError(400, f"max_tokens {body.max_tokens} is above this server's limit of {limits.max_tokens}",
+                           param="max_tokens")
+        if body.seed is None:
+            body = body.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
+        return await gateway.call(served, body)
+
+
+# ---------------------------------------------------------------- in the model's replica
+
+
+def describe(sampler) -> dict:
+    return {"context_tokens": sampler.context, "vocabulary": len(sampler.tokenizer),
+            "default_max_tokens": sampler.sampling.max_new_tokens, "sample_rate": sampler.recipe.audio.sample_rate}
+
+
+def rows(sampler, request: MusicRequest) -> dict[str, np.ndarray]:
+    from gen_jobs.columns import object_column
+    from gen_jobs.errors import UserError
+    from gen_jobs.families.music.data import parse_file
+
+    max_tokens = request.max_tokens or sampler.sampling.max_new_tokens
+    if max_tokens >= sampler.context:
+        raise ApiError(400, f"max_tokens {max_tokens} must be below this model's context of {sampler.context} tokens",
+                       param="max_tokens")
+    primer = None
+    if request.primer is not None:
+        try:
+            primer = parse_file("primer.mid", base64.b64decode(request.primer, validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "primer is not base64", param="primer") from None
+        except UserError as e:
+            raise ApiError(400, f"primer is not a usable MIDI file: {e}", param="primer") from None
+        try:
+            sampler.prompt_ids([primer], [max_tokens])
+        except UserError as e:
+            raise ApiError(400, str(e), param="primer") from None
+    return {
+        "seed": np.array([choice_seed(request.seed, k) for k in range(request.n)], dtype=np.int64),
+        "max_new_tokens": np.full(request.n, max_tokens, dtype=np.int64),
+        "primer": object_column([primer] * request.n),
+        "want_audio": np.full(request.n, request.response_format == "wav"),
+    }
+
+
+def respond(sampler, request: MusicRequest, out: dict[str, np.ndarray], model: str) -> dict:
+    files = out["audio"] if request.response_format == "wav" else out["midi"]
+    data = [{"b64_json": base64.b64encode(f).decode(), "format": request.response_format, "seed": int(seed),
+             "num_notes": int(notes), "duration_s": float(seconds), "key": key, "finish_reason": reason}
+            for f, seed, notes, seconds, key, reason in zip(files, out["seed"], out["num_notes"], out["duration_s"],
+                                                             out["key"], out["finish_reason"])]
+    return {"created": int(time.time()), "data": data}
