@@ -18,6 +18,8 @@ and, as plain values:
 
     rows_from       what its rows are made from besides id and seed: "ids" (nothing more),
                     "prompts" (a text column), "images" (an input image dataset)
+    prompt_files    suffixes of files a prompt may name instead of being text (music's primers):
+                    the row gets the file's bytes, and the files are digested into the identity
     serve_api       the serving.apis module of its HTTP API, or None
     demo            its demo defaults (recipe name, rows, what to show, example files), or None
     foreign_checkpoint  a `module:function` that describes a checkpoint folder made
@@ -54,6 +56,7 @@ class Family:
     score_dataset: str
     describe_epoch: str
     rows_from: RowsFrom = "ids"
+    prompt_files: tuple[str, ...] = ()  # suffixes of files a prompt may name (music: MIDI, MusicXML primers)
     serve_api: str | None = None
     demo: DemoDefaults | None = None
     foreign_checkpoint: str | None = None

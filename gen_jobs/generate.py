@@ -161,6 +161,7 @@ class ShardWriter:
         if run_id is not None:
             check_shared_folder(out, run_id)
         family = families.get(self.identity.family)
+        self.identity.source.file_suffixes = list(family.prompt_files)  # implied by the family, not in the identity
         recipe = family.load("recipe").model_validate(self.identity.recipe)  # with the run's --set overrides
         source = self.identity.checkpoint
         if isinstance(checkpoint_files, ray.ObjectRef):  # the driver's pinned copy, in the object store
@@ -291,7 +292,7 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
         bad = [k for k in labels if k >= classes]
         if bad:
             raise UserError(f"--labels {args.labels}: classes {bad} out of range; this model has classes 0..{classes - 1}")
-    source = row_source(args, families.get(recipe.family).rows_from, recipe.family, ckpt)
+    source = row_source(args, families.get(recipe.family), ckpt)
     identity = DatasetIdentity(
         family=recipe.family,
         recipe=recipe.model_dump(mode="json"),
@@ -325,18 +326,20 @@ def with_audio(recipe, args: GenerateArgs):
     return recipe_from_dict(data)
 
 
-def row_source(args: GenerateArgs, rows_from: str, family: str, ckpt: str) -> RowSource:
-    """The row source the arguments name, if the family makes rows from it."""
+def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
+    """The row source the arguments name, if the family (a gen_jobs.family.Family) makes rows from it."""
     if args.prompts:
-        if rows_from != "prompts":
-            raise UserError(f"--prompts needs a text checkpoint; {ckpt} is a {family} model")
-        return plan_prompts(args.prompts, args.prompt_column, args.samples_per_prompt)
+        if family.rows_from != "prompts":
+            raise UserError(f"--prompts needs a model that continues prompts (text, music); {ckpt} is a "
+                            f"{family.name} model")
+        return plan_prompts(args.prompts, args.prompt_column, args.samples_per_prompt, family.prompt_files)
     if args.input:
-        if rows_from != "images":
-            raise UserError(f"--input needs a model that transforms images (style transfer); {ckpt} is a {family} model")
+        if family.rows_from != "images":
+            raise UserError(f"--input needs a model that transforms images (style transfer); {ckpt} is a "
+                            f"{family.name} model")
         return plan_images(args.input, args.input_column, args.samples_per_input)
-    if rows_from == "images":
-        raise UserError(f"a {family} model makes rows from input images: pass --input URI instead of --num-samples")
+    if family.rows_from == "images":
+        raise UserError(f"a {family.name} model makes rows from input images: pass --input URI instead of --num-samples")
     return RowSource()
 
 

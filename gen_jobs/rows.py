@@ -52,18 +52,27 @@ class RowSource(BaseModel):
     # {file: "size:mtime"} taken before the digest's read; not part of the identity (a copy of
     # the same bytes is the same input). Writers compare them to see the input change mid-job.
     stamps: dict[str, str | None] | None = Field(None, exclude=True)
+    # Suffixes of files a prompt may name (the family's `prompt_files`): such a prompt's row is made
+    # from the file's bytes, which the digest covers. Implied by the family, so not in the identity.
+    file_suffixes: list[str] = Field(default_factory=list, exclude=True)
 
     def differences(self, other: "RowSource") -> list[str]:
         """What would change the rows (the input's location does not, its content does)."""
-        fields = [f for f in RowSource.model_fields if f not in ("uri", "stamps")]
+        fields = [f for f in RowSource.model_fields if f not in ("uri", "stamps", "file_suffixes")]
         return [f"input {f}" for f in fields if getattr(self, f) != getattr(other, f)]
 
 
 # ---------------------------------------------------------------- planning (driver)
 
 
-def plan_prompts(uri: str, column: str, samples_per_input: int) -> RowSource:
-    """A prompts source: Parquet or JSONL, checked whole once (the digest reads it anyway)."""
+def plan_prompts(uri: str, column: str, samples_per_input: int, file_suffixes: tuple[str, ...] = ()) -> RowSource:
+    """A prompts source: Parquet or JSONL, checked whole once (the digest reads it anyway).
+
+    With `file_suffixes` (a family whose prompts may be files, e.g. MIDI primers), a
+    prompt ending in one of them names a file (relative to the prompts file, or
+    absolute, or s3://) whose bytes make the row; those files are digested too, and
+    Parquet cells may hold such a file's bytes directly.
+    """
     if not storage.exists(uri):
         raise UserError(f"prompts file {uri} does not exist")
     stamps = dict(zip([uri], storage.stamps([uri])))  # before the read: a later write changes the stamp
@@ -71,11 +80,35 @@ def plan_prompts(uri: str, column: str, samples_per_input: int) -> RowSource:
     if uri.endswith(".jsonl"):
         prompts = jsonl_column(uri, data, column, "--prompt-column")
     else:
-        prompts = _parquet_prompts(uri, data, column)
+        prompts = _parquet_prompts(uri, data, column, binary_ok=bool(file_suffixes)).to_pylist()
     if len(prompts) == 0:
         raise UserError(f"{uri} holds no prompts")
-    return RowSource(kind="prompts", uri=uri, column=column, sha256=hashlib.sha256(data).hexdigest(),
-                     inputs=len(prompts), samples_per_input=samples_per_input, stamps=stamps)
+    digest = hashlib.sha256(data)
+    for name in dict.fromkeys(p for p in prompts if named_file(p, file_suffixes)):
+        target = prompt_file(uri, name)
+        if not storage.exists(target):
+            raise UserError(f"{uri}: the prompt {name!r} names {target}, which does not exist")
+        stamps[target] = storage.stamps([target])[0]
+        content = storage.read_bytes(target)
+        digest.update(f"\0{name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return RowSource(kind="prompts", uri=uri, column=column, sha256=digest.hexdigest(), inputs=len(prompts),
+                     samples_per_input=samples_per_input, stamps=stamps, file_suffixes=list(file_suffixes))
+
+
+def named_file(prompt, suffixes) -> bool:
+    """Whether a prompt names a file (it is text ending in one of the family's prompt-file suffixes)."""
+    return bool(suffixes) and isinstance(prompt, str) and prompt.lower().endswith(tuple(suffixes))
+
+
+def prompt_file(prompts_uri: str, name: str) -> str:
+    """The URI a file-naming prompt means: s3:// or absolute as given, else beside the prompts file."""
+    import os
+
+    if storage.is_s3(name) or os.path.isabs(name):
+        return name
+    folder = prompts_uri.rsplit("/", 1)[0] if "/" in prompts_uri else "."
+    return storage.join(folder, name)
 
 
 def plan_images(uri: str, column: str, samples_per_input: int) -> RowSource:
@@ -161,7 +194,7 @@ def jsonl_column(uri: str, data: bytes, column: str, setting: str) -> list[str |
     return values
 
 
-def _parquet_prompts(uri: str, data: bytes, column: str) -> pa.ChunkedArray:
+def _parquet_prompts(uri: str, data: bytes, column: str, binary_ok: bool = False) -> pa.ChunkedArray:
     try:
         table = pq.read_table(io.BytesIO(data), columns=None)
     except pa.ArrowInvalid as e:
@@ -169,8 +202,11 @@ def _parquet_prompts(uri: str, data: bytes, column: str) -> pa.ChunkedArray:
     if column not in table.column_names:
         raise UserError(f"{uri} has no column {column!r} (columns: {', '.join(table.column_names)}); set --prompt-column")
     values = table.column(column)
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type) or pa.types.is_null(values.type)):
-        raise UserError(f"{uri}: column {column!r} holds {values.type}, not text; set --prompt-column")
+    binary = binary_ok and (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type))
+    if not (binary or pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+            or pa.types.is_null(values.type)):
+        kind = "text or file bytes" if binary_ok else "text"
+        raise UserError(f"{uri}: column {column!r} holds {values.type}, not {kind}; set --prompt-column")
     return values
 
 
@@ -187,11 +223,16 @@ def read_inputs(source: RowSource, start: int, stop: int, cache: dict | None = N
     """
     cache = {} if cache is None else cache
     stamps = cache.get("stamps")
-    if source.kind == "prompts" and source.uri.endswith(".jsonl"):
-        rows, read = _jsonl_slice(source, start, stop), [source.uri]
-    elif source.kind == "prompts":
-        values, read = _parquet_slice([source.uri], source.column, start, stop, cache)
-        rows = object_column(values)
+    if source.kind == "prompts":
+        if source.uri.endswith(".jsonl"):
+            rows, read = _jsonl_slice(source, start, stop), [source.uri]
+        else:
+            values, read = _parquet_slice([source.uri], source.column, start, stop, cache)
+            rows = object_column(values)
+        for i, prompt in enumerate(rows):  # prompts that name files (music primers): the rows get the files' bytes
+            if named_file(prompt, source.file_suffixes):
+                read.append(prompt_file(source.uri, prompt))
+                rows[i] = storage.read_bytes(read[-1])
     else:
         files = cache.get("files") or (list(stamps) if stamps else input_files(source.uri))
         cache["files"] = files

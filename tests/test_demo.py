@@ -3,7 +3,8 @@
 These are the quality bars of the default recipes, trained with their fixed seeds:
 the digits DCGAN covers all 10 classes, does not collapse within classes, and its
 samples are worth >= 0.8 of real data for training a classifier (TSTR); the GPT
-writes mostly real words.
+writes mostly real words; the music model writes playable pieces whose in-key
+share is >= 0.9x the chorales' own.
 """
 
 import pytest
@@ -41,3 +42,20 @@ def test_gpt_demo_writes_mostly_real_words(ray_cluster, tmp_path):
     words = [w.strip(".,:;()\"'*`") for t in read_table(result["dataset"], ["text"]).column("text").to_pylist() for w in t.split()]
     words = [w for w in words if w.isalpha()]
     assert sum(w in vocabulary for w in words) / len(words) > 0.7
+
+
+@pytest.mark.slow
+def test_music_demo_writes_playable_pieces_in_key(ray_cluster, tmp_path):
+    import wave
+
+    result = run_family("music", DemoArgs(out=str(tmp_path), num_samples=100), log=lambda *_: None)
+    quality = result["quality"]
+    assert quality["playable_share"] == 1.0, quality["summary"]  # every midi parses with mido, >= 8 notes
+    assert quality["in_key_ratio"] >= 0.9, quality["summary"]  # in-key share >= 0.9x the chorales' own
+    assert quality["generated"]["in_key_share"] > quality["random_tokens"]["in_key_share"]
+    assert quality["generated"]["copied_8gram_share"] < 0.5, quality["summary"]
+    files = result["files"]
+    assert sum(f.endswith(".mid") for f in files) == 3 and sum(f.endswith(".wav") for f in files) == 3
+    with wave.open(next(f for f in files if f.endswith(".wav"))) as w:
+        assert w.getnframes() > w.getframerate()  # more than a second of music
+    assert Image.open(next(f for f in files if f.endswith(".png"))).size[0] > 100

@@ -15,6 +15,7 @@ import torch
 from conftest import run_cli
 from gen_jobs.errors import UserError
 from gen_jobs.families.music.analysis import Notes, estimate_key, key_name
+from gen_jobs.families.music.audio import find_soundfont
 from gen_jobs.families.music.data import load_corpus, music21_to_midi
 from gen_jobs.families.music.model import build_model, build_tokenizer, decode, encode, save, special_ids
 from gen_jobs.families.music.recipe import MusicDataConfig
@@ -124,6 +125,18 @@ def test_a_music_dataset_with_audio_is_the_same_with_one_or_two_workers_and_data
     assert row["tokens"] == table.column("tokens")[0].as_py()
 
 
+@pytest.mark.skipif(find_soundfont(None) is None, reason="no General MIDI SoundFont installed (Debian: fluid-soundfont-gm)")
+def test_a_soundfont_renders_the_same_wav_every_time(music_checkpoint):
+    recipe = load_recipe("music_chorales", [*TINY_MUSIC, "audio.enabled=true", "audio.sample_rate=16000"]).for_dataset()
+    assert recipe.audio.soundfont == find_soundfont(None)  # named in the identity, so a resume renders the same
+    seeds = {"id": np.arange(1), "seed": np.array([1], dtype=np.int64), "prompt": np.array(["corpus:bach/bwv269"])}
+    first = Sampler(music_checkpoint, recipe=recipe)(seeds)["audio"][0]
+    assert first == Sampler(music_checkpoint, recipe=recipe)(seeds)["audio"][0]
+    with wave.open(io.BytesIO(first)) as w:
+        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        assert w.getframerate() == 16000 and np.abs(samples).max() > 10_000  # sound, peak-normalised
+
+
 @pytest.mark.parametrize("args, message", [
     (["--audio", "--sample-rate", "4000"], "sample_rate"),
     (["--audio", "--soundfont", "/nonexistent.sf2"], "SoundFont /nonexistent.sf2 does not exist"),
@@ -148,12 +161,41 @@ def test_a_file_that_is_not_a_soundfont_and_audio_for_another_family(music_check
 
 def test_a_long_primer_is_cut_or_refused_as_the_recipe_says(music_checkpoint):
     primer = chorale_midi()  # ~560 tokens, far more than this model's context of 96
-    sampler = Sampler(music_checkpoint)
-    out = sampler({"id": np.arange(1), "seed": np.array([3]), "primer": np.array([primer], dtype=object)})
+    whole = [*TINY_MUSIC, "sampling.primer_bars=null"]
+    sampler = Sampler(music_checkpoint, recipe=load_recipe("music_chorales", whole))
+    out = sampler({"id": np.arange(1), "seed": np.array([3]), "prompt": np.array([primer], dtype=object)})
     assert len(out["tokens"][0]) <= sampler.context
-    strict = Sampler(music_checkpoint, recipe=load_recipe("music_chorales", [*TINY_MUSIC, "sampling.long_prompts=error"]))
+    strict = Sampler(music_checkpoint, recipe=load_recipe("music_chorales", [*whole, "sampling.long_prompts=error"]))
     with pytest.raises(UserError, match="the primer has .* tokens"):
-        strict({"id": np.arange(1), "seed": np.array([3]), "primer": np.array([primer], dtype=object)})
+        strict({"id": np.arange(1), "seed": np.array([3]), "prompt": np.array([primer], dtype=object)})
+
+
+def test_primers_named_in_a_prompts_file_start_their_pieces_and_are_in_the_identity(music_checkpoint, tmp_path):
+    import json
+
+    from gen_jobs.generate import GenerateArgs, plan, write_manifest
+    from test_verify import write_in_process
+
+    (tmp_path / "primers").mkdir()
+    (tmp_path / "primers" / "a.mid").write_bytes(chorale_midi("bach/bwv269"))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["primers/a.mid", "corpus:bach/bwv347", None]))
+    args = GenerateArgs(checkpoint=music_checkpoint, out=str(tmp_path / "data"), prompts=str(prompts),
+                        samples_per_prompt=2, rows_per_shard=4, set=["sampling.primer_bars=1"])
+    identity, micro_batch = plan(args)
+    write_manifest(args.out, identity, write_in_process(identity, args.out, micro_batch))
+    rows = pq.read_table(tmp_path / "data").to_pylist()
+    sampler = Sampler(music_checkpoint, recipe=load_recipe("music_chorales", [*TINY_MUSIC, "sampling.primer_bars=1"]))
+    for row, primer in zip(rows, [chorale_midi("bach/bwv269")] * 2 + ["corpus:bach/bwv347"] * 2 + [None] * 2):
+        expected = sampler.prompt_ids([primer], [64])[0][1:]  # (its first bar, fitted to the context)
+        assert len(expected) > 8 or primer is None
+        assert row["tokens"][: len(expected)] == expected  # the piece begins with its primer
+    assert rows[0]["tokens"] != rows[1]["tokens"]  # two samples of one primer differ after it
+    (tmp_path / "primers" / "a.mid").write_bytes(chorale_midi("bach/bwv153.1"))  # the named file changes
+    assert plan(args)[0].digest() != identity.digest()
+    prompts.write_text(json.dumps({"prompt": "primers/missing.mid"}))
+    with pytest.raises(UserError, match="names .*missing.mid, which does not exist"):
+        plan(args)
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def test_a_family_refuses_a_row_source_it_cannot_use(random_checkpoint, tmp_path
     with pytest.raises(UserError, match="--input needs a model that transforms images.*dcgan"):
         plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "o"), input=str(tmp_path / "in")))
     pq.write_table(pa.table({"prompt": ["a"]}), tmp_path / "p.parquet")
-    with pytest.raises(UserError, match="--prompts needs a text checkpoint"):
+    with pytest.raises(UserError, match="--prompts needs a model that continues prompts .*dcgan"):
         plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "o"), prompts=str(tmp_path / "p.parquet")))
 
 

@@ -1,8 +1,8 @@
 """Music models: POST /v1/music/generations (raygen's own route, shaped like OpenAI's image API).
 
 Request fields: model, n, seed, max_tokens (new tokens per piece; default the
-recipe's), response_format ("midi" or "wav"), primer (a base64 MIDI file the
-pieces continue; optional).
+recipe's), response_format ("midi" or "wav"), primer (a base64 MIDI or
+MusicXML file whose first `sampling.primer_bars` bars the pieces continue; optional).
 
 Answer: {"created", "data": [{"b64_json": the base64 MIDI or WAV file,
 "format", "seed", "num_notes", "duration_s", "key", "finish_reason"}, ...]}.
@@ -68,7 +68,7 @@ def describe(sampler) -> dict:
 def rows(sampler, request: MusicRequest) -> dict[str, np.ndarray]:
     from gen_jobs.columns import object_column
     from gen_jobs.errors import UserError
-    from gen_jobs.families.music.data import parse_file
+    from gen_jobs.families.music.data import parse_primer
 
     max_tokens = request.max_tokens or sampler.sampling.max_new_tokens
     if max_tokens >= sampler.context:
@@ -77,7 +77,7 @@ def rows(sampler, request: MusicRequest) -> dict[str, np.ndarray]:
     primer = None
     if request.primer is not None:
         try:
-            primer = parse_file("primer.mid", base64.b64decode(request.primer, validate=True))
+            primer = parse_primer(base64.b64decode(request.primer, validate=True))
         except (binascii.Error, ValueError):
             raise ApiError(400, "primer is not base64", param="primer") from None
         except UserError as e:
@@ -89,7 +89,7 @@ def rows(sampler, request: MusicRequest) -> dict[str, np.ndarray]:
     return {
         "seed": np.array([choice_seed(request.seed, k) for k in range(request.n)], dtype=np.int64),
         "max_new_tokens": np.full(request.n, max_tokens, dtype=np.int64),
-        "primer": object_column([primer] * request.n),
+        "prompt": object_column([primer] * request.n),
         "want_audio": np.full(request.n, request.response_format == "wav"),
     }
 

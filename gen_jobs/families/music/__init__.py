@@ -21,7 +21,8 @@ FAMILY = Family(
     to_table="gen_jobs.families.music.sampler:to_table",
     score_dataset="gen_jobs.families.music.quality:score_dataset",
     describe_epoch="gen_jobs.families.music.training:describe_epoch",
-    rows_from="ids",
+    rows_from="prompts",  # --num-samples, or --prompts naming primer files / corpus:NAME pieces
+    prompt_files=(".mid", ".midi", ".xml", ".mxl", ".musicxml"),
     serve_api="serving.apis.music",
     demo=DemoDefaults(recipe="music_chorales", num_samples=200, show="files",
                       examples="gen_jobs.families.music.examples:write_examples"),

@@ -1,9 +1,9 @@
 """MIDI -> WAV, deterministically: the same piece and settings give the same bytes every time.
 
 Two renderers:
-  FluidSynth-quality General MIDI, when a SoundFont is given (`audio.soundfont`,
+  General MIDI instruments, when a SoundFont is given (`audio.soundfont`,
   `raygen generate --soundfont PATH`) or Debian's fluid-soundfont-gm is installed:
-  symusic's own SoundFont synthesiser (no external process);
+  symusic's own SoundFont synthesiser (prestosynth; no external process);
   otherwise a small NumPy additive synthesiser: three harmonics per note with a
   short attack and an exponential decay, mixed and peak-normalised.
 Either way the output is 16-bit mono PCM WAV at the recipe's sample rate.
@@ -11,6 +11,7 @@ Either way the output is 16-bit mono PCM WAV at the recipe's sample rate.
 
 from __future__ import annotations
 
+import functools
 import io
 import wave
 from pathlib import Path
@@ -61,12 +62,22 @@ def synthesize(notes: Notes, sample_rate: int) -> np.ndarray:
     return (out * (0.8 / peak) if peak > 0 else out).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=2)
+def _synthesizer(soundfont: str, sample_rate: int):
+    """One loaded SoundFont per (file, rate) and process: a General MIDI one is ~150 MB."""
+    import symusic
+
+    return symusic.Synthesizer(sf_path=soundfont, sample_rate=sample_rate)
+
+
 def render_soundfont(midi: bytes, soundfont: str, sample_rate: int) -> np.ndarray:
     """float32 mono samples of a MIDI file through a SoundFont (symusic's synthesiser)."""
     import symusic
 
-    synth = symusic.Synthesizer(sf_path=soundfont, sample_rate=sample_rate)
-    audio = np.asarray(synth.render(symusic.Score.from_midi(midi), stereo=False), dtype=np.float32)
+    score = symusic.Score.from_midi(midi)
+    if score.note_num() == 0:  # a piece without notes is silence (the synthesiser refuses an empty score)
+        return np.zeros(int(TAIL_S * sample_rate), dtype=np.float32)
+    audio = np.asarray(_synthesizer(soundfont, sample_rate).render(score, stereo=False), dtype=np.float32)
     audio = audio.reshape(-1) if audio.ndim == 1 or audio.shape[0] == 1 else audio.mean(axis=0)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     return audio * (0.8 / peak) if peak > 0 else audio

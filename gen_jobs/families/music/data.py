@@ -172,6 +172,27 @@ def _user_corpus(uri: str) -> Corpus:
     return corpus
 
 
+CORPUS_PREFIX = "corpus:"  # a prompt naming a piece of the bundled corpus: corpus:bach/bwv269
+
+
+def corpus_piece(name: str) -> bytes:
+    """A bundled music21 corpus piece (e.g. bach/bwv269) as a one-track MIDI file."""
+    from music21 import corpus
+
+    try:
+        return music21_to_midi(corpus.parse(name))
+    except Exception as e:  # noqa: BLE001 - music21 raises its own types for unknown names
+        raise UserError(f"{CORPUS_PREFIX}{name} is not a piece of music21's bundled corpus ({type(e).__name__}); "
+                        f"use e.g. {CORPUS_PREFIX}bach/bwv269") from e
+
+
+def parse_primer(data: bytes) -> bytes:
+    """A primer file's bytes (MIDI, MusicXML or compressed .mxl, told apart by their first bytes) -> one-track MIDI."""
+    if data[:4] == b"MThd":
+        return parse_file("primer.mid", data)
+    return parse_file("primer.mxl" if data[:2] == b"PK" else "primer.musicxml", data)
+
+
 def parse_file(name: str, data: bytes) -> bytes:
     """A MIDI or MusicXML file's bytes -> a one-track MIDI file with notes; UserError if it is not one."""
     import symusic

@@ -64,6 +64,7 @@ class SamplingConfig(StrictModel):
     temperature: float = Field(0.9, ge=0, description="0 = greedy")
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = off")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
+    primer_bars: int | None = Field(4, gt=0, description="a primer is cut to its first N bars; null: kept whole")
     long_prompts: Literal["truncate_left", "error"] = Field(
         "truncate_left", description="primers longer than the context: keep their end or refuse")
 

@@ -6,8 +6,12 @@ Decoding is gen_jobs.decoding's batched KV-cache loop, the text family's own:
 token t of a row is picked with `seeding.uniform32(row seed, MUSIC, t)` on the
 model's device, so a piece depends only on (checkpoint, primer, settings, seed),
 not on the rows beside it. A row starts from BOS, or from BOS and a primer's
-tokens (Serve's `primer`); it ends at EOS ("stop") or after max_new_tokens
-("length"). Its MIDI file is the primer and continuation, decoded by MidiTok.
+first `sampling.primer_bars` bars; it ends at EOS ("stop") or after
+max_new_tokens ("length"). Its MIDI file is the primer and continuation.
+
+Primers come in the `prompt` column: the bytes of a MIDI or MusicXML file
+(`--prompts` naming files, whose bytes gen_jobs.rows reads and digests; Serve's
+`primer`), or `corpus:NAME`, a piece of the bundled corpus (`corpus:bach/bwv269`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from gen_jobs.decoding import Decoding, decode_steps
 from gen_jobs.errors import UserError
 from gen_jobs.families.music.analysis import Notes, estimate_key, key_name
 from gen_jobs.families.music.audio import find_soundfont, render_wav
-from gen_jobs.families.music.data import parse_file
+from gen_jobs.families.music.data import CORPUS_PREFIX, corpus_piece, parse_primer
 from gen_jobs.families.music.model import TOKENIZER_FILE, decode, encode, special_ids, tokenizer_from_json
 from gen_jobs.families.music.recipe import Recipe
 
@@ -32,7 +36,7 @@ ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p")  # optional p
 class Sampler:
     """Checkpoint -> pieces. One instance per Ray Data actor or Serve replica.
 
-    __call__ maps {"seed": int64 B, optional "primer": MIDI bytes-or-None B, other columns
+    __call__ maps {"seed": int64 B, optional "prompt": primer (see above) or None B, other columns
     passed through} to the same batch plus "midi", "num_notes", "duration_s", "key",
     "tokens", "finish_reason", and "audio" (WAV bytes) when the recipe's audio is on
     (or the batch has a true "want_audio" column, as Serve's wav answers do).
@@ -51,6 +55,7 @@ class Sampler:
             self.tokenizer = tokenizer_from_json(tokenizer_file.read_text())
             self.model = GPT2LMHeadModel.from_pretrained(ckpt.path, local_files_only=True, use_safetensors=True)
         self.pad, self.bos, self.eos = special_ids(self.tokenizer)
+        self.bar = self.tokenizer["Bar_None"]
         self.sampling = self.recipe.sampling
         self.device = torch.device(device)
         self.model.eval().requires_grad_(False).to(self.device)
@@ -64,7 +69,21 @@ class Sampler:
         settings["stop"] = [[]] * n
         return settings
 
-    def prompt_ids(self, primers: list[bytes | None], max_new_tokens: list[int]) -> list[list[int]]:
+    def primer_tokens(self, primer: bytes | str) -> list[int]:
+        """A primer's REMI tokens, cut before the bar after its first `sampling.primer_bars` bars."""
+        if isinstance(primer, str):
+            if not primer.startswith(CORPUS_PREFIX):
+                raise UserError(f"a music prompt {primer[:60]!r} is neither a MIDI/MusicXML file nor "
+                                f"{CORPUS_PREFIX}NAME (e.g. {CORPUS_PREFIX}bach/bwv269)")
+            midi = corpus_piece(primer[len(CORPUS_PREFIX):])
+        else:
+            midi = parse_primer(bytes(primer))
+        ids = encode(self.tokenizer, midi)
+        bars = [i for i, t in enumerate(ids) if t == self.bar]
+        keep = self.sampling.primer_bars
+        return ids[: bars[keep]] if keep is not None and len(bars) > keep else ids
+
+    def prompt_ids(self, primers: list, max_new_tokens: list[int]) -> list[list[int]]:
         """BOS, then the primer's tokens (fitted to the context minus the row's max_new_tokens)."""
         out = []
         for primer, max_new in zip(primers, max_new_tokens):
@@ -73,7 +92,7 @@ class Sampler:
                 raise UserError(f"max_tokens {max_new} leaves no room in this model's context of {self.context} tokens")
             ids = [self.bos]
             if primer is not None:
-                ids += encode(self.tokenizer, parse_file("primer.mid", bytes(primer)))
+                ids += self.primer_tokens(primer)
             if len(ids) > room:
                 if self.sampling.long_prompts == "error":
                     raise UserError(f"the primer has {len(ids) - 1} tokens; with max_tokens {max_new} the context of "
@@ -85,7 +104,8 @@ class Sampler:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         settings = self.row_settings(batch)
-        primers = list(batch["primer"]) if "primer" in batch else [None] * len(batch["seed"])
+        primers = [None if p is None or isinstance(p, float) else p  # (NaN: a null from pandas)
+                   for p in (batch["prompt"] if "prompt" in batch else [None] * len(batch["seed"]))]
         prompts = self.prompt_ids(primers, settings["max_new_tokens"])
         rows = None
         for rows in decode_steps(self.model, prompts, np.asarray(batch["seed"]), settings, eos=self.eos,
@@ -110,7 +130,7 @@ class Sampler:
             wanted = self.recipe.audio.enabled or (want_audio is not None and bool(want_audio[i]))
             audio.append(render_wav(data, notes, self.recipe.audio.sample_rate, self.soundfont) if wanted else None)
         out = {
-            **{k: v for k, v in batch.items() if k not in ("primer", "want_audio")},
+            **{k: v for k, v in batch.items() if k not in ("prompt", "want_audio")},
             "midi": _objects(midi),
             "num_notes": np.array(notes_count, dtype=np.int64),
             "duration_s": np.array(seconds, dtype=np.float64),
