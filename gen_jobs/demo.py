@@ -32,6 +32,7 @@ from gen_jobs.recipes import StrictModel
 def demo_families() -> list[str]:
     """The families with demo defaults, in registry order."""
     from gen_jobs import families
+    from gen_jobs.family import load_attribute
 
     return [name for name in families.names() if families.get(name).demo is not None]
 
@@ -111,7 +112,7 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     elif demo.show == "text":
         result["examples"] = read_table(dataset, ["text"]).column("text").to_pylist()[:3]
     if demo.examples:
-        result["files"] = families.get(family).load("examples")(dataset, args.out, recipe.name)
+        result["files"] = load_attribute(demo.examples)(dataset, args.out, recipe.name)
     return result
 
 

@@ -63,5 +63,10 @@ class Family:
 
     def load(self, part: str) -> Any:
         """The object a `module:attribute` field names, imported on first use."""
-        module, _, attribute = getattr(self, part).partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return load_attribute(getattr(self, part))
+
+
+def load_attribute(path: str) -> Any:
+    """The object `module:attribute` names (imported now)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)

@@ -11,7 +11,7 @@ import numpy as np
 
 from gen_jobs import storage
 
-PIXELS_PER_SECOND = 24
+PIXELS_PER_SECOND = 48
 COUNT = 3
 
 
@@ -40,7 +40,7 @@ def write_examples(dataset: str, out: str, name: str) -> list[str]:
     from PIL import Image
 
     from gen_jobs.families.music.analysis import Notes
-    from gen_jobs.families.music.audio import render_wav
+    from gen_jobs.families.music.audio import find_soundfont, render_wav
     from gen_jobs.manifest import read_manifest, read_shards
 
     import symusic
@@ -53,7 +53,7 @@ def write_examples(dataset: str, out: str, name: str) -> list[str]:
         base = storage.join(out, f"{name}_{row_id}")
         storage.write_bytes_atomic(base + ".mid", midi)
         wav = render_wav(midi, Notes.of(symusic.Score.from_midi(midi)), audio.get("sample_rate", 22_050),
-                         audio.get("soundfont"))
+                         find_soundfont(audio.get("soundfont")))  # an installed General MIDI SoundFont if any
         storage.write_bytes_atomic(base + ".wav", wav)
         written += [base + ".mid", base + ".wav"]
     buf = io.BytesIO()
