@@ -29,10 +29,10 @@ from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.recipes import StrictModel
 
+
 def demo_families() -> list[str]:
     """The families with demo defaults, in registry order."""
     from gen_jobs import families
-    from gen_jobs.family import load_attribute
 
     return [name for name in families.names() if families.get(name).demo is not None]
 
@@ -79,9 +79,9 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     from gen_jobs.generate import GenerateArgs, generate
     from gen_jobs.recipes import load_recipe
     from gen_jobs.train import train
-    from gen_jobs.verify import problems
-
     from gen_jobs import families
+    from gen_jobs.family import load_attribute
+    from gen_jobs.verify import problems
 
     demo = families.get(family).demo
     timings = {}

@@ -28,6 +28,7 @@ and refuses.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import sys
@@ -41,7 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gen_jobs import checkpoint, output_folder, storage
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.errors import UserError
+from gen_jobs.errors import UserError, user_error_in
 from gen_jobs.lease import Lease
 from gen_jobs.manifest import (
     MANIFEST,
@@ -461,13 +462,25 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
             num_cpus=1,
             num_gpus=1 if args.gpu else 0,
         )
-        rows_written = 0
-        for done, row in enumerate(written.iter_rows(), start=1):
-            entry = ShardEntry.model_validate(row)
-            good[entry.first_id // identity.rows_per_shard] = entry
-            rows_written += entry.rows
-            rate = rows_written / max(time.perf_counter() - started, 1e-9)
-            log(f"shard {entry.file} written ({done}/{len(todo)}, {rate:,.0f} rows/s)")
+        refused = None
+        try:
+            rows_written = 0
+            for done, row in enumerate(written.iter_rows(), start=1):
+                entry = ShardEntry.model_validate(row)
+                good[entry.first_id // identity.rows_per_shard] = entry
+                rows_written += entry.rows
+                rate = rows_written / max(time.perf_counter() - started, 1e-9)
+                log(f"shard {entry.file} written ({done}/{len(todo)}, {rate:,.0f} rows/s)")
+        except Exception as e:
+            refused = user_error_in(e)  # a shard refused its input (e.g. it changed): one line, not Ray's trace
+            if refused is None:
+                raise
+        if refused is not None:
+            # Ray's exception and its frames held the actor pool (and its CPUs) in reference cycles;
+            # with them gone, collecting now stops the actors before the error leaves this call.
+            del written, shards
+            gc.collect()
+            raise refused
 
     result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease)
     seconds = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """GPT family without Ray: tokenizer, sampler determinism, stop/length, bring-your-own, bad input."""
 
 import json
+import time
 import shutil
 
 import numpy as np
@@ -251,3 +252,8 @@ def test_a_job_whose_prompts_change_after_planning_fails_in_one_line_and_writes_
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (after Ray Data's own log lines)
     assert last.startswith(f"error: input {prompts} changed or went away after this job was planned")
     assert not (tmp_path / "data" / "_manifest.json").exists()
+    ray, _ = ray_cluster  # the failed job's actors are gone, their CPUs free for what comes next
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) >= 2
