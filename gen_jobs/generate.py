@@ -28,7 +28,6 @@ and refuses.
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import sys
@@ -42,7 +41,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gen_jobs import checkpoint, output_folder, storage
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.errors import UserError, user_error_in
+from gen_jobs.errors import UserError
 from gen_jobs.lease import Lease
 from gen_jobs.manifest import (
     MANIFEST,
@@ -184,9 +183,21 @@ class ShardWriter:
         self.input_cache: dict = {} if input_stamps is None else {"stamps": input_stamps}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        entries = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
-                               self.input_cache) for k in batch["shard"]]
-        return {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}
+        """The batch's manifest entries, each with refused "" - or one row whose `refused` says why not.
+
+        A shard that refuses its input (a UserError: the input changed, a bad primer) is
+        answered as a row, not raised: the driver stops the job cleanly, while an exception
+        would pass through Ray Data's retries and logs and keep the actor pool alive with it.
+        """
+        try:
+            entries = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
+                                   self.input_cache) for k in batch["shard"]]
+        except UserError as e:
+            entries, refused = [ShardEntry(file="", first_id=-1, rows=0, sha256="")], str(e)
+        else:
+            refused = ""
+        columns = {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}
+        return {**columns, "refused": np.array([refused] * len(entries))}
 
 
 def pin_checkpoint(identity: DatasetIdentity) -> dict[str, bytes]:
@@ -462,25 +473,18 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
             num_cpus=1,
             num_gpus=1 if args.gpu else 0,
         )
-        refused = None
-        try:
-            rows_written = 0
-            for done, row in enumerate(written.iter_rows(), start=1):
-                entry = ShardEntry.model_validate(row)
-                good[entry.first_id // identity.rows_per_shard] = entry
-                rows_written += entry.rows
-                rate = rows_written / max(time.perf_counter() - started, 1e-9)
-                log(f"shard {entry.file} written ({done}/{len(todo)}, {rate:,.0f} rows/s)")
-        except Exception as e:
-            refused = user_error_in(e)  # a shard refused its input (e.g. it changed): one line, not Ray's trace
-            if refused is None:
-                raise
-        if refused is not None:
-            # Ray's exception and its frames held the actor pool (and its CPUs) in reference cycles;
-            # with them gone, collecting now stops the actors before the error leaves this call.
-            del written, shards
-            gc.collect()
-            raise refused
+        rows_written, refused = 0, ""
+        for done, row in enumerate(written.iter_rows(), start=1):
+            if row["refused"]:  # a shard refused its input: stop the job (the pipeline shuts down)
+                refused = row["refused"]
+                break
+            entry = ShardEntry.model_validate({key: row[key] for key in ShardEntry.model_fields})
+            good[entry.first_id // identity.rows_per_shard] = entry
+            rows_written += entry.rows
+            rate = rows_written / max(time.perf_counter() - started, 1e-9)
+            log(f"shard {entry.file} written ({done}/{len(todo)}, {rate:,.0f} rows/s)")
+        if refused:
+            raise UserError(refused)
 
     result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease)
     seconds = time.perf_counter() - started
