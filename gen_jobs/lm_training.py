@@ -23,6 +23,33 @@ from gen_jobs import checkpoint
 from gen_jobs.harness import Workers
 
 
+def gpt2_model(cfg, vocab_size: int, bos: int, eos: int, pad: int | None = None):
+    """A `GPT2LMHeadModel` of `cfg`'s size (n_layer, n_head, n_embd, n_positions, dropout) over `vocab_size` tokens."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    ))
+
+
+def describe_epoch(m: dict, epochs: int) -> str:
+    """The training log's line for one epoch of a language model."""
+    return (
+        f"epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.3f}  held-out loss {m['held_out_loss']:.3f}"
+        f"  perplexity {m['held_out_perplexity']:.1f}  ({m['seconds']:.1f} s)"
+    )
+
+
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up, then cosine decay to `min_ratio` of the peak."""
     if step < warmup:

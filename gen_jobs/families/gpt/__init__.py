@@ -17,7 +17,7 @@ FAMILY = Family(
     sampler="gen_jobs.families.gpt.sampler:Sampler",
     to_table="gen_jobs.families.gpt.sampler:to_table",
     score_dataset="gen_jobs.families.gpt.quality:score_dataset",
-    describe_epoch="gen_jobs.families.gpt.training:describe_epoch",
+    describe_epoch="gen_jobs.lm_training:describe_epoch",
     rows_from="prompts",
     serve_api="serving.apis.text",
     demo=DemoDefaults(recipe="gpt_pydoc", num_samples=1_000, show="text"),

@@ -61,22 +61,9 @@ def pack_blocks(documents: list[str], tokenizer, block: int) -> torch.Tensor:
 
 
 def build_model(cfg: ModelConfig):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from gen_jobs.lm_training import gpt2_model
 
-    config = GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(config)
-
+    return gpt2_model(cfg, cfg.vocab_size, bos=0, eos=0)
 
 
 def save(folder: Path, recipe: Recipe, model, tokenizer, info: dict) -> None:

@@ -70,21 +70,9 @@ def decode(tokenizer, ids: list[int]):
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, pad: int, bos: int, eos: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from gen_jobs.lm_training import gpt2_model
 
-    return GPT2LMHeadModel(GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    ))
+    return gpt2_model(cfg, vocab_size, bos=bos, eos=eos, pad=pad)
 
 
 def save(folder: Path, recipe: Recipe, model, tokenizer, info: dict) -> None:

@@ -65,10 +65,3 @@ class TrainingTask(LanguageModelTask):
 
     def save(self, folder: Path, info: dict) -> None:
         save(folder, self.recipe, self.model, self.tokenizer, info)
-
-
-def describe_epoch(m: dict, epochs: int) -> str:
-    return (
-        f"epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.3f}  held-out loss {m['held_out_loss']:.3f}"
-        f"  perplexity {m['held_out_perplexity']:.1f}  ({m['seconds']:.1f} s)"
-    )
