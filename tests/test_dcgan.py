@@ -90,3 +90,33 @@ def test_table_is_decoded_by_huggingface_datasets(random_checkpoint, tmp_path):
     assert ds[0]["image"].size == (32, 32)
     assert ds["id"] == list(range(6))
     assert pq.read_schema(io.BytesIO(path.read_bytes())).field("image").type.names == ["bytes", "path"]
+
+
+def test_collapse_warnings_know_how_many_rows_they_rest_on():
+    from gen_jobs.families.dcgan.data import digits_arrays
+    from gen_jobs.families.dcgan.quality import DigitsReference, coverage_tail
+    from gen_jobs.images import resize_uint8
+
+    raw, labels = digits_arrays()
+    images = resize_uint8(raw, 32)  # real digits, as a perfect generator would draw them
+    reference = DigitsReference()
+    five = np.isin(labels, [0, 1, 2, 3, 4])
+    # 10 rows showing 5 classes: a healthy uniform generator does that 15% of the time, so no alarm ...
+    few = reference.score(images[five][:10], tstr=False)
+    assert few.classes_covered <= 6 and few.warnings() == []
+    assert coverage_tail(10, 5) == pytest.approx(0.146, abs=0.001)
+    # ... but 500 rows of 5 classes are collapse, and the warning says what it rests on.
+    many = reference.score(images[five][:500], tstr=False)
+    assert many.warnings()[0] == f"mode collapse: only {many.classes_covered} of 10 classes appear in 500 rows"
+    # Rows that asked for one class (--labels 3) are not a collapse for showing one class.
+    threes = reference.score(images[labels == 3][:100], labels=np.full(100, 3), tstr=False)
+    assert threes.requested_classes == 1 and not any("collapse" in w for w in threes.warnings())
+    # Label agreement below 0.9: 3 rows of 4 say little; 400 rows with a quarter wrong say a lot.
+    wrong = np.full(4, 3)
+    wrong[0] = 5
+    assert reference.score(images[labels == 3][:4], labels=wrong, tstr=False).warnings() == []
+    mislabelled = np.full(400, 3)
+    mislabelled[:100] = 5
+    threes_400 = np.concatenate([images[labels == 3]] * 3)[:400]  # (183 real threes, repeated)
+    warned = reference.score(threes_400, labels=mislabelled, tstr=False).warnings()
+    assert any(w.startswith("samples often miss their label") and w.endswith("in 400 rows") for w in warned)
