@@ -1,6 +1,6 @@
 """The embedded demo: train each model family on its bundled data, generate, verify, score.
 
-    raygen demo [--family dcgan|gpt|music] [--out ./out] [--workers 2] [--num-samples N]
+    raygen demo [--family dcgan|gpt|music|style] [--out ./out] [--workers 2] [--num-samples N]
     python -m gen_jobs.demo
 
 Without --family it runs every family, one after the other. Each run writes
@@ -12,6 +12,9 @@ into a new folder of its own, OUT/demo-<YYYYmmdd-HHMMSS>/, and deletes nothing
     gpt_pydoc/                1,000 text samples from the GPT trained on Python's docs
     music_chorales/           200 pieces (MIDI) from the model trained on Bach chorales, and beside it
     music_chorales_<id>.mid/.wav, music_chorales_piano_roll.png   the first three pieces, to play and see
+    style_inputs/             32 crops of bundled photos the style network never trained on
+    style_sample/             those crops in each of its 2 styles (64 rows), and beside it
+    style_sample_before_after.png   inputs (left) and their stylised versions, one column per style
 `raygen serve` with no arguments serves the newest demo's checkpoints.
 """
 
@@ -96,9 +99,17 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
 
     dataset = storage.join(args.out, recipe.name)
     num_samples = args.num_samples or demo.num_samples
-    log(f"[{family} 2/3] generating {num_samples:,} samples with {args.workers} Ray Data workers")
     started = time.perf_counter()
-    manifest = generate(GenerateArgs(checkpoint=ckpt, out=dataset, num_samples=num_samples, workers=args.workers), log=log)
+    if demo.input:  # a family that transforms images: every input in every style
+        source = load_attribute(demo.input)(args.out)
+        per_input = recipe.row_classes() or 1
+        log(f"[{family} 2/3] stylising the images in {source} ({per_input} styles each) with {args.workers} Ray Data workers")
+        job = GenerateArgs(checkpoint=ckpt, out=dataset, input=source, samples_per_input=per_input,
+                           labels=",".join(str(k) for k in range(per_input)), workers=args.workers)
+    else:
+        log(f"[{family} 2/3] generating {num_samples:,} samples with {args.workers} Ray Data workers")
+        job = GenerateArgs(checkpoint=ckpt, out=dataset, num_samples=num_samples, workers=args.workers)
+    manifest = generate(job, log=log)
     timings["generate"] = time.perf_counter() - started
 
     log(f"[{family} 3/3] verifying shards against the manifest")

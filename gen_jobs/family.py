@@ -21,7 +21,7 @@ and, as plain values:
     prompt_files    suffixes of files a prompt may name instead of being text (music's primers):
                     the row gets the file's bytes, and the files are digested into the identity
     serve_api       the serving.apis module of its HTTP API, or None
-    demo            its demo defaults (recipe name, rows, what to show, example files), or None
+    demo            its demo defaults (recipe name, rows, what to show, example files, input), or None
     foreign_checkpoint  a `module:function` that describes a checkpoint folder made
                     elsewhere (no raygen recipe.json) with a recipe, or None
 
@@ -44,6 +44,7 @@ class DemoDefaults:
     num_samples: int  # rows the demo generates
     show: Literal["grid", "text", "files"]  # what the demo's report shows: a label grid, texts, or `examples`' files
     examples: str | None = None  # "module:function(dataset, out, name) -> [written URIs]": files beside the dataset
+    input: str | None = None  # "module:function(out) -> URI": writes the images an "images" family's demo stylises
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
         [--prompt-column COL] [--samples-per-prompt K] | --input URI [--input-column COL]
         [--samples-per-input K]) [--rows-per-shard R] [--seed S]
         [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite] [--set k=v ...]
+        [--image-column COL] [--styles uniform|K[,K...]]      (style: the same as --input-column, --labels)
         [--audio [--sample-rate HZ] [--soundfont SF2]]       (music: an `audio` WAV column)
     python -m gen_jobs.generate ...        # the same, for `ray job submit`
 
@@ -56,7 +57,7 @@ from gen_jobs.manifest import (
     shard_name,
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
-from gen_jobs.rows import RowSource, plan_images, plan_prompts, read_inputs
+from gen_jobs.rows import RowSource, input_names, plan_images, plan_prompts, read_inputs
 from gen_jobs.row_seed import row_seeds
 
 
@@ -76,6 +77,7 @@ class GenerateArgs(StrictModel):
     workers: int = Field(2, gt=0, le=4096)
     gpu: bool = False
     labels: str = "uniform"
+    styles: str | None = None  # style transfer's name for --labels
     audio: bool = False
     sample_rate: int | None = Field(None, ge=8_000, le=96_000)
     soundfont: str | None = None
@@ -89,11 +91,22 @@ class GenerateArgs(StrictModel):
             raise ValueError("give exactly one of --num-samples N, --prompts URI or --input URI")
         return self
 
-    @field_validator("labels")
+    @field_validator("labels", "styles")
     @classmethod
-    def _labels(cls, v: str) -> str:
-        parse_labels(v)
+    def _labels(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_labels(v)
         return v
+
+    @model_validator(mode="after")
+    def _styles_or_labels(self) -> "GenerateArgs":
+        if self.styles is not None and self.labels != "uniform":
+            raise ValueError("give --styles or --labels, not both (they are the same setting)")
+        return self
+
+    def label_flag(self) -> tuple[str, str]:
+        """(the flag that chose the rows' classes, its value)."""
+        return ("--styles", self.styles) if self.styles is not None else ("--labels", self.labels)
 
 
 def parse_labels(spec: str) -> list[int] | None:
@@ -118,13 +131,15 @@ def parser() -> ArgumentParser:
     p.add_argument("--prompt-column", default="prompt", help="the prompts' text column (default: prompt)")
     p.add_argument("--samples-per-prompt", type=int, default=1, help="samples for each prompt")
     p.add_argument("--input", help="input images: a folder, Parquet file or folder (path or s3://); one row per image and sample")
-    p.add_argument("--input-column", default="image", help="the input Parquet's image column (default: image)")
+    p.add_argument("--input-column", "--image-column", dest="input_column", default="image",
+                   help="the input Parquet's image column (default: image)")
     p.add_argument("--samples-per-input", type=int, default=1, help="samples for each input image")
     p.add_argument("--rows-per-shard", type=int, help="rows per part file (default: the recipe's)")
     p.add_argument("--seed", type=int, help="base seed (default: the recipe's)")
     p.add_argument("--workers", type=int, default=2, help="sampler actors")
     p.add_argument("--gpu", action="store_true", help="one GPU per sampler actor")
     p.add_argument("--labels", default="uniform", help="'uniform' (drawn per row) or K[,K...] cycled by row id")
+    p.add_argument("--styles", help="style transfer: 'uniform' (drawn per row) or style indices K[,K...] cycled by row id")
     p.add_argument("--audio", action="store_true", help="music: add an `audio` column (WAV) rendered from each piece")
     p.add_argument("--sample-rate", type=int, help="music audio: samples per second, 8000-96000 (default: the recipe's, 22050)")
     p.add_argument("--soundfont", help="music audio: a General MIDI .sf2 (default: an installed one, else a NumPy synthesiser)")
@@ -231,18 +246,22 @@ def check_shared_folder(out: str, run_id: str) -> None:
 INPUT_COLUMN = {"prompts": "prompt", "images": "input"}  # the sampler's batch column for each row source
 
 
-def requests(identity: DatasetIdentity, ids: np.ndarray, inputs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def requests(identity: DatasetIdentity, ids: np.ndarray, inputs: np.ndarray | None = None,
+             names: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The sampler's input rows: id, its seed, and its label or input (prompt, image) when given.
 
     `inputs` holds the input rows from ids[0] // K on (K = samples per input):
-    row i is sample i % K of input i // K.
+    row i is sample i % K of input i // K. `names` (images) says where each input
+    came from, the same way: it becomes the `source` column.
     """
     batch = {"id": ids, "seed": row_seeds(identity.seed, ids)}
     if identity.labels is not None:
         batch["label"] = np.asarray(identity.labels, dtype=np.int64)[ids % len(identity.labels)]
+    k = identity.source.samples_per_input
     if inputs is not None:
-        k = identity.source.samples_per_input
         batch[INPUT_COLUMN[identity.source.kind]] = inputs[ids // k - ids[0] // k]
+    if names is not None:
+        batch["source"] = names[ids // k - ids[0] // k]
     return batch
 
 
@@ -250,16 +269,21 @@ def shard_table(sampler, to_table, identity: DatasetIdentity, k: int, micro_batc
                 input_cache: dict | None = None) -> pa.Table:
     ids = np.arange(identity.shard_ids(k).start, identity.shard_ids(k).stop, dtype=np.int64)
     per = identity.source.samples_per_input
-    inputs = None
+    inputs = names = None
+    first, last = int(ids[0]) // per, int(ids[-1]) // per + 1
     if identity.source.kind != "ids":  # this shard's slice of the input, and nothing more
-        inputs = read_inputs(identity.source, int(ids[0]) // per, int(ids[-1]) // per + 1, input_cache)
+        inputs = read_inputs(identity.source, first, last, input_cache)
+    if identity.source.kind == "images":
+        names = input_names(identity.source, first, last, input_cache)
     # Micro-batches start at multiples of `micro_batch` from the shard's first row,
     # whatever the worker count, so batch composition never changes the bytes.
     parts = []
     for i in range(0, len(ids), micro_batch):
         part = ids[i: i + micro_batch]
-        part_inputs = None if inputs is None else inputs[part[0] // per - ids[0] // per:]
-        parts.append(to_table(sampler(requests(identity, part, part_inputs)), sampler.recipe))
+        offset = part[0] // per - ids[0] // per
+        part_inputs = None if inputs is None else inputs[offset:]
+        part_names = None if names is None else names[offset:]
+        parts.append(to_table(sampler(requests(identity, part, part_inputs, part_names)), sampler.recipe))
     return pa.concat_tables(parts)
 
 
@@ -296,14 +320,16 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
     if args.set:
         recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), args.set))
     recipe = with_audio(recipe, args).for_dataset()
-    labels = parse_labels(args.labels)
+    flag, spec = args.label_flag()
+    labels = parse_labels(spec)
     if labels is not None:
         classes = recipe.row_classes()
         if classes is None:
-            raise UserError("--labels needs a class-conditional checkpoint; this model has no classes, use --labels uniform")
+            raise UserError(f"{flag} needs a class-conditional checkpoint; this model has no classes, use {flag} uniform")
         bad = [k for k in labels if k >= classes]
         if bad:
-            raise UserError(f"--labels {args.labels}: classes {bad} out of range; this model has classes 0..{classes - 1}")
+            what = "styles" if flag == "--styles" else "classes"
+            raise UserError(f"{flag} {spec}: {what} {bad} out of range; this model has {what} 0..{classes - 1}")
     source = row_source(args, families.get(recipe.family), ckpt)
     identity = DatasetIdentity(
         family=recipe.family,

@@ -55,3 +55,67 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
         arr = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
         out.append(arr if arr.ndim == 3 else arr[..., None])
     return np.stack(out)
+
+
+class BadImage(ValueError):
+    """An input image that cannot be used (not an image, empty, too large to decode safely)."""
+
+
+def decode_rgb(data: bytes | None, max_pixels: int, max_input_pixels: int) -> np.ndarray:
+    """Any image file -> uint8 H x W x 3, at most `max_pixels` (larger ones are shrunk, keeping their shape).
+
+    Every mode is converted: grayscale, palette, CMYK, 16-bit and float images
+    (scaled to their range, not clipped), alpha composited on white; the EXIF
+    orientation is applied. BadImage says why an input cannot be used: not an
+    image, zero pixels, or more than `max_input_pixels` (a decompression bomb:
+    refused from the header, before any pixel is decoded).
+    """
+    from PIL import ImageOps
+
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height == 0:
+            raise BadImage(f"the image has no pixels ({width}x{height})")
+        if width * height > max_input_pixels:
+            raise BadImage(f"{width}x{height} is {width * height:,} pixels, above the limit of {max_input_pixels:,} "
+                           "(stylize.max_input_pixels); shrink it first")
+        if width * height > max_pixels:
+            img.draft("RGB", _fit(width, height, max_pixels))  # JPEG: decode at a reduced scale, cheaply
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large to decode safely ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = str(e).split(" <_io.")[0][:120]  # PIL names the in-memory file object: noise to a user
+        raise BadImage(f"not a readable image ({type(e).__name__}: {reason})") from None
+    if rgb.width * rgb.height > max_pixels:
+        rgb = rgb.resize(_fit(rgb.width, rgb.height, max_pixels), Image.Resampling.LANCZOS)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest (w, h) of the same shape with w * h <= max_pixels (each at least 1)."""
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16-bit, 32-bit, float: scale to 8 bits
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and arr.max() > 255) else 255.0
+        if img.mode == "F":
+            top = max(float(np.nanmax(arr)), 1.0) if np.isfinite(arr).any() else 1.0
+        gray = np.clip(np.nan_to_num(arr) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")

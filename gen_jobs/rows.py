@@ -252,6 +252,17 @@ def read_inputs(source: RowSource, start: int, stop: int, cache: dict | None = N
     return rows
 
 
+def input_names(source: RowSource, start: int, stop: int, cache: dict | None = None) -> np.ndarray:
+    """Where image input rows [start, stop) come from: each file's URI, or (Parquet) the input row's index."""
+    cache = {} if cache is None else cache
+    stamps = cache.get("stamps")
+    files = cache.get("files") or (list(stamps) if stamps else input_files(source.uri))
+    cache["files"] = files
+    if files[0].endswith(".parquet"):
+        return object_column([str(i) for i in range(start, stop)])
+    return object_column(files[start:stop])
+
+
 def check_unchanged(files: list[str], stamps: dict[str, str | None]) -> None:
     """UserError if any of `files` no longer carries the stamp it had when the job was planned."""
     changed = [f for f, now in zip(files, storage.stamps(files)) if now is None or now != stamps.get(f)]

@@ -4,7 +4,8 @@ These are the quality bars of the default recipes, trained with their fixed seed
 the digits DCGAN covers all 10 classes, does not collapse within classes, and its
 samples are worth >= 0.8 of real data for training a classifier (TSTR); the GPT
 writes mostly real words; the music model writes playable pieces whose in-key
-share is >= 0.9x the chorales' own.
+share is >= 0.9x the chorales' own; the style network changes held-out photos
+visibly, keeps their edges and gives each style its own palette.
 """
 
 import pytest
@@ -59,3 +60,17 @@ def test_music_demo_writes_playable_pieces_in_key(ray_cluster, tmp_path):
     with wave.open(next(f for f in files if f.endswith(".wav"))) as w:
         assert w.getnframes() > w.getframerate()  # more than a second of music
     assert Image.open(next(f for f in files if f.endswith(".png"))).size[0] > 100
+
+
+@pytest.mark.slow
+def test_style_demo_stylises_held_out_photos_in_each_styles_palette(ray_cluster, tmp_path):
+    result = run_family("style", DemoArgs(out=str(tmp_path)), log=lambda *_: None)
+    quality = result["quality"]
+    assert quality["stylised"] == quality["num_samples"] == 64 and quality["bad_inputs"] == 0  # 32 photos x 2 styles
+    assert quality["change"] >= 0.08, quality["summary"]  # outputs visibly differ from their inputs ...
+    assert quality["edge_correlation"] >= 0.5, quality["summary"]  # ... yet keep their edges ...
+    assert quality["palette_match"] >= 0.9, quality["summary"]  # ... and take their own style's palette
+    assert all(s["colour_shift"] > 0.2 for s in quality["per_style"].values()), quality["per_style"]
+    assert quality["style_loss_ratio"] < 0.6, quality["summary"]
+    grid = Image.open(result["files"][0])
+    assert grid.size == (3 * 128, 6 * 128)  # before, flower, retina; six photos

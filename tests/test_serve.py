@@ -50,7 +50,17 @@ def music_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint):
+def style_checkpoint(tmp_path_factory) -> str:
+    from test_style import TINY_STYLE, train_in_process
+
+    task, _ = train_in_process(load_recipe("style_sample", TINY_STYLE), 3)
+    folder = tmp_path_factory.mktemp("serve") / "style"
+    task.save(folder, {"epoch": 1})
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_checkpoint):
     """The raygen app on a free loopback port; yields its base URL. Shut down after the module."""
     from ray import serve
 
@@ -58,11 +68,13 @@ def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint):
     from serving.config import AppConfig
 
     os.environ["RAYGEN_API_KEY"] = API_KEY  # read (and hashed) by build_app
+    # Five replicas of 0.2 CPU leave one of the cluster's two CPUs for the batch jobs some tests run.
     config = AppConfig(models=[
-        {"name": "digits", "checkpoint": checkpoint, "num_cpus": 0.25},
-        {"name": "pydoc", "checkpoint": gpt_checkpoint, "num_cpus": 0.25},
-        {"name": "chorales", "checkpoint": music_checkpoint, "num_cpus": 0.25},
-        {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.25, "max_ongoing_requests": 1,
+        {"name": "digits", "checkpoint": checkpoint, "num_cpus": 0.2},
+        {"name": "pydoc", "checkpoint": gpt_checkpoint, "num_cpus": 0.2},
+        {"name": "chorales", "checkpoint": music_checkpoint, "num_cpus": 0.2},
+        {"name": "styles", "checkpoint": style_checkpoint, "num_cpus": 0.2},
+        {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.2, "max_ongoing_requests": 1,
          "max_queued_requests": 1, "batching": {"max_batch_size": 1}},
     ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512})
     port = free_port()
@@ -94,7 +106,7 @@ def png(b64: str) -> np.ndarray:
 
 
 def test_openai_client_lists_models_and_completes(client):
-    assert {m.id for m in client.models.list()} == {"digits", "pydoc", "chorales", "digits-small-queue"}
+    assert {m.id for m in client.models.list()} == {"digits", "pydoc", "chorales", "styles", "digits-small-queue"}
     plain = client.completions.create(model="pydoc", prompt="The with statement", max_tokens=12, seed=7, n=2)
     assert len(plain.choices) == 2 and plain.choices[0].text != plain.choices[1].text
     assert all(c.finish_reason in ("stop", "length") for c in plain.choices)
@@ -164,6 +176,44 @@ def test_music_pieces_over_http_equal_the_batch_jobs_rows(http, music_checkpoint
     assert http.post("/v1/music/generations", json={"model": "digits"}).status_code == 400  # an image model
     listed = {m["id"]: m["raygen"] for m in http.get("/v1/models").json()["data"]}
     assert listed["chorales"]["kind"] == "music" and listed["chorales"]["context_tokens"] == 96
+
+
+def test_images_edit_through_the_openai_client_stylises_as_the_batch_job_does(client, http, style_checkpoint, tmp_path):
+    import openai
+
+    from test_style import photo_folder
+
+    photos = photo_folder(tmp_path / "photos", count=1)
+    photo = (photos / "photo-0.png").read_bytes()
+    answer = client.images.edit(model="styles", image=("photo.png", photo, "image/png"), prompt="retina")
+    assert answer.data[0].style_name == "retina" and png(answer.data[0].b64_json).shape == (40, 43, 3)
+    generate(GenerateArgs(checkpoint=style_checkpoint, out=str(tmp_path / "out"), input=str(photos), styles="1",
+                          workers=1), log=lambda _: None)
+    row = read_shards(str(tmp_path / "out"), read_manifest(str(tmp_path / "out")).shards, ["image"]).column("image")[0]
+    assert base64.b64decode(answer.data[0].b64_json) == row.as_py()["bytes"]  # the dataset's row, byte for byte
+    by_index = client.images.edit(model="styles", image=("p.png", photo, "image/png"), prompt="", n=2, size="20x10",
+                                  extra_body={"style": 0})
+    assert [d.style for d in by_index.data] == [0, 0] and png(by_index.data[1].b64_json).shape == (10, 20, 3)
+    listed = {m["id"]: m["raygen"] for m in http.get("/v1/models").json()["data"]}
+    assert listed["styles"]["kind"] == "image_edit" and listed["styles"]["styles"] == ["flower", "retina"]
+
+    for kwargs, param, says in [
+        ({"image": ("notes.txt", b"plain words", "text/plain"), "prompt": "flower"}, "image", "not a usable picture"),
+        ({"image": ("p.png", photo, "image/png"), "prompt": "cubism"}, "prompt", "use one of: flower, retina"),
+        ({"image": ("p.png", photo, "image/png"), "prompt": "", "extra_body": {"style": 7}}, "style", "out of range"),
+        ({"image": ("p.png", photo, "image/png"), "prompt": "flower", "n": 9}, "n", "above this server's limit"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.images.edit(model="styles", **kwargs)
+        assert caught.value.body["param"] == param and says in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="image_edit model"):
+        client.images.generate(model="styles", prompt="x")
+    with pytest.raises(openai.BadRequestError, match="does not serve image_edit"):
+        client.images.edit(model="digits", image=("p.png", photo, "image/png"), prompt="flower")
+    missing = http.post("/v1/images/edits", data={"model": "styles", "prompt": "flower"})
+    assert missing.status_code == 400 and "multipart" in missing.json()["error"]["message"]
+    no_image = http.post("/v1/images/edits", data={"model": "styles"}, files={"other": ("a", b"x")})
+    assert no_image.status_code == 400 and no_image.json()["error"]["param"] in ("image", "other")
 
 
 def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, checkpoint, gpt_checkpoint, tmp_path):

@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "dcgan": "gen_jobs.families.dcgan",
     "gpt": "gen_jobs.families.gpt",
     "music": "gen_jobs.families.music",
+    "style": "gen_jobs.families.style",
 }
 
 

@@ -1,0 +1,106 @@
+"""What a stylised image is: how much it changed, whether it kept its edges, whose palette it took.
+
+Per image (the sampler writes them as columns, so a dataset can be filtered on them):
+    change            mean |output - input| over pixels and channels, in [0, 1]: 0 is an untouched input
+    edge_correlation  Pearson correlation of the Sobel edge magnitudes of input and output (grey):
+                      near 1 keeps the content's structure, near 0 has lost it
+    colour_shift      1 - d(output, style) / d(input, style), d the distance of colour statistics
+                      (mean and std of R, G, B): > 0 moved toward the style's palette, 1 reached it
+    palette_style     the style whose colour statistics are nearest the output's (its own = the palette fits)
+    style_loss_ratio  the style (Gram) loss of the output over that of the input: < 1 is closer to the style
+    content_loss      the content (feature) loss between output and input, over the input's scale
+
+The dataset's figures (manifest `quality`) are their means, the share of rows whose
+palette is nearest their own style, per style, and the count of unusable inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GOALS = {"change": 0.04, "edge_correlation": 0.5, "palette_match": 0.8}  # below any of them: a warning
+
+
+def colour_stats(image: np.ndarray) -> np.ndarray:
+    """H x W x 3 (uint8, or float in [0, 1]) -> float32 (6,): mean and std of R, G, B in [0, 1]."""
+    x = image.reshape(-1, 3).astype(np.float64)
+    if image.dtype == np.uint8:
+        x /= 255.0
+    return np.concatenate([x.mean(axis=0), x.std(axis=0)]).astype(np.float32)
+
+
+def edge_map(image: np.ndarray) -> np.ndarray:
+    """uint8 H x W x 3 -> Sobel gradient magnitude of its grey image (H x W float64)."""
+    from scipy import ndimage
+
+    grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.hypot(ndimage.sobel(grey, axis=0), ndimage.sobel(grey, axis=1))
+
+
+def image_figures(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """change and edge_correlation of one stylised image (uint8 H x W x 3 each)."""
+    change = float(np.abs(after.astype(np.int16) - before.astype(np.int16)).mean() / 255.0)
+    a, b = edge_map(before).ravel(), edge_map(after).ravel()
+    if a.std() < 1e-9 or b.std() < 1e-9:  # a flat image has no edges to keep
+        corr = 1.0 if a.std() < 1e-9 and b.std() < 1e-9 else 0.0
+    else:
+        corr = float(np.corrcoef(a, b)[0, 1])
+    return {"change": round(change, 5), "edge_correlation": round(corr, 5)}
+
+
+def colour_figures(before: np.ndarray, after: np.ndarray, style: int, palettes: np.ndarray) -> dict:
+    """colour_shift toward style `style` and the nearest palette; palettes: N x 6 colour statistics."""
+    b, a = colour_stats(before), colour_stats(after)
+    to_style_before = float(np.linalg.norm(b - palettes[style]))
+    to_style_after = float(np.linalg.norm(a - palettes[style]))
+    shift = 1.0 - to_style_after / to_style_before if to_style_before > 1e-6 else 0.0
+    return {"colour_shift": round(shift, 5), "palette_style": int(np.argmin(np.linalg.norm(palettes - a, axis=1)))}
+
+
+def score_dataset(table, recipe, checkpoint_uri: str) -> dict:
+    """The dataset's figures from its per-row columns (see the module docstring)."""
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    ok = status == "ok"
+    bad = int((~ok).sum())
+    result: dict = {"num_samples": len(status), "stylised": int(ok.sum()), "bad_inputs": bad}
+    warnings = []
+    if bad:
+        first = next(s for s in status if s != "ok")
+        warnings.append(f"{bad} of {len(status)} inputs could not be stylised (their rows have a null image and a "
+                        f"status saying why, e.g. {first!r})")
+    if not recipe.stylize.figures or not ok.any():
+        result.update(summary=f"{ok.sum()} of {len(status)} images stylised", warnings=warnings)
+        return result
+    columns = {name: np.asarray(table.column(name).to_pylist(), dtype=np.float64)[ok]
+               for name in ("change", "edge_correlation", "colour_shift", "style_loss_ratio", "content_loss")
+               if name in table.column_names}
+    styles = np.asarray(table.column("style").to_pylist())[ok]
+    nearest = np.asarray(table.column("palette_style").to_pylist())[ok]
+    for name, values in columns.items():
+        finite = values[np.isfinite(values)]
+        if len(finite):
+            result[name] = round(float(finite.mean()), 4)
+    result["palette_match"] = round(float((nearest == styles).mean()), 4)
+    result["per_style"] = {
+        recipe.styles[k].name: {"rows": int((styles == k).sum()),
+                                "palette_match": round(float((nearest[styles == k] == k).mean()), 4),
+                                "colour_shift": round(float(columns["colour_shift"][styles == k].mean()), 4)}
+        for k in range(len(recipe.styles)) if (styles == k).any()
+    }
+    for name, goal in GOALS.items():
+        if name in result and result[name] < goal:
+            warnings.append({
+                "change": f"outputs barely differ from their inputs (mean change {result[name]:.3f} < {goal}): "
+                          "train longer or raise loss.style_weight",
+                "edge_correlation": f"outputs lose their inputs' edges (correlation {result[name]:.2f} < {goal}): "
+                                    "raise loss.content_weight",
+                "palette_match": f"only {result[name]:.0%} of outputs take their own style's palette (< {goal:.0%}): "
+                                 "the styles are not told apart; train longer",
+            }[name])
+    summary = (f"{int(ok.sum())} of {len(status)} stylised; change {result['change']:.3f}, edges kept "
+               f"{result['edge_correlation']:.2f}, colour shift toward the style {result['colour_shift']:+.2f}, "
+               f"own palette {result['palette_match']:.0%}")
+    if "style_loss_ratio" in result:
+        summary += f", style loss x{result['style_loss_ratio']:.2f} of the input's"
+    result.update(summary=summary, warnings=warnings)
+    return result

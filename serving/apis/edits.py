@@ -1,0 +1,159 @@
+"""Style transfer over the OpenAI API: POST /v1/images/edits (multipart/form-data, as OpenAI's own).
+
+Form fields: image (the file to stylise; required), model, prompt (a style's
+name in the model's recipe), n, response_format ("b64_json"; URLs are not
+offered), size ("WxH": the answer is resized to it; default: the input's own
+size, shrunk above the recipe's stylize.max_pixels), user, and the raygen
+extension `style` (a style index; wins over `prompt`). So the official client's
+`client.images.edit(model=..., image=open("photo.jpg", "rb"), prompt="flower")` works.
+
+Each returned image carries its `style` index and `style_name`. Stylising is
+deterministic: the PNG equals the `raygen generate --input` row of the same
+image file in the same style, byte for byte (n > 1 returns n such copies).
+A part that is not an image is a 400 naming the `image` field.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from fastapi import FastAPI, Request
+from pydantic import Field, field_validator
+
+from serving.apis import HttpBody
+from serving.errors import ApiError
+
+if TYPE_CHECKING:
+    from serving.app import Gateway
+
+KIND = "image_edit"
+FORM_FIELDS = ("model", "prompt", "n", "response_format", "size", "user", "style")
+
+
+class EditRequest(HttpBody):
+    model: str
+    image: bytes = Field(repr=False)
+    prompt: str = ""
+    n: int = Field(1, ge=1)
+    response_format: str = "b64_json"
+    size: str | None = Field(None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$", description="WxH, e.g. 256x256")
+    style: int | None = Field(None, ge=0, description="raygen extension: the style's index")
+    user: str | None = None  # accepted for compatibility, unused
+
+    @field_validator("response_format")
+    @classmethod
+    def _b64_only(cls, v: str) -> str:
+        if v != "b64_json":
+            raise ValueError('only "b64_json" is offered: this server keeps no image files to link to')
+        return v
+
+    def pixels(self) -> tuple[int, int] | None:
+        if self.size is None:
+            return None
+        width, height = (int(x) for x in self.size.split("x"))
+        return width, height
+
+
+async def read_form(request: Request) -> dict:
+    """The form's fields (the image as bytes); ApiError for a body that is not such a form."""
+    from starlette.datastructures import UploadFile
+
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "send the image as multipart/form-data (a file field `image`), as OpenAI's images.edit does")
+    try:
+        form = await request.form(max_files=1, max_fields=len(FORM_FIELDS) + 1)
+    except Exception as e:  # starlette's MultiPartException and parser errors: the body is not a usable form
+        raise ApiError(400, f"the multipart form could not be read ({e})") from None
+    fields = {}
+    for key, value in form.multi_items():
+        key = "image" if key == "image[]" else key  # the client names a list of images image[]
+        if key in fields:
+            raise ApiError(400, f"{key} is given twice; send one", param=key)
+        if key == "image":
+            if not isinstance(value, UploadFile):
+                raise ApiError(400, "image must be a file part (an image upload), not text", param="image")
+            fields[key] = await value.read()
+        elif key not in FORM_FIELDS:
+            raise ApiError(400, f"{key} is not a field of this request", param=key)
+        elif isinstance(value, UploadFile):
+            raise ApiError(400, f"{key} must be text, not a file", param=key)
+        else:
+            fields[key] = value
+    if "image" not in fields:
+        raise ApiError(400, "image is required: the picture to stylise, as a file part", param="image")
+    return fields
+
+
+def add_routes(app: FastAPI, gateway: Gateway) -> None:
+    @app.post("/v1/images/edits")
+    async def images_edits(request: Request):
+        from fastapi.exceptions import RequestValidationError
+        from pydantic import ValidationError
+
+        from serving.http import describe_validation
+
+        fields = await read_form(request)
+        try:
+            body = EditRequest.model_validate(fields)
+        except ValidationError as e:  # answered like a JSON body's mistakes: a 400 naming the field
+            raise describe_validation(RequestValidationError(e.errors())) from None
+        limits = gateway.limits
+        served = gateway.model(body.model, KIND)
+        if body.n > limits.max_n:
+            raise ApiError(400, f"n {body.n} is above this server's limit of {limits.max_n} images per request", param="n")
+        size = body.pixels()
+        if size and size[0] * size[1] > limits.max_image_pixels:
+            raise ApiError(400, f"size {body.size} has {size[0] * size[1]:,} pixels; this server allows at most "
+                                f"{limits.max_image_pixels:,}", param="size")
+        return await gateway.call(served, body)
+
+
+# ---------------------------------------------------------------- in the model's replica
+
+
+def describe(sampler) -> dict:
+    return {"styles": [s.name for s in sampler.recipe.styles], "max_pixels": sampler.recipe.stylize.max_pixels}
+
+
+def rows(sampler, request: EditRequest) -> dict[str, np.ndarray]:
+    from gen_jobs.columns import object_column
+    from gen_jobs.images import BadImage, decode_rgb
+
+    recipe = sampler.recipe
+    names = ", ".join(s.name for s in recipe.styles)
+    if request.style is not None:
+        if request.style >= len(recipe.styles):
+            raise ApiError(400, f"style {request.style} is out of range: this model has styles 0-{len(recipe.styles) - 1} "
+                                f"({names})", param="style")
+        style = request.style
+    else:
+        style = recipe.style_index(request.prompt.strip())
+        if style is None:
+            raise ApiError(400, f"prompt {request.prompt[:60]!r} names no style of this model; use one of: {names} "
+                                "(or give style: its index)", param="prompt")
+    try:
+        decode_rgb(request.image, recipe.stylize.max_pixels, recipe.stylize.max_input_pixels)
+    except BadImage as e:
+        raise ApiError(400, f"image is not a usable picture: {e}", param="image") from None
+    return {
+        "seed": np.arange(request.n, dtype=np.int64),  # unused: the style is given, and stylising draws nothing
+        "input": object_column([request.image] * request.n),
+        "label": np.full(request.n, style, dtype=np.int64),
+    }
+
+
+def respond(sampler, request: EditRequest, out: dict[str, np.ndarray], model: str) -> dict:
+    from gen_jobs.images import encode_png
+    from serving.apis.images import resize
+
+    size = request.pixels()
+    data = []
+    for image, style in zip(out["image"], out["style"]):
+        if size and size != (image.shape[1], image.shape[0]):
+            image = resize(image[None], size)[0]
+        data.append({"b64_json": base64.b64encode(encode_png(image[None])[0]).decode(), "revised_prompt": None,
+                     "style": int(style), "style_name": sampler.recipe.styles[int(style)].name})
+    return {"created": int(time.time()), "data": data}
