@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import FastAPI, Request
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from serving.apis import HttpBody
+from serving.apis.images import ImageAnswer
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
@@ -33,28 +33,11 @@ KIND = "image_edit"
 FORM_FIELDS = ("model", "prompt", "n", "response_format", "size", "user", "style")
 
 
-class EditRequest(HttpBody):
+class EditRequest(ImageAnswer):
     model: str
     image: bytes = Field(repr=False)
     prompt: str = ""
-    n: int = Field(1, ge=1)
-    response_format: str = "b64_json"
-    size: str | None = Field(None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$", description="WxH, e.g. 256x256")
     style: int | None = Field(None, ge=0, description="raygen extension: the style's index")
-    user: str | None = None  # accepted for compatibility, unused
-
-    @field_validator("response_format")
-    @classmethod
-    def _b64_only(cls, v: str) -> str:
-        if v != "b64_json":
-            raise ValueError('only "b64_json" is offered: this server keeps no image files to link to')
-        return v
-
-    def pixels(self) -> tuple[int, int] | None:
-        if self.size is None:
-            return None
-        width, height = (int(x) for x in self.size.split("x"))
-        return width, height
 
 
 async def read_form(request: Request) -> dict:
@@ -100,14 +83,8 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
             body = EditRequest.model_validate(fields)
         except ValidationError as e:  # answered like a JSON body's mistakes: a 400 naming the field
             raise describe_validation(RequestValidationError(e.errors())) from None
-        limits = gateway.limits
         served = gateway.model(body.model, KIND)
-        if body.n > limits.max_n:
-            raise ApiError(400, f"n {body.n} is above this server's limit of {limits.max_n} images per request", param="n")
-        size = body.pixels()
-        if size and size[0] * size[1] > limits.max_image_pixels:
-            raise ApiError(400, f"size {body.size} has {size[0] * size[1]:,} pixels; this server allows at most "
-                                f"{limits.max_image_pixels:,}", param="size")
+        body.check_limits(gateway.limits)
         return await gateway.call(served, body)
 
 

@@ -31,14 +31,12 @@ if TYPE_CHECKING:
 KIND = "image"
 
 
-class ImageRequest(HttpBody):
-    model: str
-    prompt: str = ""
+class ImageAnswer(HttpBody):
+    """The fields every image route shares: how many images, in which format, at which size."""
+
     n: int = Field(1, ge=1)
     response_format: str = "b64_json"
     size: str | None = Field(None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$", description="WxH, e.g. 64x64")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    label: int | None = Field(None, ge=0, le=MAX_SEED, description="raygen extension: the class to draw")
     user: str | None = None  # accepted for compatibility, unused
 
     @field_validator("response_format")
@@ -54,18 +52,28 @@ class ImageRequest(HttpBody):
         width, height = (int(x) for x in self.size.split("x"))
         return width, height
 
+    def check_limits(self, limits) -> None:
+        """ApiError when n or size is above the server's limits (serving.config.Limits)."""
+        if self.n > limits.max_n:
+            raise ApiError(400, f"n {self.n} is above this server's limit of {limits.max_n} images per request", param="n")
+        size = self.pixels()
+        if size and size[0] * size[1] > limits.max_image_pixels:
+            raise ApiError(400, f"size {self.size} has {size[0] * size[1]:,} pixels; this server allows at most "
+                                f"{limits.max_image_pixels:,}", param="size")
+
+
+class ImageRequest(ImageAnswer):
+    model: str
+    prompt: str = ""
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    label: int | None = Field(None, ge=0, le=MAX_SEED, description="raygen extension: the class to draw")
+
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.post("/v1/images/generations")
     async def images_generations(body: ImageRequest):
-        limits = gateway.limits
         served = gateway.model(body.model, KIND)
-        if body.n > limits.max_n:
-            raise ApiError(400, f"n {body.n} is above this server's limit of {limits.max_n} images per request", param="n")
-        size = body.pixels()
-        if size and size[0] * size[1] > limits.max_image_pixels:
-            raise ApiError(400, f"size {body.size} has {size[0] * size[1]:,} pixels; this server allows at most "
-                                f"{limits.max_image_pixels:,}", param="size")
+        body.check_limits(gateway.limits)
         if body.seed is None:
             body = body.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
         return await gateway.call(served, body)
