@@ -103,7 +103,8 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     if demo.input:  # a family that transforms images: every input in every style
         source = load_attribute(demo.input)(args.out)
         per_input = recipe.row_classes() or 1
-        log(f"[{family} 2/3] stylising the images in {source} ({per_input} styles each) with {args.workers} Ray Data workers")
+        log(f"[{family} 2/3] transforming the images in {source} ({per_input} outputs each, one per label) "
+            f"with {args.workers} Ray Data workers")
         job = GenerateArgs(checkpoint=ckpt, out=dataset, input=source, samples_per_input=per_input,
                            labels=",".join(str(k) for k in range(per_input)), workers=args.workers)
     else:

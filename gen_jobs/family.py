@@ -44,7 +44,7 @@ class DemoDefaults:
     num_samples: int  # rows the demo generates
     show: Literal["grid", "text", "files"]  # what the demo's report shows: a label grid, texts, or `examples`' files
     examples: str | None = None  # "module:function(dataset, out, name) -> [written URIs]": files beside the dataset
-    input: str | None = None  # "module:function(out) -> URI": writes the images an "images" family's demo stylises
+    input: str | None = None  # "module:function(out) -> URI": writes the images an "images" family's demo transforms
 
 
 @dataclass(frozen=True)

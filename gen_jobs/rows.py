@@ -227,26 +227,20 @@ def read_inputs(source: RowSource, start: int, stop: int, cache: dict | None = N
         if source.uri.endswith(".jsonl"):
             rows, read = _jsonl_slice(source, start, stop), [source.uri]
         else:
-            values, read = _parquet_slice([source.uri], source.column, start, stop, cache)
+            values, read = _parquet_slice([source.uri], source.column, start, stop, cache, "--prompt-column")
             rows = object_column(values)
         for i, prompt in enumerate(rows):  # prompts that name files (music primers): the rows get the files' bytes
             if named_file(prompt, source.file_suffixes):
                 read.append(prompt_file(source.uri, prompt))
                 rows[i] = storage.read_bytes(read[-1])
     else:
-        files = cache.get("files") or (list(stamps) if stamps else input_files(source.uri))
-        cache["files"] = files
-        if files[0].endswith(".parquet"):
-            cells, read = _parquet_slice(files, source.column, start, stop, cache)
-            rows = object_column([cell["bytes"] if isinstance(cell, dict) else cell for cell in cells])
-        else:
-            read = files[start:stop]
-            try:
-                rows = object_column([storage.read_bytes(f) for f in read])
-            except UserError:  # a file gone since planning: say so, as for one rewritten
-                if stamps is not None:
-                    check_unchanged(read, stamps)
-                raise
+        try:
+            rows, read = image_rows(_planned_files(source, cache), source.column, start, stop, cache)
+        except UserError:  # a file gone since planning: say so, as for one rewritten
+            if stamps is not None:
+                files = _planned_files(source, cache)
+                check_unchanged(files if files[0].endswith(".parquet") else files[start:stop], stamps)
+            raise
     if stamps is not None:
         check_unchanged(read, stamps)
     return rows
@@ -254,13 +248,34 @@ def read_inputs(source: RowSource, start: int, stop: int, cache: dict | None = N
 
 def input_names(source: RowSource, start: int, stop: int, cache: dict | None = None) -> np.ndarray:
     """Where image input rows [start, stop) come from: each file's URI, or (Parquet) the input row's index."""
-    cache = {} if cache is None else cache
-    stamps = cache.get("stamps")
-    files = cache.get("files") or (list(stamps) if stamps else input_files(source.uri))
-    cache["files"] = files
+    files = _planned_files(source, {} if cache is None else cache)
     if files[0].endswith(".parquet"):
         return object_column([str(i) for i in range(start, stop)])
     return object_column(files[start:stop])
+
+
+def _planned_files(source: RowSource, cache: dict) -> list[str]:
+    """An image source's files in source order: the planned list (cache["stamps"]) if there is one, else a listing.
+
+    Kept in `cache["files"]`, so one actor lists a folder at most once.
+    """
+    if "files" not in cache:
+        stamps = cache.get("stamps")
+        cache["files"] = list(stamps) if stamps else input_files(source.uri)
+    return cache["files"]
+
+
+def image_rows(files: list[str], column: str, start: int, stop: int, cache: dict) -> tuple[np.ndarray, list[str]]:
+    """(the encoded images of input rows [start, stop) as an object array of bytes, the files read).
+
+    `files` are image files (one row each) or Parquet files whose `column` holds image bytes
+    (or HuggingFace's {"bytes", "path"} image structs).
+    """
+    if files[0].endswith(".parquet"):
+        cells, read = _parquet_slice(files, column, start, stop, cache)
+        return object_column([cell["bytes"] if isinstance(cell, dict) else cell for cell in cells]), read
+    read = files[start:stop]
+    return object_column([storage.read_bytes(f) for f in read]), read
 
 
 def check_unchanged(files: list[str], stamps: dict[str, str | None]) -> None:
@@ -287,14 +302,19 @@ def _jsonl_slice(source: RowSource, start: int, stop: int) -> np.ndarray:
     return object_column(out)
 
 
-def _parquet_slice(files: list[str], column: str, start: int, stop: int, cache: dict) -> tuple[list, list[str]]:
+def _parquet_slice(files: list[str], column: str, start: int, stop: int, cache: dict,
+                   setting: str = "--input-column") -> tuple[list, list[str]]:
     """(rows [start, stop) of `column` across `files`, the files read), reading only the row groups that hold them."""
     groups = cache.get("row_groups")
     if groups is None:  # (file, row group, first row) in source order
         groups, first = [], 0
         for f in files:
             fs, path = storage.resolve(f)
-            meta = pq.ParquetFile(path, filesystem=fs).metadata
+            parquet = pq.ParquetFile(path, filesystem=fs)
+            if column not in parquet.schema_arrow.names:
+                raise UserError(f"{f} has no column {column!r} (columns: {', '.join(parquet.schema_arrow.names)}); "
+                                f"set {setting}")
+            meta = parquet.metadata
             for g in range(meta.num_row_groups):
                 groups.append((f, g, first))
                 first += meta.row_group(g).num_rows

@@ -94,8 +94,9 @@ def test_table_is_decoded_by_huggingface_datasets(random_checkpoint, tmp_path):
 
 def test_collapse_warnings_know_how_many_rows_they_rest_on():
     from gen_jobs.families.dcgan.data import digits_arrays
-    from gen_jobs.families.dcgan.quality import DigitsReference, coverage_tail
+    from gen_jobs.families.dcgan.quality import DigitsReference
     from gen_jobs.images import resize_uint8
+    from gen_jobs.significance import coverage_tail
 
     raw, labels = digits_arrays()
     images = resize_uint8(raw, 32)  # real digits, as a perfect generator would draw them
@@ -104,7 +105,7 @@ def test_collapse_warnings_know_how_many_rows_they_rest_on():
     # 10 rows showing 5 classes: a healthy uniform generator does that 15% of the time, so no alarm ...
     few = reference.score(images[five][:10], tstr=False)
     assert few.classes_covered <= 6 and few.warnings() == []
-    assert coverage_tail(10, 5) == pytest.approx(0.146, abs=0.001)
+    assert coverage_tail(10, 5, 10) == pytest.approx(0.146, abs=0.001)
     # ... but 500 rows of 5 classes are collapse, and the warning says what it rests on.
     many = reference.score(images[five][:500], tstr=False)
     assert many.warnings()[0] == f"mode collapse: only {many.classes_covered} of 10 classes appear in 500 rows"

@@ -28,6 +28,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC
 
 from gen_jobs.families.dcgan.data import DIGITS, digits_arrays
+from gen_jobs.significance import few_classes, in_rows, share_below
 from gen_jobs.images import resize_uint8
 
 NUM_CLASSES = 10
@@ -67,29 +68,14 @@ class DigitsQuality(BaseModel):
 # a handful of near-identical images (real digits score 1.0 on diversity).
 MIN_DIVERSITY = 0.35
 MIN_LABEL_AGREEMENT = 0.9
-# A warning must be this unlikely to be chance for the number of rows it rests on: 10 rows of a
-# healthy uniform generator miss 5 of 10 classes 15% of the time, which is no sign of collapse.
-SIGNIFICANCE = 1e-3
 MIN_ROWS_PER_CLASS = 5  # below this, a class's spread (diversity) or absence says little
-
-
-def coverage_tail(rows: int, covered: int, classes: int = NUM_CLASSES) -> float:
-    """P(at most `covered` of `classes` equally likely classes appear among `rows` draws)."""
-    dist = np.zeros(classes + 1)  # dist[j]: P(j distinct classes so far)
-    dist[0] = 1.0
-    j = np.arange(classes + 1)
-    for _ in range(min(rows, 100 * classes)):  # beyond that the tail is below any float's resolution
-        dist = dist * (j / classes) + np.concatenate([[0.0], dist[:-1] * ((classes - j[:-1]) / classes)])
-    return float(dist[: covered + 1].sum())
 
 
 def collapse_warnings(figures: dict) -> list[str]:
     """Warnings only where the figure is significant for the rows it rests on (`num_samples`, when known)."""
-    from scipy.stats import binom
-
     out = []
     n = figures.get("num_samples")
-    rows = f" in {n:,} rows" if n else ""
+    rows = in_rows(n)
     requested = figures.get("requested_classes")
     expected = requested or NUM_CLASSES
     covered = figures.get("classes_covered", expected)
@@ -99,14 +85,14 @@ def collapse_warnings(figures: dict) -> list[str]:
         elif requested:  # every row asked for its class: a missing one matters once each has a few rows
             significant = n / expected >= MIN_ROWS_PER_CLASS
         else:
-            significant = coverage_tail(n, covered) < SIGNIFICANCE
+            significant = few_classes(n, covered, NUM_CLASSES)
         if significant:
             out.append(f"mode collapse: only {covered} of {expected} classes appear{rows}")
     if figures.get("diversity", 1.0) < MIN_DIVERSITY and (n is None or n >= MIN_ROWS_PER_CLASS * expected):
         out.append(f"mode collapse within classes: diversity {figures['diversity']:.3f} of real (< {MIN_DIVERSITY}){rows}")
     agreement = figures.get("label_agreement")
     if agreement is not None and agreement < MIN_LABEL_AGREEMENT:
-        if n is None or binom.cdf(round(agreement * n), n, MIN_LABEL_AGREEMENT) < SIGNIFICANCE:
+        if n is None or share_below(round(agreement * n), n, MIN_LABEL_AGREEMENT):
             out.append(f"samples often miss their label: agreement {agreement:.3f} (< {MIN_LABEL_AGREEMENT}){rows}")
     return out
 

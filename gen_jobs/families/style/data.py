@@ -86,14 +86,14 @@ def content_photos(source: str, image_column: str = "image") -> list[np.ndarray]
         return [bundled_image(name) for name in TRAIN_PHOTOS]
     if is_bundled(source):
         return [bundled_image(source)]
-    from gen_jobs.rows import input_files, plan_images, read_inputs
+    from gen_jobs.rows import image_rows, input_files
 
-    files = input_files(source)
+    files = input_files(source)  # one listing; then each file is read once
     if not files[0].endswith(".parquet") and len(files) == 1 and files[0] == source:
         return [load_image(source)]
-    plan = plan_images(source, image_column, 1)
+    blobs, _ = image_rows(files, image_column, 0, NO_LIMIT, {})
     photos, bad = [], 0
-    for data in read_inputs(plan, 0, plan.inputs):
+    for data in blobs:
         try:
             photos.append(decode_rgb(data, 1024 * 1024, 200_000_000))
         except BadImage:

@@ -12,11 +12,15 @@ Per image (the sampler writes them as columns, so a dataset can be filtered on t
 
 The dataset's figures (manifest `quality`) are their means, the share of rows whose
 palette is nearest their own style, per style, and the count of unusable inputs.
+A figure below its goal (GOALS) is a warning only when it is significant for the
+rows it rests on (`gen_jobs.significance`): 3 images say little about a model.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from gen_jobs.significance import in_rows, mean_below, share_below
 
 GOALS = {"change": 0.04, "edge_correlation": 0.5, "palette_match": 0.8}  # below any of them: a warning
 
@@ -87,15 +91,21 @@ def score_dataset(table, recipe, checkpoint_uri: str) -> dict:
                                 "colour_shift": round(float(columns["colour_shift"][styles == k].mean()), 4)}
         for k in range(len(recipe.styles)) if (styles == k).any()
     }
+    rows = int(ok.sum())
+    below = {  # a figure's warning needs its rows to be significantly below the goal, not a small sample's luck
+        "change": mean_below(columns.get("change", []), GOALS["change"]),
+        "edge_correlation": mean_below(columns.get("edge_correlation", []), GOALS["edge_correlation"]),
+        "palette_match": share_below(int((nearest == styles).sum()), rows, GOALS["palette_match"]),
+    }
     for name, goal in GOALS.items():
-        if name in result and result[name] < goal:
+        if below[name]:
             warnings.append({
-                "change": f"outputs barely differ from their inputs (mean change {result[name]:.3f} < {goal}): "
-                          "train longer or raise loss.style_weight",
-                "edge_correlation": f"outputs lose their inputs' edges (correlation {result[name]:.2f} < {goal}): "
-                                    "raise loss.content_weight",
-                "palette_match": f"only {result[name]:.0%} of outputs take their own style's palette (< {goal:.0%}): "
-                                 "the styles are not told apart; train longer",
+                "change": f"outputs barely differ from their inputs (mean change {result[name]:.3f} < {goal}"
+                          f"{in_rows(rows)}): train longer or raise loss.style_weight",
+                "edge_correlation": f"outputs lose their inputs' edges (correlation {result[name]:.2f} < {goal}"
+                                    f"{in_rows(rows)}): raise loss.content_weight",
+                "palette_match": f"only {result[name]:.0%} of outputs take their own style's palette (< {goal:.0%}"
+                                 f"{in_rows(rows)}): the styles are not told apart; train longer",
             }[name])
     summary = (f"{int(ok.sum())} of {len(status)} stylised; change {result['change']:.3f}, edges kept "
                f"{result['edge_correlation']:.2f}, colour shift toward the style {result['colour_shift']:+.2f}, "
