@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray cluster and one S3 server per test session.
+"""Shared fixtures: one local Ray cluster and one S3 server per test session; the Serve app per module.
 
 Everything listens on 127.0.0.1, on free ports outside Ray's worker-port range
 (10002-19999), and is stopped when the session ends.
@@ -180,6 +180,94 @@ def random_checkpoint(tmp_path) -> str:
     folder = tmp_path / "ckpt"
     GAN(recipe, torch.device("cpu")).save(folder, {"epoch": 0})
     return str(folder)
+
+
+# ---------------------------------------------------------------- the Serve app (test_serve, test_openai_conformance)
+
+SERVE_API_KEY = "test-key-" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="session")
+def gpt_checkpoint(tmp_path_factory) -> str:
+    """An untrained tiny GPT with a tokenizer trained on the bundled text (no Ray)."""
+    import torch
+
+    from gen_jobs.families.gpt.data import load_documents, split_documents
+    from gen_jobs.families.gpt.model import build_model, save, train_tokenizer
+    from gen_jobs.recipes import load_recipe
+    from test_gpt import TINY_GPT_ONE_ROW_BATCHES
+
+    recipe = load_recipe("gpt_pydoc", TINY_GPT_ONE_ROW_BATCHES)
+    train, _ = split_documents(load_documents(recipe.data), recipe.data.held_out)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("serve") / "gpt"
+    save(folder, recipe, build_model(recipe.model), train_tokenizer(train, 300), {"epoch": 0})
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def music_checkpoint(tmp_path_factory) -> str:
+    from test_music import make_music_checkpoint
+
+    return make_music_checkpoint(tmp_path_factory.mktemp("serve") / "music")
+
+
+@pytest.fixture(scope="session")
+def style_checkpoint(tmp_path_factory) -> str:
+    """A style model after 3 in-process training steps."""
+    from gen_jobs.recipes import load_recipe
+    from test_style import TINY_STYLE, train_in_process
+
+    task, _ = train_in_process(load_recipe("style_sample", TINY_STYLE), 3)
+    folder = tmp_path_factory.mktemp("serve") / "style"
+    task.save(folder, {"epoch": 1})
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_checkpoint):
+    """The raygen app on a free loopback port; yields its base URL. Shut down after the module that uses it."""
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import AppConfig
+
+    os.environ["RAYGEN_API_KEY"] = SERVE_API_KEY  # read (and hashed) by build_app
+    # Five replicas of 0.2 CPU leave one of the cluster's two CPUs for the batch jobs some tests run.
+    config = AppConfig(models=[
+        {"name": "digits", "checkpoint": checkpoint, "num_cpus": 0.2},
+        {"name": "pydoc", "checkpoint": gpt_checkpoint, "num_cpus": 0.2},
+        {"name": "chorales", "checkpoint": music_checkpoint, "num_cpus": 0.2},
+        {"name": "styles", "checkpoint": style_checkpoint, "num_cpus": 0.2},
+        {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.2, "max_ongoing_requests": 1,
+         "max_queued_requests": 1, "batching": {"max_batch_size": 1}},
+    ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    try:
+        # Under a route prefix, as behind a shared ingress: every route and guard must still apply.
+        serve.run(build_app(config), name="raygen", route_prefix="/raygen", blocking=False)
+        yield f"http://127.0.0.1:{port}/raygen"
+    finally:
+        serve.shutdown()
+        del os.environ["RAYGEN_API_KEY"]
+
+
+@pytest.fixture()
+def client(server):
+    """The official OpenAI client, pointed at the app."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key=SERVE_API_KEY, max_retries=0)
+
+
+@pytest.fixture()
+def http(server):
+    """httpx against the app, with the API key."""
+    import httpx
+
+    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {SERVE_API_KEY}"}, timeout=60) as c:
+        yield c
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300):

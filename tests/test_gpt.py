@@ -22,6 +22,8 @@ from gen_jobs.families.gpt.data import load_documents, split_documents
 
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.n_positions=64", "model.vocab_size=300",
             "model.dropout=0", "sampling.max_new_tokens=16", "train.epochs=1", "generate.batch_size=4"]
+# Micro-batches of one row, so dataset rows are computed exactly as lone requests are (the Serve tests).
+TINY_GPT_ONE_ROW_BATCHES = [*TINY_GPT, "generate.batch_size=1"]
 PROMPTS = ["The", "def f(x):", "A list is", "Exceptions", "", "The with statement is used to", "x"]
 
 

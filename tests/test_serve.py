@@ -1,7 +1,8 @@
 """Ray Serve end to end: real HTTP against the app running on the session's cluster.
 
-The app serves a trained DCGAN, a small GPT, and the DCGAN again behind a
-deliberately tiny queue (for the overload test), with an API key required.
+The app (conftest's `server`) serves a trained DCGAN, a small GPT, a music
+model, a style model, and the DCGAN again behind a deliberately tiny queue (for
+the overload test), with an API key required.
 Clients are the official `openai` package and plain httpx.
 """
 
@@ -16,89 +17,13 @@ import os
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from conftest import free_port
+from conftest import SERVE_API_KEY
 from gen_jobs.generate import GenerateArgs, generate
 from gen_jobs.manifest import read_manifest, read_shards
-from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
-from gen_jobs.recipes import load_recipe
-from gen_jobs.families.gpt.data import load_documents, split_documents
-from test_gpt import TINY_GPT
 
-API_KEY = "test-key-" + os.urandom(8).hex()
-# Micro-batches of one row, so dataset rows are computed exactly as lone requests are.
-GPT_RECIPE = [*TINY_GPT, "generate.batch_size=1"]
-
-
-@pytest.fixture(scope="module")
-def gpt_checkpoint(tmp_path_factory) -> str:
-    recipe = load_recipe("gpt_pydoc", GPT_RECIPE)
-    train, _ = split_documents(load_documents(recipe.data), recipe.data.held_out)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("serve") / "gpt"
-    save_gpt(folder, recipe, build_model(recipe.model), train_tokenizer(train, 300), {"epoch": 0})
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def music_checkpoint(tmp_path_factory) -> str:
-    from test_music import make_music_checkpoint
-
-    return make_music_checkpoint(tmp_path_factory.mktemp("serve") / "music")
-
-
-@pytest.fixture(scope="module")
-def style_checkpoint(tmp_path_factory) -> str:
-    from test_style import TINY_STYLE, train_in_process
-
-    task, _ = train_in_process(load_recipe("style_sample", TINY_STYLE), 3)
-    folder = tmp_path_factory.mktemp("serve") / "style"
-    task.save(folder, {"epoch": 1})
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_checkpoint):
-    """The raygen app on a free loopback port; yields its base URL. Shut down after the module."""
-    from ray import serve
-
-    from serving.app import build_app
-    from serving.config import AppConfig
-
-    os.environ["RAYGEN_API_KEY"] = API_KEY  # read (and hashed) by build_app
-    # Five replicas of 0.2 CPU leave one of the cluster's two CPUs for the batch jobs some tests run.
-    config = AppConfig(models=[
-        {"name": "digits", "checkpoint": checkpoint, "num_cpus": 0.2},
-        {"name": "pydoc", "checkpoint": gpt_checkpoint, "num_cpus": 0.2},
-        {"name": "chorales", "checkpoint": music_checkpoint, "num_cpus": 0.2},
-        {"name": "styles", "checkpoint": style_checkpoint, "num_cpus": 0.2},
-        {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.2, "max_ongoing_requests": 1,
-         "max_queued_requests": 1, "batching": {"max_batch_size": 1}},
-    ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
-    try:
-        # Under a route prefix, as behind a shared ingress: every route and guard must still apply.
-        serve.run(build_app(config), name="raygen", route_prefix="/raygen", blocking=False)
-        yield f"http://127.0.0.1:{port}/raygen"
-    finally:
-        serve.shutdown()
-        del os.environ["RAYGEN_API_KEY"]
-
-
-@pytest.fixture()
-def client(server):
-    from openai import OpenAI
-
-    return OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
-
-
-@pytest.fixture()
-def http(server):
-    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
-        yield c
+API_KEY = SERVE_API_KEY
 
 
 def png(b64: str) -> np.ndarray:

@@ -131,6 +131,6 @@ def respond(sampler, request: EditRequest, out: dict[str, np.ndarray], model: st
     for image, style in zip(out["image"], out["style"]):
         if size and size != (image.shape[1], image.shape[0]):
             image = resize(image[None], size)[0]
-        data.append({"b64_json": base64.b64encode(encode_png(image[None])[0]).decode(), "revised_prompt": None,
+        data.append({"b64_json": base64.b64encode(encode_png(image[None])[0]).decode(),
                      "style": int(style), "style_name": sampler.recipe.styles[int(style)].name})
     return {"created": int(time.time()), "data": data}

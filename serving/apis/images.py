@@ -109,7 +109,7 @@ def respond(sampler, request: ImageRequest, out: dict[str, np.ndarray], model: s
     size = request.pixels()
     if size and size != (images.shape[2], images.shape[1]):
         images = resize(images, size)
-    data = [{"b64_json": base64.b64encode(png).decode(), "revised_prompt": None, "seed": int(seed), "label": int(label)}
+    data = [{"b64_json": base64.b64encode(png).decode(), "seed": int(seed), "label": int(label)}
             for png, seed, label in zip(encode_png(images), out["seed"], out["label"])]
     return {"created": int(time.time()), "data": data}
 

@@ -4,8 +4,9 @@ Request fields: model, n, seed, max_tokens (new tokens per piece; default the
 recipe's), response_format ("midi" or "wav"), primer (a base64 MIDI or
 MusicXML file whose first `sampling.primer_bars` bars the pieces continue; optional).
 
-Answer: {"created", "data": [{"b64_json": the base64 MIDI or WAV file,
-"format", "seed", "num_notes", "duration_s", "key", "finish_reason"}, ...]}.
+Answer (`MusicAnswer`, published in the app's GET /openapi.json): {"created",
+"data": [{"b64_json": the base64 MIDI or WAV file, "format", "seed", "num_notes",
+"duration_s", "key", "finish_reason"}, ...]}.
 Piece k of a request with seed s uses seed s + k; without a primer and
 max_tokens, its MIDI equals the `raygen generate` dataset row with that seed
 byte for byte (and its WAV the row's `audio` with the recipe's renderer).
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from fastapi import FastAPI
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from serving.apis import MAX_SEED, HttpBody, choice_seed
 from serving.errors import ApiError
@@ -42,8 +43,25 @@ class MusicRequest(HttpBody):
     user: str | None = None  # accepted for compatibility, unused
 
 
+class MusicPiece(BaseModel):
+    b64_json: str = Field(description="the base64 MIDI or WAV file")
+    format: Literal["midi", "wav"]
+    seed: int = Field(description="the seed this piece was sampled with (request seed + index)")
+    num_notes: int = Field(ge=0)
+    duration_s: float = Field(ge=0, description="seconds from the start to the last note's end")
+    key: str | None = Field(description='the estimated key, e.g. "G major"; null for a piece without notes')
+    finish_reason: Literal["stop", "length"]
+
+
+class MusicAnswer(BaseModel):
+    """The answer's published shape: GET /openapi.json lists it, and the route's answers are checked against it."""
+
+    created: int
+    data: list[MusicPiece]
+
+
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
-    @app.post("/v1/music/generations")
+    @app.post("/v1/music/generations", response_model=MusicAnswer)
     async def music_generations(body: MusicRequest):
         limits = gateway.limits
         served = gateway.model(body.model, KIND)

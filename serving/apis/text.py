@@ -185,7 +185,9 @@ def respond(sampler, request: SamplingFields, out: dict[str, np.ndarray], model:
     choices = []
     for k, (text, reason, seed) in enumerate(zip(out["text"], out["finish_reason"], out["seed"])):
         choice = {"index": k, "finish_reason": str(reason), "logprobs": None, "seed": int(seed)}
-        choice.update({"message": {"role": "assistant", "content": str(text)}} if chat else {"text": str(text)})
+        # OpenAI's description requires message.refusal; these models never refuse, so it is null as in the live API.
+        choice.update({"message": {"role": "assistant", "content": str(text), "refusal": None}} if chat
+                      else {"text": str(text)})
         choices.append(choice)
     return {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
