@@ -17,7 +17,11 @@ What the harness does, so that no family writes it again:
     every world-th example of a batch (its slice);
   - step metrics averaged over steps and all-reduced over workers;
   - checkpoint cadence (train.checkpoint_every, and always the last epoch), written by
-    rank 0 and reported with `ray.train.report`; other epochs report metrics only.
+    rank 0 and reported with `ray.train.report`; other epochs report metrics only;
+  - guards (gen_jobs.guard, `train.guard`): a diverged step or, by recipe, a collapsed
+    epoch rolls back to the last good epoch with lower learning rates, or stops the run
+    with the last good state as its final checkpoint. Events go into the epoch's metrics
+    (`guard_events`, `rollbacks`) and the log.
 
 A family supplies a TrainingTask (see the Protocol below): its models and
 optimisers, one training step on a batch of example indices, end-of-epoch
@@ -29,13 +33,13 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 
+from gen_jobs.guard import TRAIN_STATE, Guard
 from gen_jobs.recipes import RecipeBase
-
-TRAIN_STATE = "train_state.pt"
 
 
 class Workers:
@@ -90,6 +94,15 @@ class TrainingTask(Protocol):
         """Figures after an epoch (every worker calls it: it may use collectives)."""
         ...
 
+    def modules(self) -> list[torch.nn.Module]:
+        """The modules being trained: the divergence guard checks their weights stay finite."""
+        ...
+
+    # Optional, for families that can tell a collapse (image families):
+    #   def collapse(self, figures: dict) -> list[str]
+    # the collapse warnings an epoch's `end_epoch` figures show (rank 0's figures; [] elsewhere),
+    # acted on by `train.guard.on_collapse` (gen_jobs.guard).
+
     def save(self, folder: Path, info: dict) -> None:
         """Write a checkpoint (weights, recipe, `info`) that gen_jobs.checkpoint can read."""
         ...
@@ -122,39 +135,89 @@ def train_loop_per_worker(config: dict) -> None:
 
     family = families.get(config["family"])
     recipe = family.load("recipe").model_validate(config["recipe"])
-    t = recipe.train
     ctx = ray.train.get_context()
     workers = Workers(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
 
-    torch.manual_seed(t.seed)  # the same initial weights on every worker
+    torch.manual_seed(recipe.train.seed)  # the same initial weights on every worker
     task = family.load("training")(recipe, config["prepared"], workers)
-    start_epoch = 0
+    start_epoch, rollbacks = 0, 0
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as folder:
             state = torch.load(Path(folder) / TRAIN_STATE, map_location="cpu", weights_only=True)
             task.load(Path(folder), state)
-            start_epoch = int(state["epoch"])
+            start_epoch, rollbacks = int(state["epoch"]), int(state.get("guard_rollbacks", 0))
 
-    steps_per_epoch = max(1, task.num_examples // (t.batch_size * workers.world))
-    for epoch in range(start_epoch, t.epochs):
-        started = time.perf_counter()
-        torch.manual_seed(epoch_seed(t.seed, epoch, workers.rank))
-        order = torch.randperm(task.num_examples, generator=torch.Generator().manual_seed(t.seed + epoch))
-        sums: dict[str, float] = {}
-        for step in range(steps_per_epoch):
-            for key, value in task.train_step(batch_indices(order, step, t.batch_size, workers)).items():
-                sums[key] = sums.get(key, 0.0) + value
-        means = workers.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64))
-        means /= steps_per_epoch * workers.world
-        metrics = {"epoch": epoch + 1, **{k: round(v, 4) for k, v in zip(sums, means.tolist())}}
-        metrics.update(task.end_epoch(epoch + 1))
-        metrics["seconds"] = round(time.perf_counter() - started, 2)
-        last = epoch + 1 == t.epochs
-        if workers.rank == 0 and (last or (epoch + 1) % t.checkpoint_every == 0):
-            with tempfile.TemporaryDirectory(prefix="raygen-ckpt-") as folder:
-                task.save(Path(folder), {"epoch": epoch + 1, "metrics": metrics})
-                torch.save({"epoch": epoch + 1, **task.train_state()}, Path(folder) / TRAIN_STATE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+    def report(metrics: dict, folder: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    run_epochs(task, recipe, workers, start_epoch, report, rollbacks)
+
+
+def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_epoch: int,
+               report: Callable[[dict, Path | None], None], rollbacks: int = 0) -> None:
+    """Epochs start_epoch.. of a task, guarded (gen_jobs.guard); `report(metrics, checkpoint folder or None)`.
+
+    Every worker reports once per epoch (rank 0 with the checkpoint folder on
+    checkpoint epochs). A run the guard stops reports {"stopped": why, ...} last,
+    with the last good state as its checkpoint (epoch 0: the initial weights).
+    """
+    t = recipe.train
+    guard = Guard(task, workers, t.guard, rollbacks)
+    try:
+        guard.keep(start_epoch, {})
+        steps_per_epoch = max(1, task.num_examples // (t.batch_size * workers.world))
+        epoch = start_epoch
+        while epoch < t.epochs:
+            started = time.perf_counter()
+            torch.manual_seed(epoch_seed(t.seed, epoch, workers.rank))
+            order = torch.randperm(task.num_examples, generator=torch.Generator().manual_seed(t.seed + epoch))
+            sums: dict[str, float] = {}
+            problem, collapsed = None, False
+            for step in range(steps_per_epoch):
+                losses = task.train_step(batch_indices(order, step, t.batch_size, workers))
+                problem = guard.check_step(losses)
+                if problem:
+                    problem = f"{problem} at step {step + 1} of epoch {epoch + 1}"
+                    break
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            if problem is None:
+                means = workers.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64))
+                means /= steps_per_epoch * workers.world
+                metrics = {"epoch": epoch + 1, **{k: round(v, 4) for k, v in zip(sums, means.tolist())}}
+                metrics.update(task.end_epoch(epoch + 1))
+                problem = guard.check_collapse(metrics, epoch + 1, t.epochs)
+                collapsed = problem is not None
+                if collapsed:
+                    problem = f"{problem} at epoch {epoch + 1}"
+            if problem is not None:
+                if not (collapsed and t.guard.on_collapse == "stop") and guard.roll_back(problem):
+                    epoch = guard.good_epoch
+                    continue
+                stopped = {"epoch": guard.good_epoch, "stopped": guard.stop_message(problem, collapsed),
+                           "rollbacks": guard.rollbacks, "guard_events": guard.take_events()}
+                # Rank 0 reports the last good state as a checkpoint, so the driver's result holds this report
+                # (Ray Train's result carries the latest checkpoint's metrics) and the state is kept.
+                report(stopped, guard.good if workers.rank == 0 else None)
+                return
+            metrics["rollbacks"] = guard.rollbacks
+            events = guard.take_events()
+            if events:
+                metrics["guard_events"] = events
+            metrics["seconds"] = round(time.perf_counter() - started, 2)
+            last = epoch + 1 == t.epochs
+            if workers.rank == 0 and (last or (epoch + 1) % t.checkpoint_every == 0):
+                with tempfile.TemporaryDirectory(prefix="raygen-ckpt-") as folder:
+                    task.save(Path(folder), {"epoch": epoch + 1, "metrics": metrics})
+                    torch.save({"epoch": epoch + 1, "guard_rollbacks": guard.rollbacks, **task.train_state()},
+                               Path(folder) / TRAIN_STATE)
+                    report(metrics, Path(folder))
+            else:
+                report(metrics, None)
+            epoch += 1
+            if epoch < t.epochs:
+                guard.keep(epoch, metrics)
+    finally:
+        guard.close()

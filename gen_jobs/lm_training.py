@@ -103,6 +103,9 @@ class LanguageModelTask:
             "lr": self.scheduler.get_last_lr()[0],
         }
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     def train_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 

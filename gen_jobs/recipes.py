@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.resources
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +38,18 @@ class GenerateDefaults(StrictModel):
         description="sampler micro-batch; fixed by the recipe so output never depends on worker count",
     )
     seed: int = Field(0, ge=0, description="base seed; row i's seed is derived from (seed, i)")
+
+
+class GuardConfig(StrictModel):
+    """Training guards (`train.guard`, every family): what counts as divergence or collapse, and what then."""
+
+    max_loss: float | None = Field(None, gt=0, description="a step loss above this is divergence; "
+                                                          "null: only non-finite losses or weights are")
+    max_rollbacks: int = Field(3, ge=0, description="rollbacks to the last good epoch before training stops")
+    lr_factor: float = Field(0.5, gt=0, lt=1, description="every learning rate is multiplied by this on a rollback")
+    on_collapse: Literal["warn", "stop", "rollback"] = Field(
+        "warn", description="a significant mode collapse after the first quarter of the epochs (image families): "
+                            "log it, stop training, or roll back with lower learning rates")
 
 
 class RecipeBase(StrictModel):

@@ -64,6 +64,10 @@ class EpochLog(UserCallback):
         if self.reports == 0 and first.get("epoch", 1) > 1:
             print(f"resumed from the run's latest checkpoint at epoch {first['epoch'] - 1}", flush=True)
         self.reports += 1
+        for event in first.get("guard_events", ()):
+            print(f"guard: {event}", flush=True)
+        if "stopped" in first:  # the driver raises with the reason; say where the last good state went
+            return
         line = families.get(self.family).load("describe_epoch")(first, self.epochs)
         print(line + ("  checkpoint saved" if checkpoint else ""), flush=True)
 
@@ -102,6 +106,13 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
         result = trainer.fit()
     except Exception as e:  # Ray wraps the worker's exception; show its message, not Ray's stack
         raise UserError(f"training failed: {_root_cause(e)}") from e
+    stopped = (result.metrics or {}).get("stopped")
+    if stopped:
+        uri = ("s3://" if storage.is_s3(storage_uri) else "") + result.checkpoint.path
+        epoch = result.metrics.get("epoch", 0)
+        kept = (f"the last good checkpoint (epoch {epoch}): {uri}" if epoch else
+                f"no epoch ended well (the run's last checkpoint holds the initial weights: {uri})")
+        raise UserError(f"training stopped: {stopped}; {kept}")
     if result.checkpoint is None:
         raise UserError("training ended without a checkpoint; check the log above")
     return ("s3://" if storage.is_s3(storage_uri) else "") + result.checkpoint.path

@@ -14,9 +14,15 @@ from pydantic import Field, model_validator
 
 from gen_jobs.families.dcgan.data import DIGITS, ImageDataConfig
 from gen_jobs.families.dcgan.model import ModelConfig
-from gen_jobs.recipes import RecipeBase, StrictModel
+from gen_jobs.recipes import GuardConfig, RecipeBase, StrictModel
 
 Augmentation = Literal["translation", "cutout", "color"]
+
+
+class GanGuard(GuardConfig):
+    # A healthy GAN's hinge or non-saturating losses stay in single digits; far above is divergence.
+    max_loss: float | None = Field(100.0, gt=0, description="a step loss above this is divergence; null: only "
+                                                            "non-finite losses or weights are")
 
 
 class TrainConfig(StrictModel):
@@ -36,6 +42,7 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(10, gt=0, description="epochs between checkpoints (the last is always kept)")
     quality_samples: int = Field(500, ge=0, description="EMA samples scored each epoch; 0 disables scoring")
     max_failures: int = Field(2, ge=0, description="worker failures Ray Train recovers from")
+    guard: GanGuard = GanGuard()
 
 
 class Recipe(RecipeBase):

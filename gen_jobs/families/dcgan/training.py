@@ -211,6 +211,16 @@ class TrainingTask:
         return self.reference.training_figures(self.gan.G_ema, self.recipe.model, self.recipe.train.quality_samples,
                                                self.workers.device)
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.gan.G, self.gan.D]
+
+    def collapse(self, figures: dict) -> list[str]:
+        """The mode-collapse warnings of an epoch's figures, significant for the samples scored."""
+        if "classes_covered" not in figures:
+            return []
+        scored = {**figures, "num_samples": self.recipe.train.quality_samples}
+        return [w for w in collapse_warnings(scored) if w.startswith("mode collapse")]
+
     def save(self, folder: Path, info: dict) -> None:
         self.gan.save(folder, info)
 

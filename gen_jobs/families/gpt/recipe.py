@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from gen_jobs.errors import UserError
 from gen_jobs.families.gpt.data import TextDataConfig
-from gen_jobs.recipes import RecipeBase, StrictModel
+from gen_jobs.recipes import GuardConfig, RecipeBase, StrictModel
 
 
 class ModelConfig(StrictModel):
@@ -42,6 +42,7 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, ge=0)
     checkpoint_every: int = Field(5, gt=0)
     max_failures: int = Field(2, ge=0)
+    guard: GuardConfig = GuardConfig()
 
 
 class SamplingConfig(StrictModel):

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gen_jobs.recipes import RecipeBase, StrictModel
+from gen_jobs.recipes import GuardConfig, RecipeBase, StrictModel
 
 
 class Style(StrictModel):
@@ -77,6 +77,7 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, ge=0)
     checkpoint_every: int = Field(2, gt=0)
     max_failures: int = Field(2, ge=0)
+    guard: GuardConfig = GuardConfig()
     held_out: int = Field(8, ge=0, description="held-out photo crops scored after every epoch")
 
 

@@ -123,6 +123,9 @@ class TrainingTask:
     def train_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.net]
+
     def load(self, folder: Path, state: dict) -> None:
         self.net.load_state_dict(checkpoint.load_state(folder, "model"))
         self.optimizer.load_state_dict(state["optimizer"])
