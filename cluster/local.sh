@@ -8,8 +8,9 @@
 #   cluster/local.sh down      # stop exactly the nodes `up` started (other Ray instances are left alone)
 #
 # Settings (environment variables):
-#   RAYGEN_LOCAL_DIR        state and logs (default: /tmp/raygen-local-$USER)
-#   RAYGEN_WORKER_CPUS      CPUs each worker node offers (default: 2)
+#   RAYGEN_LOCAL_DIR        state and logs (default: /tmp/raygen-local-$USER); a new or empty folder, or
+#                           one this script made before: it never removes anything it did not create
+#   RAYGEN_WORKER_CPUS      CPUs each worker node offers (default: this machine's CPUs / N, at least 1)
 #   RAYGEN_OBJECT_STORE_MB  object store per node in MiB (default: Ray's, 30% of memory)
 #   RAY_AUTH_TOKEN          the cluster's token (default: a new random one)
 # Needs `ray` and `python3` on PATH (e.g. `. .venv/bin/activate`).
@@ -18,7 +19,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 STATE="${RAYGEN_LOCAL_DIR:-/tmp/raygen-local-${USER:-$(id -u)}}"
-WORKER_CPUS="${RAYGEN_WORKER_CPUS:-2}"
+MARK=".raygen-local-cluster"  # in every state folder this script made: the only kind it reuses
 
 die() { echo "error: $*" >&2; exit 2; }
 
@@ -58,6 +59,28 @@ node_port_flags() {
          "--dashboard-agent-grpc-port=$4 --metrics-export-port=$5 --runtime-env-agent-port=$6"
 }
 
+# Ray's record of "the current cluster" on this machine (what a bare `ray.init()` joins).
+# `up` keeps what it held and `down` puts it back, so a stopped local cluster is never
+# what the next local Ray program tries to join.
+ray_record() { python3 -c 'from ray._common.utils import get_ray_address_file; print(get_ray_address_file(None))'; }
+
+save_ray_record() {
+    local record; record=$(ray_record)
+    if [[ -f "$record" ]]; then cp "$record" "$STATE/ray_record.before"; else rm -f "$STATE/ray_record.before"; fi
+}
+
+restore_ray_record() {
+    local record; record=$(ray_record)
+    [[ -f "$STATE/addresses" ]] || return 0
+    # shellcheck disable=SC1091
+    local ours; ours=$(source "$STATE/addresses" && echo "$GCS")
+    # Only a record that still names this cluster is ours to undo (another `ray start` may have written since).
+    if [[ -f "$record" && "$(cat "$record")" == "$ours" ]]; then
+        if [[ -f "$STATE/ray_record.before" ]]; then cp "$STATE/ray_record.before" "$record"; else rm -f "$record"; fi
+    fi
+    rm -f "$STATE/ray_record.before"
+}
+
 wait_for_nodes() {  # until the cluster reports $1 alive nodes, or fail with the logs
     local want="$1" dashboard="$2" deadline=$((SECONDS + 120)) have=0
     while (( SECONDS < deadline )); do
@@ -94,15 +117,26 @@ MSG
 up() {
     local workers="${1:-2}"
     [[ "$workers" =~ ^[0-9]+$ ]] && (( workers <= 32 )) || die "N must be a number of worker nodes from 0 to 32, got '$workers'"
+    # The machine's CPUs shared out, so N nodes on a small machine do not promise work it cannot do.
+    local cpus; cpus=$(nproc 2>/dev/null || echo 2)
+    WORKER_CPUS="${RAYGEN_WORKER_CPUS:-$(( workers > 0 && cpus / workers > 1 ? cpus / workers : 1 ))}"
     [[ "$WORKER_CPUS" =~ ^[0-9]+$ ]] || die "RAYGEN_WORKER_CPUS must be a whole number, got '$WORKER_CPUS'"
     command -v ray >/dev/null || die "ray is not on PATH: activate raygen's environment first (. .venv/bin/activate)"
     python3 -c "import ray" 2>/dev/null || die "python3 on PATH cannot import ray: activate raygen's environment first (. .venv/bin/activate)"
     if alive "$STATE/head.pid"; then
         die "a local cluster is already up (state in $STATE); run 'cluster/local.sh down' first"
     fi
-    rm -rf "$STATE"
-    mkdir -p "$STATE/logs"
+    if [[ -e "$STATE" && ! -f "$STATE/$MARK" ]] && [[ ! -d "$STATE" || -n "$(ls -A "$STATE")" ]]; then
+        die "RAYGEN_LOCAL_DIR $STATE already holds files this script did not make; give a new or empty folder"
+    fi
+    mkdir -p "$STATE"
+    touch "$STATE/$MARK"
     chmod 700 "$STATE"
+    # What an earlier run left (logs, a failed start's files): only the names this script writes.
+    rm -rf "$STATE/logs"
+    rm -f "$STATE"/head.pid "$STATE"/worker-*.pid "$STATE/addresses" "$STATE/env" "$STATE/auth_token"
+    mkdir -p "$STATE/logs"
+    save_ray_record
     # A failed start leaves nothing running: stop whatever came up (the logs stay).
     trap 'echo "stopping the nodes that did start" >&2; down >&2' EXIT
 
@@ -146,12 +180,14 @@ export RAY_ADDRESS=http://127.0.0.1:$dashboard RAY_AUTH_MODE=token RAY_AUTH_TOKE
 VARS
     wait_for_nodes 1 "http://127.0.0.1:$dashboard"
 
+    # One worker node at a time, each registered before the next starts: started together on a
+    # small machine, they starve each other and Ray gives up on them ("timed out during startup").
     for i in $(seq 1 "$workers"); do
         read -r p1 p2 p3 p4 p5 p6 <<< "$(free_ports 6)"
         start_detached "$STATE/logs/worker-$i.log" python3 "$HERE/local_worker.py" --address="127.0.0.1:$gcs" \
             --num-cpus="$WORKER_CPUS" --ports "$p1" "$p2" "$p3" "$p4" "$p5" "$p6" "${store[@]}" > "$STATE/worker-$i.pid"
+        wait_for_nodes $(( i + 1 )) "http://127.0.0.1:$dashboard"
     done
-    wait_for_nodes $(( workers + 1 )) "http://127.0.0.1:$dashboard"
     trap - EXIT
     print_addresses
 }
@@ -178,6 +214,7 @@ down() {
         while kill -0 -- "-$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
         rm -f "$f"
     done
+    restore_ray_record
     rm -f "$STATE/env" "$STATE/addresses" "$STATE/auth_token"
     echo "local cluster stopped (logs kept in $STATE/logs/)"
 }

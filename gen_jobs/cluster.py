@@ -1,7 +1,10 @@
 """Joining Ray: the same command runs on a laptop and on a cluster.
 
 `connect()` joins the cluster named by RAY_ADDRESS (as `ray job submit` sets it)
-or starts a local one on this machine.
+or, without it, starts a local Ray of its own on this machine: never whatever
+cluster Ray's record of the machine's "current cluster" names, which outlives
+the cluster it names (a stopped `ray start --head` leaves it behind, and a bare
+`ray.init()` would then retry that dead address until killed).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ def connect() -> None:
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
+    address = os.environ.get("RAY_ADDRESS") or "local"
     try:
         ray.init(address=address, logging_level="WARNING", configure_logging=True)
     except Exception as e:  # Ray's own words for a cluster that wants a token are buried in a chain; say what to do

@@ -61,6 +61,16 @@ def test_local_sh_rejects_bad_arguments(args, says, tmp_path):
     assert not (tmp_path / "state").exists(), "nothing started"
 
 
+def test_local_sh_never_takes_over_a_folder_it_did_not_make(tmp_path):
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    result = local_sh("up", "1", state=mine)
+    assert result.returncode == 2
+    assert f"RAYGEN_LOCAL_DIR {mine} already holds files this script did not make" in result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "a user's file"
+
+
 def test_local_sh_up_that_fails_leaves_nothing_running(tmp_path):
     state = tmp_path / "state"
     result = local_sh("up", "1", state=state, RAYGEN_OBJECT_STORE_MB="1")  # below Ray's minimum: the head refuses to start
@@ -81,21 +91,33 @@ def alive(pid: int) -> bool:
         return False
 
 
+def ray_record() -> str | None:
+    """What Ray's record of this machine's current cluster says (a bare `ray.init()` joins it), or None."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    return path.read_text() if path.exists() else None
+
+
 @pytest.mark.slow
-def test_local_sh_up_one_worker_takes_a_ray_job_submit_then_down_stops_it(random_checkpoint, tmp_path):
+def test_local_sh_up_two_workers_takes_a_ray_job_submit_then_down_leaves_no_trace(random_checkpoint, tmp_path):
     state = tmp_path / "state"
+    record_before = ray_record()
     # The checkpoint inside a training-run folder: the job names the run, as RayJobs do.
     run = tmp_path / "run"
     run.mkdir()
     Path(random_checkpoint).rename(run / "checkpoint_000000")
     out = tmp_path / "digits"
 
-    up = local_sh("up", "1", state=state)
+    # The README's example on this 2-core machine, with its default CPUs per node (the machine's, shared out).
+    up = local_sh("up", "2", state=state, RAYGEN_WORKER_CPUS="")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         where = addresses(state)
         assert f"dashboard, jobs   {where['DASHBOARD']}" in up.stdout and where["DASHBOARD"].startswith("http://127.0.0.1:")
-        assert "1 worker node(s)" in up.stdout
+        cpus = max(1, (os.cpu_count() or 2) // 2)
+        assert f"2 worker node(s) of {cpus} CPUs" in up.stdout
+        assert ray_record() == where["GCS"], "ray start --head names itself the machine's current cluster"
         assert local_sh("up", "1", state=state).returncode == 2, "a second `up` refuses to start another cluster"
 
         env = {**os.environ, "RAY_AUTH_TOKEN": (state / "auth_token").read_text(), "RAY_AUTH_MODE": "token"}
@@ -103,7 +125,7 @@ def test_local_sh_up_one_worker_takes_a_ray_job_submit_then_down_stops_it(random
         nodes = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", where["DASHBOARD"], "--format", "json"],
                                capture_output=True, text=True, env=env, timeout=120)
         listed = json.loads(nodes.stdout)
-        assert sorted(n["is_head_node"] for n in listed if n["state"] == "ALIVE") == [False, True]
+        assert sorted(n["is_head_node"] for n in listed if n["state"] == "ALIVE") == [False, False, True]
         assert {n["node_ip"] for n in listed} == {"127.0.0.1"}, "every node on loopback"
 
         job = subprocess.run(
@@ -123,3 +145,13 @@ def test_local_sh_up_one_worker_takes_a_ray_job_submit_then_down_stops_it(random
     assert "local cluster stopped" in down.stdout
     assert pids and not any(alive(pid) for pid in pids), "every process of every node is gone"
     assert local_sh("status", state=state).returncode == 1
+    assert ray_record() == record_before, "down puts Ray's record of the current cluster back as up found it"
+    assert (state / ".raygen-local-cluster").exists() and (state / "logs").is_dir()
+
+    # Without RAY_ADDRESS, raygen starts a Ray of its own: it does not try to join the stopped cluster.
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    local = subprocess.run([str(BIN / "raygen"), "generate", "--checkpoint", str(run), "--out", str(tmp_path / "local"),
+                            "--num-samples", "50", "--workers", "1"], cwd=REPO, capture_output=True, text=True,
+                           env=env, timeout=180)
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert problems(str(tmp_path / "local"))[0] == []
