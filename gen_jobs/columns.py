@@ -52,6 +52,21 @@ def with_features(table: pa.Table, media: dict[str, str] | None = None) -> pa.Ta
     return table.replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features}}).encode()})
 
 
+def append_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """`table` with `columns` put last (replacing same-named ones), its `huggingface` features to match."""
+    metadata = table.schema.metadata or {}
+    table = table.drop_columns([name for name in columns if name in table.column_names])
+    for name, values in columns.items():
+        table = table.append_column(name, values)
+    if b"huggingface" in metadata:
+        info = json.loads(metadata[b"huggingface"])
+        features = {name: feature for name, feature in info["info"]["features"].items() if name not in columns}
+        features.update({f.name: _feature(f, {}) for f in table.schema if f.name in columns})
+        info["info"]["features"] = features
+        metadata = {**metadata, b"huggingface": json.dumps(info).encode()}
+    return table.replace_schema_metadata(metadata)
+
+
 def object_column(values: list) -> np.ndarray:
     """A 1-D object array of arbitrary Python values (np.array would turn equal-length lists into 2-D)."""
     column = np.empty(len(values), dtype=object)

@@ -13,6 +13,8 @@ in the model itself, measured by bench/text_sampler.py).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -30,6 +32,11 @@ class Decoding:
     stop: list[str]  # strings that end this row (text families)
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # None while running, then "stop" or "length"
+    logprob: float = 0.0  # the model's own log-probability (temperature 1, no filtering) of `tokens`
+
+    def perplexity(self) -> float:
+        """exp(-mean log-probability) of the new tokens under the model itself; NaN without tokens."""
+        return math.exp(-self.logprob / len(self.tokens)) if self.tokens else math.nan
 
     def snapshot(self) -> "Decoding":
         """A copy that later decoding steps do not change."""
@@ -96,6 +103,7 @@ def decode_steps(model, prompt_ids: list[list[int]], seeds: np.ndarray, settings
         uniforms = seeding.uniform32(row_seeds, stream, step)  # B, on the device
         next_ids = pick_tokens(logits, uniforms, temperature, top_k, top_p)  # B
         picked = next_ids.tolist()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(1, next_ids.unsqueeze(1)).squeeze(1).tolist()  # B
         for i, row in enumerate(rows):
             if row.finish_reason is not None:
                 continue
@@ -103,6 +111,7 @@ def decode_steps(model, prompt_ids: list[list[int]], seeds: np.ndarray, settings
                 row.finish_reason = "stop"
                 continue
             row.tokens.append(picked[i])
+            row.logprob += logprobs[i]
             if stopped(row):
                 row.finish_reason = "stop"
             elif step + 1 >= max_new[i]:

@@ -57,6 +57,7 @@ from gen_jobs.manifest import (
     shard_name,
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
+from gen_jobs.gate import check_columns, counts, gated, parse_filter
 from gen_jobs.rows import RowSource, input_names, plan_images, plan_prompts, read_inputs
 from gen_jobs.row_seed import row_seeds
 
@@ -83,6 +84,14 @@ class GenerateArgs(StrictModel):
     soundfont: str | None = None
     resume: bool = False
     overwrite: bool = False
+    filter: str | None = None
+    max_attempts: int | None = Field(None, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _attempts_need_a_filter(self) -> "GenerateArgs":
+        if self.max_attempts is not None and self.filter is None:
+            raise ValueError("--max-attempts sets how often a row may retry --filter: give --filter too")
+        return self
 
     @model_validator(mode="after")
     def _rows_from_one_source(self) -> "GenerateArgs":
@@ -143,6 +152,11 @@ def parser() -> ArgumentParser:
     p.add_argument("--audio", action="store_true", help="music: add an `audio` column (WAV) rendered from each piece")
     p.add_argument("--sample-rate", type=int, help="music audio: samples per second, 8000-96000 (default: the recipe's, 22050)")
     p.add_argument("--soundfont", help="music audio: a General MIDI .sf2 (default: an installed one, else a NumPy synthesiser)")
+    p.add_argument("--filter", metavar="EXPR",
+                   help="quality gate on the rows' per-row figures, e.g. 'confidence>=0.8' or 'in_key>=0.9, num_notes>=16': "
+                        "a failing row retries with its next candidate (gen_jobs/gate.py)")
+    p.add_argument("--max-attempts", type=int, help="candidates a row may try under --filter (default 4); "
+                                                     "rows that never pass are kept with status 'rejected'")
     p.add_argument("--resume", action="store_true", help="complete an interrupted or damaged dataset")
     p.add_argument("--overwrite", action="store_true", help="replace whatever dataset is at --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -277,13 +291,22 @@ def shard_table(sampler, to_table, identity: DatasetIdentity, k: int, micro_batc
         names = input_names(identity.source, first, last, input_cache)
     # Micro-batches start at multiples of `micro_batch` from the shard's first row,
     # whatever the worker count, so batch composition never changes the bytes.
+    def sample(batch: dict[str, np.ndarray]) -> pa.Table:
+        return to_table(sampler(batch), sampler.recipe)
+
     parts = []
     for i in range(0, len(ids), micro_batch):
         part = ids[i: i + micro_batch]
         offset = part[0] // per - ids[0] // per
         part_inputs = None if inputs is None else inputs[offset:]
         part_names = None if names is None else names[offset:]
-        parts.append(to_table(sampler(requests(identity, part, part_inputs, part_names)), sampler.recipe))
+        batch = requests(identity, part, part_inputs, part_names)
+        rows = sample(batch)
+        if identity.gate is not None:
+            if not parts:  # the filter's columns, checked against the first rows (a UserError stops the job)
+                check_columns(identity.gate, rows.schema, identity.family)
+            rows = gated(sample, batch, identity.gate, rows)
+        parts.append(rows)
     return pa.concat_tables(parts)
 
 
@@ -341,6 +364,7 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
         rows_per_shard=args.rows_per_shard or recipe.generate.rows_per_shard,
         labels=labels,
         source=source,
+        gate=parse_filter(args.filter, args.max_attempts or 4) if args.filter else None,
         device_kind="cuda" if args.gpu else "cpu",
         torch_version=torch.__version__,
     )
@@ -434,6 +458,17 @@ def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> dic
     return family.load("score_dataset")(table, recipe, identity.checkpoint)
 
 
+def gate_counts(out: str, entries: list[ShardEntry]) -> dict[str, int]:
+    """Rows requested, accepted at the first try, accepted later and rejected (two columns of every shard)."""
+    attempts, status = [], []
+    for entry in entries:
+        fs, path = storage.resolve(storage.join(out, entry.file))
+        table = pq.read_table(path, filesystem=fs, columns=["attempts", "status"])
+        attempts.append(table.column("attempts").to_numpy())
+        status.append(np.asarray(table.column("status").to_pylist(), dtype=object))
+    return counts(np.concatenate(attempts), np.concatenate(status))
+
+
 def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry], lease: Lease | None = None) -> Manifest:
     """Score the dataset, then record it: the manifest goes last, then the pending marker goes.
 
@@ -442,7 +477,8 @@ def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry
     fs, path = storage.resolve(storage.join(out, entries[0].file))
     schema = pq.read_schema(path, filesystem=fs)
     manifest = Manifest(
-        **identity.model_dump(), shards=entries, schema_=schema_description(schema), quality=score(out, identity, entries)
+        **identity.model_dump(), shards=entries, schema_=schema_description(schema), quality=score(out, identity, entries),
+        gate_counts=gate_counts(out, entries) if identity.gate else None,
     )
     if lease is not None:
         lease.assert_held()
@@ -516,6 +552,10 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
     log(f"wrote {written_rows:,} rows in {len(todo)} shards to {args.out} in {seconds:.1f} s")
+    if result.gate_counts:
+        c = result.gate_counts
+        log(f"filter {identity.gate.describe()}: {c['accepted_first_try']:,} of {c['requested']:,} rows passed at the "
+            f"first try, {c['accepted_later']:,} later, {c['rejected']:,} rejected (status 'rejected')")
     if result.quality:
         log(f"quality: {result.quality['summary']}")
         for warning in result.quality.get("warnings", []):

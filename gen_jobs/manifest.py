@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from gen_jobs import __version__, storage
 from gen_jobs.errors import UserError
+from gen_jobs.gate import QualityGate
 from gen_jobs.rows import RowSource
 from gen_jobs.row_seed import NOISE_VERSION
 
@@ -58,6 +59,7 @@ class DatasetIdentity(BaseModel):
     rows_per_shard: int
     labels: list[int] | None = None
     source: RowSource = RowSource()
+    gate: QualityGate | None = None  # raygen generate --filter / --max-attempts
     noise_version: str = NOISE_VERSION
     device_kind: Literal["cpu", "cuda"] = "cpu"
     torch_version: str
@@ -69,6 +71,9 @@ class DatasetIdentity(BaseModel):
             if getattr(self, f) != getattr(other, f):
                 out.append(f)
         out += self.source.differences(other.source)
+        if self.gate != other.gate:
+            made = other.gate.describe() if other.gate else "none"
+            out.append(f"filter (made with {made}, now {self.gate.describe() if self.gate else 'none'})")
         if self.noise_version != other.noise_version:
             out.append(f"noise version (made with {other.noise_version}, now {self.noise_version})")
         if self.device_kind != other.device_kind:
@@ -81,6 +86,8 @@ class DatasetIdentity(BaseModel):
         """sha256 of what makes the bytes (locations left out: moving a checkpoint or input changes nothing)."""
         data = self.model_dump(mode="json", exclude={"checkpoint"})
         data["source"].pop("uri", None)
+        if data["gate"] is None:  # datasets without a filter keep the digests they always had
+            del data["gate"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def shard_tag(self, k: int) -> dict[bytes, bytes]:
@@ -112,6 +119,7 @@ class Manifest(DatasetIdentity):
     shards: list[ShardEntry]
     schema_: dict
     quality: dict | None = None
+    gate_counts: dict | None = None  # with --filter: requested, accepted_first_try, accepted_later, rejected
     raygen_version: str = __version__
 
     model_config = {"populate_by_name": True}

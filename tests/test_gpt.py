@@ -105,7 +105,8 @@ def test_unconditional_and_prompted_shards(gpt_checkpoint, tmp_path):
 
     write_manifest(str(out), identity, write_in_process(identity, str(out), micro_batch))
     table = pq.read_table(out)
-    assert table.column_names == ["id", "seed", "prompt", "text", "num_prompt_tokens", "num_tokens", "finish_reason"]
+    assert table.column_names == ["id", "seed", "prompt", "text", "num_prompt_tokens", "num_tokens", "perplexity",
+                                  "finish_reason"]
     assert table.column("prompt").to_pylist() == ["The", "The", "def f(x):", "def f(x):", "A list is", "A list is"]
     assert (np.array(table.column("num_prompt_tokens").to_pylist()) > 0).all()
 

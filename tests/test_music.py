@@ -116,7 +116,8 @@ def test_a_music_dataset_with_audio_is_the_same_with_one_or_two_workers_and_data
         name = f"part-{k:05d}.parquet"
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
     table = pq.read_table(outs[0])
-    assert table.column_names == ["id", "seed", "midi", "num_notes", "duration_s", "key", "tokens", "finish_reason", "audio"]
+    assert table.column_names == ["id", "seed", "midi", "num_notes", "duration_s", "key", "in_key", "tokens", "finish_reason",
+                                  "audio"]
     ds = datasets.load_dataset("parquet", data_files=str(outs[0] / "*.parquet"), split="train")
     assert isinstance(ds.features["audio"], datasets.Audio) and ds.features["midi"].dtype == "binary"
     row = ds.cast_column("audio", datasets.Audio(decode=False))[0]  # decoding needs torchcodec and FFmpeg

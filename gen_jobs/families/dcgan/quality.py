@@ -12,12 +12,18 @@
     real_accuracy     the same classifier trained on the real training split
     tstr_ratio        tstr_accuracy / real_accuracy (1.0 = as useful as real data)
 
+Per row (the sampler's `confidence` column, digits models): the reference
+classifier's probability of the row's label (conditional) or of its top class,
+what `raygen generate --filter "confidence>=0.8"` gates on.
+
 Images are compared at the digits' native 8x8 resolution: samples are area-averaged
 down to 8x8, and the real digits go through the same upsample-then-downsample path
 as training data, so the classifier sees both sides alike.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -178,6 +184,20 @@ class DigitsReference:
         images, drawn = sample_images(G, seeds, labels, device)
         q = self.score(images, drawn if cfg.conditional else None, tstr=False)
         return q.model_dump(exclude_none=True, exclude={"num_samples", "requested_classes"})
+
+
+@functools.lru_cache(maxsize=4)
+def reference(size: int) -> DigitsReference:
+    """This process's reference classifier for `size` x `size` samples (fitted once, ~1 s)."""
+    return DigitsReference(size)
+
+
+def digits_confidence(images: np.ndarray, labels: np.ndarray | None, size: int) -> np.ndarray:
+    """Per row (float64 B): the reference classifier's probability of the row's label (conditional
+    models), else of its most likely class; rounded to 4 places, so that it is the same in every process."""
+    probs = reference(size).model.predict_proba(digit_features(images))  # B x 10
+    chosen = probs[np.arange(len(probs)), labels] if labels is not None else probs.max(axis=1)
+    return np.round(chosen, 4)
 
 
 def scorable(recipe) -> bool:

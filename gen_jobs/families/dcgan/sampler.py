@@ -45,7 +45,8 @@ class Sampler:
 
     __call__ maps a batch {"seed": int64 B, optional "label": int64 B (-1 = draw
     from the seed), other columns passed through} to the same batch plus
-    "label" (int64 B) and "image" (uint8 B x S x S x C).
+    "label" (int64 B), "image" (uint8 B x S x S x C) and, for digits models,
+    "confidence" (float64 B, gen_jobs.families.dcgan.quality.digits_confidence).
     """
 
     def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
@@ -60,13 +61,21 @@ class Sampler:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = batch.get("label")
         images, drawn = sample_images(self.G, np.asarray(batch["seed"]), None if labels is None else np.asarray(labels), self.device)
-        return {**batch, "label": drawn, "image": images}
+        out = {**batch, "label": drawn, "image": images}
+        from gen_jobs.families.dcgan.quality import digits_confidence, scorable  # (scikit-learn: only when sampling)
+
+        if scorable(self.recipe):  # digits: how sure the reference classifier is of each sample
+            cfg = self.recipe.model
+            out["confidence"] = digits_confidence(images, drawn if cfg.conditional else None, cfg.image_size)
+        return out
 
 
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
-    """Sampler output -> Arrow table: id, seed, [label], image{bytes (PNG), path}."""
+    """Sampler output -> Arrow table: id, seed, [label], [confidence (digits)], image{bytes (PNG), path}."""
     columns = row_columns(batch)
     if recipe.model.conditional:
         columns["label"] = pa.array(batch["label"], pa.int64())
+    if "confidence" in batch:
+        columns["confidence"] = pa.array(batch["confidence"], pa.float64())
     columns["image"] = media_column(encode_png(batch["image"]), [f"{i}.png" for i in batch["id"]])
     return with_features(pa.table(columns))

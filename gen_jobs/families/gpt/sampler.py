@@ -33,7 +33,8 @@ class Sampler:
 
     __call__ maps a batch {"seed": int64 B, optional "prompt": str-or-None B, other
     columns passed through} to the same batch plus "prompt", "text",
-    "num_prompt_tokens", "num_tokens" and "finish_reason" ("stop" or "length").
+    "num_prompt_tokens", "num_tokens", "perplexity" (of the new tokens under the model) and
+    "finish_reason" ("stop" or "length").
     A batch may carry per-row sampling settings in the columns ROW_SETTINGS
     (Serve does: each request brings its own); absent columns take the recipe's.
     `stream` yields the same rows step by step, for streaming responses.
@@ -154,6 +155,7 @@ class Sampler:
             "text": np.array(texts, dtype=object),
             "num_prompt_tokens": np.array([row.prompt_tokens for row in rows], dtype=np.int64),
             "num_tokens": np.array([len(row.tokens) for row in rows], dtype=np.int64),
+            "perplexity": np.array([row.perplexity() for row in rows], dtype=np.float64),
             "finish_reason": np.array(reasons, dtype=object),
         }
 
@@ -167,12 +169,14 @@ class Sampler:
 
 
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
-    """Sampler output -> Arrow table: id, seed, prompt, text, num_prompt_tokens, num_tokens, finish_reason."""
+    """Sampler output -> Arrow table: id, seed, prompt, text, num_prompt_tokens, num_tokens, perplexity, finish_reason."""
     return with_features(pa.table({
         **row_columns(batch),
         "prompt": pa.array(list(batch["prompt"]), pa.string()),
         "text": pa.array(list(batch["text"]), pa.string()),
         "num_prompt_tokens": pa.array(batch["num_prompt_tokens"], pa.int64()),
         "num_tokens": pa.array(batch["num_tokens"], pa.int64()),
+        # the model's perplexity on its own sample (null without new tokens): low is fluent, very low repetitive
+        "perplexity": pa.array(np.round(batch["perplexity"], 4), pa.float64(), from_pandas=True),
         "finish_reason": pa.array(list(batch["finish_reason"]), pa.string()),
     }))

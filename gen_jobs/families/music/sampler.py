@@ -24,7 +24,7 @@ from gen_jobs import checkpoint, seeding
 from gen_jobs.columns import media_column, row_columns, with_features
 from gen_jobs.decoding import Decoding, decode_steps
 from gen_jobs.errors import UserError
-from gen_jobs.families.music.analysis import Notes, estimate_key, key_name
+from gen_jobs.families.music.analysis import Notes, estimate_key, in_key_share, key_name
 from gen_jobs.families.music.audio import find_soundfont, render_wav
 from gen_jobs.families.music.data import CORPUS_PREFIX, corpus_piece, parse_primer
 from gen_jobs.families.music.model import TOKENIZER_FILE, decode, encode, special_ids, tokenizer_from_json
@@ -116,7 +116,7 @@ class Sampler:
     def output(self, batch: dict[str, np.ndarray], rows: list[Decoding], prompts: list[list[int]]) -> dict[str, np.ndarray]:
         """The output columns of a decoded batch (`prompts`: each row's BOS and primer tokens)."""
         want_audio = batch.get("want_audio")
-        midi, notes_count, seconds, keys, tokens, audio = [], [], [], [], [], []
+        midi, notes_count, seconds, keys, in_key, tokens, audio = [], [], [], [], [], [], []
         for i, row in enumerate(rows):
             ids = prompts[i][1:] + row.tokens  # the primer's tokens and the continuation
             score = decode(self.tokenizer, ids)
@@ -125,7 +125,9 @@ class Sampler:
             midi.append(data)
             notes_count.append(len(notes))
             seconds.append(round(notes.end(), 3))
-            keys.append(key_name(estimate_key(notes.pitch_classes())) if len(notes) else None)
+            key = estimate_key(notes.pitch_classes())
+            keys.append(key_name(key) if len(notes) else None)
+            in_key.append(in_key_share(notes, key) if len(notes) else float("nan"))
             tokens.append(np.asarray(ids, dtype=np.int32))
             wanted = self.recipe.audio.enabled or (want_audio is not None and bool(want_audio[i]))
             audio.append(render_wav(data, notes, self.recipe.audio.sample_rate, self.soundfont) if wanted else None)
@@ -135,6 +137,7 @@ class Sampler:
             "num_notes": np.array(notes_count, dtype=np.int64),
             "duration_s": np.array(seconds, dtype=np.float64),
             "key": _objects(keys),
+            "in_key": np.array(in_key, dtype=np.float64),
             "tokens": _objects(tokens),
             "finish_reason": _objects([row.finish_reason or "length" for row in rows]),
         }
@@ -150,13 +153,15 @@ def _objects(values: list) -> np.ndarray:
 
 
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
-    """Sampler output -> Arrow: id, seed, midi, num_notes, duration_s, key, tokens, finish_reason[, audio]."""
+    """Sampler output -> Arrow: id, seed, midi, num_notes, duration_s, key, in_key, tokens, finish_reason[, audio]."""
     columns = {
         **row_columns(batch),
         "midi": pa.array(list(batch["midi"]), pa.binary()),
         "num_notes": pa.array(batch["num_notes"], pa.int64()),
         "duration_s": pa.array(batch["duration_s"], pa.float64()),
         "key": pa.array(list(batch["key"]), pa.string()),
+        # (null for a piece without notes: no key, nothing in it)
+        "in_key": pa.array(batch["in_key"], pa.float64(), from_pandas=True),
         "tokens": pa.array([t.tolist() for t in batch["tokens"]], pa.list_(pa.int32())),
         "finish_reason": pa.array(list(batch["finish_reason"]), pa.string()),
     }
