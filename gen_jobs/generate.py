@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
@@ -57,6 +58,7 @@ from gen_jobs.manifest import (
     shard_name,
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
+from gen_jobs.duplicates import duplicate_figures, duplicate_warnings
 from gen_jobs.gate import check_columns, counts, gated, parse_filter
 from gen_jobs.rows import RowSource, input_names, plan_images, plan_prompts, read_inputs
 from gen_jobs.row_seed import row_seeds
@@ -449,13 +451,32 @@ SCORED_ROWS = 10_000
 
 
 def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> dict | None:
-    """The family's quality figures on the first ~10,000 rows of the dataset."""
+    """The family's quality figures on the first ~10,000 rows of the dataset, with their duplicates."""
     from gen_jobs import families
 
     family = families.get(identity.family)
     recipe = family.load("recipe").model_validate(identity.recipe)
     table = read_shards(out, entries, max_rows=SCORED_ROWS)
-    return family.load("score_dataset")(table, recipe, identity.checkpoint)
+    quality = family.load("score_dataset")(table, recipe, identity.checkpoint)
+    duplicates = duplicate_figures(table)
+    if duplicates is None and "copy" not in table.column_names:
+        return quality
+    quality = dict(quality or {"summary": f"{len(table):,} rows"})
+    warnings = list(quality.get("warnings", []))
+    if duplicates is not None:
+        quality["duplicates"] = duplicates
+        warnings += duplicate_warnings(duplicates)
+        quality["summary"] += f", duplicates {duplicates['exact_share']:.1%} (near {duplicates['near_share']:.1%})"
+    if "copy" in table.column_names:  # memorisation: rows the family flags as copies of its training data
+        known = pc.drop_null(table.column("copy")).to_numpy(zero_copy_only=False).astype(bool)  # (null: not known)
+        quality["training_copies"] = {"rows": int(len(known)), "flagged": int(known.sum()),
+                                      "share": round(float(known.mean()), 4) if len(known) else 0.0}
+        quality["summary"] += f", training copies {quality['training_copies']['share']:.1%}"
+        if len(known) and known.mean() > 0.01:
+            warnings.append(f"{int(known.sum()):,} of {len(known):,} rows are flagged as copies of the training data "
+                            "(column copy): the model memorises; train on more data or stop earlier")
+    quality["warnings"] = warnings
+    return quality
 
 
 def gate_counts(out: str, entries: list[ShardEntry]) -> dict[str, int]:

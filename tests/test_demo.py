@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from gen_jobs.demo import DemoArgs, run_family
-from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents
 from gen_jobs.verify import problems
 
 
@@ -37,12 +36,10 @@ def test_gpt_demo_writes_mostly_real_words(ray_cluster, tmp_path):
     quality = result["quality"]
     assert quality["held_out_perplexity"] < 100, quality["summary"]
     assert quality["memorised_8gram_share"] < 0.5, quality["summary"]
-    vocabulary = {w.strip(".,:;()\"'*`") for doc in load_documents(TextDataConfig(source=PYDOC)) for w in doc.split()}
-    from gen_jobs.demo import read_table
-
-    words = [w.strip(".,:;()\"'*`") for t in read_table(result["dataset"], ["text"]).column("text").to_pylist() for w in t.split()]
-    words = [w for w in words if w.isalpha()]
-    assert sum(w in vocabulary for w in words) / len(words) > 0.7
+    # The issue's goals: >= 90% of the words are words of the corpus, with the corpus's variety.
+    assert quality["corpus_word_share"] >= 0.9, quality["summary"]
+    assert 0.7 <= quality["distinct_2_ratio"] <= 1.3, quality["summary"]
+    assert quality["warnings"] == [], quality["warnings"]
 
 
 @pytest.mark.slow

@@ -82,7 +82,7 @@ def test_the_gate_keeps_the_dataset_contract(ray_cluster, random_checkpoint, tmp
     c = manifest.gate_counts
     assert c["requested"] == 240 and c["accepted_first_try"] + c["accepted_later"] + c["rejected"] == 240
     assert min(c["accepted_first_try"], c["accepted_later"], c["rejected"]) > 0, c
-    assert any(line.startswith("filter confidence>=") and f"of 240 rows passed at the first try" in line
+    assert any(line.startswith("filter confidence>=") and "of 240 rows passed at the first try" in line
                and f"{c['rejected']} rejected" in line for line in lines), lines
     assert problems(str(tmp_path / "two"))[0] == []
     table = pq.read_table(tmp_path / "two")

@@ -18,7 +18,7 @@ from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tok
 from gen_jobs.families.gpt.sampler import ROW_SETTINGS, Sampler
 from gen_jobs.recipes import load_recipe
 from gen_jobs.seeding import row_seeds
-from gen_jobs.families.gpt.data import load_documents, split_documents
+from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents, split_documents
 
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.n_positions=64", "model.vocab_size=300",
             "model.dropout=0", "sampling.max_new_tokens=16", "train.epochs=1", "generate.batch_size=4"]
@@ -106,7 +106,7 @@ def test_unconditional_and_prompted_shards(gpt_checkpoint, tmp_path):
     write_manifest(str(out), identity, write_in_process(identity, str(out), micro_batch))
     table = pq.read_table(out)
     assert table.column_names == ["id", "seed", "prompt", "text", "num_prompt_tokens", "num_tokens", "perplexity",
-                                  "finish_reason"]
+                                  "copied_words", "copy", "finish_reason"]
     assert table.column("prompt").to_pylist() == ["The", "The", "def f(x):", "def f(x):", "A list is", "A list is"]
     assert (np.array(table.column("num_prompt_tokens").to_pylist()) > 0).all()
 
@@ -260,3 +260,22 @@ def test_a_job_whose_prompts_change_after_planning_fails_in_one_line_and_writes_
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) >= 2
+
+
+def test_text_figures_tell_real_text_from_invented_words_and_loops():
+    import random
+
+    from gen_jobs.families.gpt.quality import corpus_pieces, score_texts
+
+    corpus = load_documents(TextDataConfig(source=PYDOC))
+    held_out = [" ".join(piece) for piece in corpus_pieces(corpus[::-1], 60, 40)]  # real text, cut like samples
+    rng = random.Random(0)
+    invented = [" ".join("".join(rng.choice("etaoinshrdlu") for _ in range(rng.randint(2, 8))) for _ in range(40))
+                for _ in range(60)]
+    loops = ["the object is the object is " * 5] * 60
+    real, bad, looping = (score_texts(texts, corpus) for texts in (held_out, invented, loops))
+    assert real.corpus_word_share > 0.99 and bad.corpus_word_share < 0.5
+    assert 0.7 <= real.distinct_2_ratio <= 1.3 and looping.distinct_2_ratio < 0.1
+    assert real.warnings() == []
+    assert bad.warnings()[0].startswith(f"only {bad.corpus_word_share:.1%} of the words are words of the training corpus")
+    assert any("the samples repeat themselves" in w for w in looping.warnings())

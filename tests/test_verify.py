@@ -42,7 +42,8 @@ def test_manifest_records_every_shard(dataset, random_checkpoint):
     raw = json.loads((dataset / "_manifest.json").read_text())
     assert raw["checkpoint"] == random_checkpoint and len(raw["checkpoint_sha256"]) == 64
     assert raw["seed"] == 0 and raw["num_rows"] == 50 and raw["rows_per_shard"] == 20
-    assert [f["name"] for f in raw["schema"]["fields"]] == ["id", "seed", "label", "confidence", "image"]
+    assert [f["name"] for f in raw["schema"]["fields"]] == ["id", "seed", "label", "confidence", "train_distance",
+                                                        "train_distance_pixels", "copy", "image"]
     assert raw["recipe"]["family"] == "dcgan" and raw["raygen_version"]
     assert not (dataset / "_pending.json").exists()
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from gen_jobs import seeding
 from gen_jobs.recipes import StrictModel
 
 
@@ -116,3 +118,20 @@ def _append_minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
 def _groups(channels: int) -> int:
     return math.gcd(8, channels)
 
+
+def sample_images(G: nn.Module, seeds: np.ndarray, labels: np.ndarray | None, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Images for rows with the given seeds; labels < 0 (or None) are drawn from the seed.
+
+    Returns (uint8 B x S x S x C, int64 labels B).
+    """
+    cfg: ModelConfig = G.cfg
+    s = seeding.seed_tensor(seeds, device)  # B
+    y = seeding.integers(s, seeding.LABEL, cfg.num_classes)  # B
+    if labels is not None:
+        given = torch.as_tensor(np.ascontiguousarray(labels, dtype=np.int64), device=device)
+        y = torch.where(given >= 0, given, y)
+    z = seeding.normals(s, seeding.LATENT, cfg.latent_dim)  # B x latent
+    with torch.inference_mode():
+        x = G(z, y if cfg.conditional else None)  # B x C x S x S
+    images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return images.cpu().numpy(), y.cpu().numpy()

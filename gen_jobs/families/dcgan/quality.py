@@ -12,9 +12,12 @@
     real_accuracy     the same classifier trained on the real training split
     tstr_ratio        tstr_accuracy / real_accuracy (1.0 = as useful as real data)
 
-Per row (the sampler's `confidence` column, digits models): the reference
+Per row (the sampler's columns, digits models): `confidence`, the reference
 classifier's probability of the row's label (conditional) or of its top class,
-what `raygen generate --filter "confidence>=0.8"` gates on.
+what `raygen generate --filter "confidence>=0.8"` gates on; `train_distance` and
+`train_distance_pixels`, the RMS distance (0-1) to the nearest training digit
+over the 8x8 features and over the pixels; `copy`, train_distance below the
+recipe's quality.copy_distance (memorisation).
 
 Images are compared at the digits' native 8x8 resolution: samples are area-averaged
 down to 8x8, and the real digits go through the same upsample-then-downsample path
@@ -177,7 +180,7 @@ class DigitsReference:
 
     def training_figures(self, G: torch.nn.Module, cfg, num_samples: int, device: torch.device) -> dict:
         """Figures for the training log: G's samples for fixed seeds, labels cycling 0..9."""
-        from gen_jobs.families.dcgan.sampler import sample_images
+        from gen_jobs.families.dcgan.model import sample_images
 
         seeds = np.arange(num_samples, dtype=np.int64)
         labels = (seeds % NUM_CLASSES) if cfg.conditional else None
@@ -198,6 +201,29 @@ def digits_confidence(images: np.ndarray, labels: np.ndarray | None, size: int) 
     probs = reference(size).model.predict_proba(digit_features(images))  # B x 10
     chosen = probs[np.arange(len(probs)), labels] if labels is not None else probs.max(axis=1)
     return np.round(chosen, 4)
+
+
+@functools.lru_cache(maxsize=4)
+def _training_digits(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every real digit as the model was trained on it: (8x8 features N x 64, pixels N x S*S), both in [0, 1]."""
+    raw, _ = digits_arrays()
+    images = resize_uint8(raw, size)
+    return digit_features(images).astype(np.float64) / 16.0, images.reshape(len(images), -1).astype(np.float64) / 255.0
+
+
+def _nearest_rms(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """RMS distance of each row of x (B x D) to its nearest row of train (N x D)."""
+    squared = (x * x).sum(1)[:, None] + (train * train).sum(1)[None, :] - 2.0 * x @ train.T  # B x N
+    return np.sqrt(np.clip(squared.min(axis=1), 0.0, None) / x.shape[1])
+
+
+def train_distances(images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample (uint8 B x S x S x C): RMS distance to the nearest training digit in the 8x8 feature
+    space and in pixel space, both in [0, 1] and rounded to 4 places (the same in every process)."""
+    features, pixels = _training_digits(size)
+    grey = images.astype(np.float64).mean(axis=-1) / 255.0  # B x S x S
+    return (np.round(_nearest_rms(digit_features(images).astype(np.float64) / 16.0, features), 4),
+            np.round(_nearest_rms(grey.reshape(len(grey), -1), pixels), 4))
 
 
 def scorable(recipe) -> bool:

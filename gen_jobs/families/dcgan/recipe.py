@@ -45,11 +45,19 @@ class TrainConfig(StrictModel):
     guard: GanGuard = GanGuard()
 
 
+class QualityConfig(StrictModel):
+    copy_distance: float = Field(
+        0.04, ge=0, le=1,
+        description="digits: a sample closer than this to a training digit (RMS over the 8x8 features, 0-1) is "
+                    "flagged as a copy; the closest two of the 1,797 real digits are 0.041 apart")
+
+
 class Recipe(RecipeBase):
     family: Literal["dcgan"] = "dcgan"
     model: ModelConfig = ModelConfig()
     data: ImageDataConfig = ImageDataConfig()
     train: TrainConfig
+    quality: QualityConfig = QualityConfig()
 
     @model_validator(mode="after")
     def _digits_fit(self) -> "Recipe":

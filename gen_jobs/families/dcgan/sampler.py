@@ -13,31 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
-from torch import nn
 
-from gen_jobs import checkpoint, seeding
-from gen_jobs.families.dcgan.model import Generator, ModelConfig
+from gen_jobs import checkpoint
+from gen_jobs.families.dcgan.model import Generator, sample_images
 from gen_jobs.families.dcgan.recipe import Recipe
 from gen_jobs.columns import media_column, row_columns, with_features
 from gen_jobs.images import encode_png
-
-
-def sample_images(G: nn.Module, seeds: np.ndarray, labels: np.ndarray | None, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Images for rows with the given seeds; labels < 0 (or None) are drawn from the seed.
-
-    Returns (uint8 B x S x S x C, int64 labels B).
-    """
-    cfg: ModelConfig = G.cfg
-    s = seeding.seed_tensor(seeds, device)  # B
-    y = seeding.integers(s, seeding.LABEL, cfg.num_classes)  # B
-    if labels is not None:
-        given = torch.as_tensor(np.ascontiguousarray(labels, dtype=np.int64), device=device)
-        y = torch.where(given >= 0, given, y)
-    z = seeding.normals(s, seeding.LATENT, cfg.latent_dim)  # B x latent
-    with torch.inference_mode():
-        x = G(z, y if cfg.conditional else None)  # B x C x S x S
-    images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-    return images.cpu().numpy(), y.cpu().numpy()
 
 
 class Sampler:
@@ -45,8 +26,8 @@ class Sampler:
 
     __call__ maps a batch {"seed": int64 B, optional "label": int64 B (-1 = draw
     from the seed), other columns passed through} to the same batch plus
-    "label" (int64 B), "image" (uint8 B x S x S x C) and, for digits models,
-    "confidence" (float64 B, gen_jobs.families.dcgan.quality.digits_confidence).
+    "label" (int64 B) and "image" (uint8 B x S x S x C). A dataset row's figures are added
+    by `to_table` (Serve does not need them).
     """
 
     def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
@@ -61,21 +42,30 @@ class Sampler:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = batch.get("label")
         images, drawn = sample_images(self.G, np.asarray(batch["seed"]), None if labels is None else np.asarray(labels), self.device)
-        out = {**batch, "label": drawn, "image": images}
-        from gen_jobs.families.dcgan.quality import digits_confidence, scorable  # (scikit-learn: only when sampling)
+        return {**batch, "label": drawn, "image": images}
 
-        if scorable(self.recipe):  # digits: how sure the reference classifier is of each sample
-            cfg = self.recipe.model
-            out["confidence"] = digits_confidence(images, drawn if cfg.conditional else None, cfg.image_size)
-        return out
+
+def row_figures(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
+    """A dataset row's figures (digits models; {} otherwise): how sure the reference classifier is of the
+    sample, how near it is to a training digit, whether that is a copy (see gen_jobs.families.dcgan.quality)."""
+    from gen_jobs.families.dcgan.quality import digits_confidence, scorable, train_distances  # (scikit-learn)
+
+    if not scorable(recipe):
+        return {}
+    cfg, images = recipe.model, batch["image"]
+    features, pixels = train_distances(images, cfg.image_size)
+    return {"confidence": digits_confidence(images, batch["label"] if cfg.conditional else None, cfg.image_size),
+            "train_distance": features, "train_distance_pixels": pixels,
+            "copy": features < recipe.quality.copy_distance}
 
 
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
-    """Sampler output -> Arrow table: id, seed, [label], [confidence (digits)], image{bytes (PNG), path}."""
+    """Sampler output -> Arrow table: id, seed, [label], [digits: confidence, train_distance, train_distance_pixels,
+    copy], image{bytes (PNG), path}."""
     columns = row_columns(batch)
     if recipe.model.conditional:
         columns["label"] = pa.array(batch["label"], pa.int64())
-    if "confidence" in batch:
-        columns["confidence"] = pa.array(batch["confidence"], pa.float64())
+    for name, values in row_figures(batch, recipe).items():
+        columns[name] = pa.array(values, pa.bool_() if name == "copy" else pa.float64())
     columns["image"] = media_column(encode_png(batch["image"]), [f"{i}.png" for i in batch["id"]])
     return with_features(pa.table(columns))

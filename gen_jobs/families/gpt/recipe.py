@@ -56,12 +56,18 @@ class SamplingConfig(StrictModel):
     )
 
 
+class QualityConfig(StrictModel):
+    copy_words: int = Field(32, ge=8, description="a sample with a run of this many words found verbatim in the "
+                                                    "training corpus is flagged as a copy (column `copy`)")
+
+
 class Recipe(RecipeBase):
     family: Literal["gpt"] = "gpt"
     model: ModelConfig = ModelConfig()
     data: TextDataConfig = TextDataConfig()
     train: TrainConfig
     sampling: SamplingConfig = SamplingConfig()
+    quality: QualityConfig = QualityConfig()
 
     @model_validator(mode="after")
     def _room_to_generate(self) -> "Recipe":

@@ -168,8 +168,19 @@ class Sampler:
         return bool(row.stop) and any(stop in self.decode(row.tokens[-8:]) for stop in row.stop)
 
 
+def copied_columns(texts: list[str], recipe: Recipe) -> dict[str, pa.Array]:
+    """copied_words and copy (gen_jobs.families.gpt.quality.CorpusSpans); null when the corpus is unknown here."""
+    from gen_jobs.families.gpt.quality import corpus_spans
+
+    spans = corpus_spans(recipe.data.model_dump_json())
+    copied = [spans.longest_copied(t) if spans else None for t in texts]
+    return {"copied_words": pa.array(copied, pa.int64()),
+            "copy": pa.array([None if c is None else c >= recipe.quality.copy_words for c in copied], pa.bool_())}
+
+
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
-    """Sampler output -> Arrow table: id, seed, prompt, text, num_prompt_tokens, num_tokens, perplexity, finish_reason."""
+    """Sampler output -> Arrow table: id, seed, prompt, text, num_prompt_tokens, num_tokens, perplexity,
+    copied_words, copy, finish_reason."""
     return with_features(pa.table({
         **row_columns(batch),
         "prompt": pa.array(list(batch["prompt"]), pa.string()),
@@ -178,5 +189,6 @@ def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
         "num_tokens": pa.array(batch["num_tokens"], pa.int64()),
         # the model's perplexity on its own sample (null without new tokens): low is fluent, very low repetitive
         "perplexity": pa.array(np.round(batch["perplexity"], 4), pa.float64(), from_pandas=True),
+        **copied_columns(list(batch["text"]), recipe),
         "finish_reason": pa.array(list(batch["finish_reason"]), pa.string()),
     }))
