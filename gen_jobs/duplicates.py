@@ -150,11 +150,11 @@ def _near_sets(values: list, kind: str) -> list[tuple[int, int]]:
         for band in range(_BANDS):
             buckets[(band, sig[band * rows: (band + 1) * rows].tobytes())].append(i)
     first_match: dict[int, int] = {}
-    for members in buckets.values():
-        for j in members[1:]:
-            for i in members:
-                if i >= j or first_match.get(j, j) <= i:
-                    continue
+    for members in buckets.values():  # (rows in ascending order)
+        for position, j in enumerate(members):
+            for i in members[:position]:
+                if i >= first_match.get(j, j):  # another band found an earlier match already
+                    break
                 if (signatures[i] == signatures[j]).mean() >= NEAR_JACCARD:
                     first_match[j] = i
                     break

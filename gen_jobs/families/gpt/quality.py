@@ -139,7 +139,7 @@ def score_texts(texts: list[str], corpus: list[str] | None = None, perplexity: f
             repetition.append(1 - len(set(grams)) / len(grams))
     figures: dict = {}
     if corpus is not None:
-        known = {g for doc in corpus for g in _ngrams(doc.split(), 8)}
+        known = CorpusSpans(corpus).known
         generated = [g for words in samples for g in _ngrams(words, 8)]
         figures["memorised_8gram_share"] = round(sum(g in known for g in generated) / len(generated), 4) if generated else 0.0
         vocabulary = {w for doc in corpus for w in WORD.findall(doc)}
