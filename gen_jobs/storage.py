@@ -172,14 +172,33 @@ def delete_file(uri: str) -> None:
 
 
 def describe_failure(error: BaseException) -> str | None:
-    """One line for an S3 error that the retries did not carry through; None for any other error."""
+    """One line for an S3 error that the retries did not carry through; None for any other error.
+
+    The S3 error may be `error` itself, one of its causes, or only the text of a Ray worker's
+    traceback: Ray Data wraps a UDF's exception in a UserCodeException that keeps the
+    original's traceback as text but not the exception (botocore's errors do not travel).
+    """
     try:
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:  # boto3 is a dependency; without it no S3 call was made with it
         BotoCoreError = ClientError = ()  # noqa: N806
-    if isinstance(error, (BotoCoreError, ClientError)) or (isinstance(error, OSError) and "AWS Error" in str(error)):
-        return f"S3 failed after {_S3_RETRY_ATTEMPTS} attempts: {str(error).strip().splitlines()[0][:300]}"
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error).strip()
+        if isinstance(error, (BotoCoreError, ClientError)) or (isinstance(error, OSError) and "AWS Error" in text):
+            return _s3_failure_line(text.splitlines()[0])
+        # The last matching line of a worker's traceback is the innermost raise.
+        worker_lines = [line for line in text.splitlines()
+                        if line.lstrip().startswith("botocore.exceptions.") or "AWS Error" in line]
+        if worker_lines:
+            return _s3_failure_line(worker_lines[-1].strip().removeprefix("botocore.exceptions."))
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
     return None
+
+
+def _s3_failure_line(detail: str) -> str:
+    return f"S3 failed after {_S3_RETRY_ATTEMPTS} attempts: {detail[:300]}"
 
 
 def is_link(uri: str) -> bool:

@@ -46,3 +46,33 @@ def test_s3_round_trip(s3_server, tmp_path):
     assert pq.read_table(path, filesystem=fs).column("x").to_pylist() == [1, 2]
     storage.remove_tree(base)
     assert storage.list_files(base) == []
+
+
+def test_an_s3_outage_inside_a_ray_data_worker_is_one_clear_line(ray_cluster, capsys):
+    """Ray Data keeps a UDF's botocore error only as traceback text; the command still says what failed, once."""
+    from gen_jobs.cli_args import run_main
+
+    from conftest import free_port
+
+    ray, _ = ray_cluster
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there, as in an S3 outage
+
+    def put_a_shard(batch):  # defined here so that Ray ships it by value (workers cannot import test modules)
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client("s3", endpoint_url=closed, region_name="us-east-1", aws_access_key_id="x",
+                              aws_secret_access_key="x", config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+        client.put_object(Bucket="raygen", Key="part-00001.parquet", Body=b"rows")
+        return batch
+
+    code = run_main(lambda: ray.data.range(1).map_batches(put_a_shard).materialize())
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: S3 failed after" in err and "Could not connect to the endpoint URL" in err, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+
+
+def test_errors_that_are_not_s3_are_not_described_as_s3():
+    assert storage.describe_failure(ValueError("bad value")) is None
+    assert storage.describe_failure(OSError("disk full")) is None
