@@ -1,7 +1,8 @@
 """Checkpoints: a folder (local path or s3:// URI) that rebuilds a model on its own.
 
     recipe.json          the resolved recipe (family, sizes, data, defaults)
-    raygen.json          family, raygen version, epoch, training figures
+    raygen.json          family, raygen version, epoch, training figures (the last epoch's, and
+                         `history`: every epoch's up to this one)
     model.safetensors    the weights sampling uses (the EMA generator for GANs)
     *.safetensors        other weights training needs to resume
     train_state.pt       optimiser state; loaded with torch.load(weights_only=True)
@@ -96,6 +97,15 @@ def training_metrics(uri: str) -> dict:
     if not storage.exists(info_uri):
         return {}
     return json.loads(storage.read_bytes(info_uri)).get("metrics", {})
+
+
+def training_history(uri: str) -> list[dict]:
+    """Every epoch's figures up to this checkpoint, oldest first ([] for bring-your-own models and
+    checkpoints written before raygen kept them)."""
+    info_uri = storage.join(uri, INFO_FILE)
+    if not storage.exists(info_uri):
+        return []
+    return json.loads(storage.read_bytes(info_uri)).get("history", [])
 
 
 def weights_sha256(uri: str) -> str:

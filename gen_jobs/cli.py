@@ -1,6 +1,6 @@
 """The `raygen` console script: one sub-command per job module.
 
-    raygen demo | train | generate | verify | serve  [--help]
+    raygen demo | train | generate | verify | quality | serve  [--help]
 
 Each sub-command is a plain module with `main(argv)`, also runnable as
 `python -m gen_jobs.<job>` (what `ray job submit` runs); `serve` is `python -m serving.run`.
@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("gen_jobs.train", "train a model family on Ray Train"),
     "generate": ("gen_jobs.generate", "generate a sharded Parquet dataset with Ray Data"),
     "verify": ("gen_jobs.verify", "check a dataset against its manifest"),
+    "quality": ("gen_jobs.quality_report", "a dataset's quality figures and its dataset card (README.md)"),
     "serve": ("serving.run", "serve models over an OpenAI-compatible HTTP API (Ray Serve)"),
 }
 

@@ -20,7 +20,6 @@ into a new folder of its own, OUT/demo-<YYYYmmdd-HHMMSS>/, and deletes nothing
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 
@@ -53,17 +52,6 @@ def read_table(out: str, columns: list[str]):
     from gen_jobs.manifest import read_manifest, read_shards
 
     return read_shards(out, read_manifest(out).shards, columns)
-
-
-def sample_grid(images: np.ndarray, labels: np.ndarray, per_label: int = 10) -> np.ndarray:
-    """uint8 (10*H) x (per_label*W): row k holds the first `per_label` images labelled k."""
-    rows = []
-    for k in range(10):
-        picked = images[labels == k][:per_label]
-        if len(picked) < per_label:
-            raise UserError(f"the dataset has fewer than {per_label} images of label {k} for the grid")
-        rows.append(np.concatenate(list(picked[..., 0]), axis=1))
-    return np.concatenate(rows, axis=0)
 
 
 def new_demo_folder(out: str) -> str:
@@ -129,16 +117,14 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
 
 
 def write_grid(dataset: str, uri: str) -> str:
-    from PIL import Image
-
-    from gen_jobs.images import decode_png
+    from gen_jobs.images import decode_png, labelled_grid, png_bytes
 
     table = read_table(dataset, ["label", "image"])
     images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])
-    labels = np.asarray(table.column("label").to_pylist())
-    buf = io.BytesIO()
-    Image.fromarray(sample_grid(images, labels)).save(buf, format="PNG")
-    storage.write_bytes_atomic(uri, buf.getvalue())
+    grid = labelled_grid(images, np.asarray(table.column("label").to_pylist()))
+    if grid is None:
+        raise UserError("the dataset has fewer than 10 images of some label for the grid")
+    storage.write_bytes_atomic(uri, png_bytes(grid))
     return uri
 
 

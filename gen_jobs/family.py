@@ -12,6 +12,8 @@ loaded on first use, the family's parts:
                     as `rows_from` says) to output columns. Ray Data and Ray Serve both use it.
     to_table        sampler output -> the dataset's Arrow table (schema + HuggingFace features)
     score_dataset   the quality figures recorded in the manifest (or None)
+    figures         (optional) {figure name: what it means, in a sentence}: the dataset card's table
+    preview         (optional) `preview(dataset URI, manifest) -> Preview`: the dataset card's samples
     describe_epoch  the training log's line for one epoch's metrics
 
 and, as plain values:
@@ -48,6 +50,15 @@ class DemoDefaults:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """What a dataset card shows of the rows: a picture (PNG bytes), text excerpts, or both."""
+
+    picture: bytes | None = None
+    caption: str = ""
+    excerpts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     recipe: str
@@ -61,6 +72,8 @@ class Family:
     serve_api: str | None = None
     demo: DemoDefaults | None = None
     foreign_checkpoint: str | None = None
+    figures: str | None = None  # "module:DICT"
+    preview: str | None = None  # "module:function"
 
     def load(self, part: str) -> Any:
         """The object a `module:attribute` field names, imported on first use."""

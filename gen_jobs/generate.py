@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from gen_jobs import checkpoint, output_folder, storage
+from gen_jobs.card import write_card
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.lease import Lease
@@ -52,16 +52,15 @@ from gen_jobs.manifest import (
     DatasetIdentity,
     Manifest,
     ShardEntry,
-    read_shards,
     schema_description,
     sha256,
     shard_name,
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
-from gen_jobs.duplicates import duplicate_figures, duplicate_warnings
 from gen_jobs.gate import check_columns, counts, gated, parse_filter
 from gen_jobs.rows import RowSource, input_names, plan_images, plan_prompts, read_inputs
 from gen_jobs.row_seed import row_seeds
+from gen_jobs.scoring import score
 
 
 class GenerateArgs(StrictModel):
@@ -88,6 +87,27 @@ class GenerateArgs(StrictModel):
     overwrite: bool = False
     filter: str | None = None
     max_attempts: int | None = Field(None, ge=1, le=1000)
+    card: bool = True  # --no-card: no README.md / quality.json / pictures at the end (gen_jobs.card)
+
+    def shaping_arguments(self) -> list[str]:
+        """The `raygen generate` arguments that shape the rows, as a command line's words (the card's provenance).
+
+        Left out: --out (where the bytes go, not what they are) and the flags that change no byte
+        (--workers, --gpu, --resume, --overwrite, --no-card), so equal datasets record equal arguments.
+        """
+        words = []
+        for name, value in self.model_dump(exclude_defaults=True).items():
+            if name in ("out", "workers", "gpu", "resume", "overwrite", "card"):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                words.append(flag)
+            elif isinstance(value, list):
+                for item in value:
+                    words += [flag, str(item)]
+            else:
+                words += [flag, str(value)]
+        return words
 
     @model_validator(mode="after")
     def _attempts_need_a_filter(self) -> "GenerateArgs":
@@ -163,6 +183,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace whatever dataset is at --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override the checkpoint's recipe, e.g. sampling.temperature=0.7")
+    p.add_argument("--no-card", dest="card", action="store_false",
+                   help="do not write the dataset card (README.md, quality.json, pictures) at the end")
     return p
 
 
@@ -447,38 +469,6 @@ def _entry_from_file(identity: DatasetIdentity, k: int, data: bytes) -> ShardEnt
     return ShardEntry(file=shard_name(k), first_id=expected.start, rows=len(expected), sha256=sha256(data))
 
 
-SCORED_ROWS = 10_000
-
-
-def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry]) -> dict | None:
-    """The family's quality figures on the first ~10,000 rows of the dataset, with their duplicates."""
-    from gen_jobs import families
-
-    family = families.get(identity.family)
-    recipe = family.load("recipe").model_validate(identity.recipe)
-    table = read_shards(out, entries, max_rows=SCORED_ROWS)
-    quality = family.load("score_dataset")(table, recipe, identity.checkpoint)
-    duplicates = duplicate_figures(table)
-    if duplicates is None and "copy" not in table.column_names:
-        return quality
-    quality = dict(quality or {"summary": f"{len(table):,} rows"})
-    warnings = list(quality.get("warnings", []))
-    if duplicates is not None:
-        quality["duplicates"] = duplicates
-        warnings += duplicate_warnings(duplicates)
-        quality["summary"] += f", duplicates {duplicates['exact_share']:.1%} (near {duplicates['near_share']:.1%})"
-    if "copy" in table.column_names:  # memorisation: rows the family flags as copies of its training data
-        known = pc.drop_null(table.column("copy")).to_numpy(zero_copy_only=False).astype(bool)  # (null: not known)
-        quality["training_copies"] = {"rows": int(len(known)), "flagged": int(known.sum()),
-                                      "share": round(float(known.mean()), 4) if len(known) else 0.0}
-        quality["summary"] += f", training copies {quality['training_copies']['share']:.1%}"
-        if len(known) and known.mean() > 0.01:
-            warnings.append(f"{int(known.sum()):,} of {len(known):,} rows are flagged as copies of the training data "
-                            "(column copy): the model memorises; train on more data or stop earlier")
-    quality["warnings"] = warnings
-    return quality
-
-
 def gate_counts(out: str, entries: list[ShardEntry]) -> dict[str, int]:
     """Rows requested, accepted at the first try, accepted later and rejected (two columns of every shard)."""
     attempts, status = [], []
@@ -490,7 +480,8 @@ def gate_counts(out: str, entries: list[ShardEntry]) -> dict[str, int]:
     return counts(np.concatenate(attempts), np.concatenate(status))
 
 
-def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry], lease: Lease | None = None) -> Manifest:
+def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry], lease: Lease | None = None,
+                   command: list[str] | None = None) -> Manifest:
     """Score the dataset, then record it: the manifest goes last, then the pending marker goes.
 
     Under a lease, the lease is checked first: a run that lost it writes no manifest.
@@ -499,7 +490,7 @@ def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry
     schema = pq.read_schema(path, filesystem=fs)
     manifest = Manifest(
         **identity.model_dump(), shards=entries, schema_=schema_description(schema), quality=score(out, identity, entries),
-        gate_counts=gate_counts(out, entries) if identity.gate else None,
+        gate_counts=gate_counts(out, entries) if identity.gate else None, command=command,
     )
     if lease is not None:
         lease.assert_held()
@@ -525,6 +516,8 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     todo, good = shards_to_write(identity, manifest, found.shards)
     if not todo and manifest is not None:
         log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
+        if args.card and not found.card:  # a run that stopped between its manifest and its card
+            write_card(args.out, manifest, manifest.quality, log)
         return manifest
     storage.write_bytes_atomic(storage.join(args.out, PENDING), identity.model_dump_json(indent=2).encode())
     if good:
@@ -569,7 +562,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
         if refused:
             raise UserError(refused)
 
-    result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease)
+    result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease, args.shaping_arguments())
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
     log(f"wrote {written_rows:,} rows in {len(todo)} shards to {args.out} in {seconds:.1f} s")
@@ -581,6 +574,9 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
         log(f"quality: {result.quality['summary']}")
         for warning in result.quality.get("warnings", []):
             log(f"warning: {warning}")
+    if args.card:
+        lease.assert_held()
+        write_card(args.out, result, result.quality, log)
     return result
 
 

@@ -30,6 +30,7 @@ figures, and how to save and load its state.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 import torch
 
+from gen_jobs.checkpoint import INFO_FILE
 from gen_jobs.guard import TRAIN_STATE, Guard
 from gen_jobs.recipes import RecipeBase
 
@@ -140,29 +142,35 @@ def train_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every worker
     task = family.load("training")(recipe, config["prepared"], workers)
-    start_epoch, rollbacks = 0, 0
+    start_epoch, rollbacks, history = 0, 0, []
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as folder:
             state = torch.load(Path(folder) / TRAIN_STATE, map_location="cpu", weights_only=True)
             task.load(Path(folder), state)
             start_epoch, rollbacks = int(state["epoch"]), int(state.get("guard_rollbacks", 0))
+            history = json.loads((Path(folder) / INFO_FILE).read_text()).get("history", [])
 
     def report(metrics: dict, folder: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    run_epochs(task, recipe, workers, start_epoch, report, rollbacks)
+    run_epochs(task, recipe, workers, start_epoch, report, rollbacks, history)
 
 
 def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_epoch: int,
-               report: Callable[[dict, Path | None], None], rollbacks: int = 0) -> None:
+               report: Callable[[dict, Path | None], None], rollbacks: int = 0,
+               history: list[dict] | None = None) -> None:
     """Epochs start_epoch.. of a task, guarded (gen_jobs.guard); `report(metrics, checkpoint folder or None)`.
 
     Every worker reports once per epoch (rank 0 with the checkpoint folder on
     checkpoint epochs). A run the guard stops reports {"stopped": why, ...} last,
     with the last good state as its checkpoint (epoch 0: the initial weights).
+    Each checkpoint's raygen.json keeps `history`, every epoch's metrics up to it
+    (those of a resumed run's earlier epochs included; epochs a rollback undid left out):
+    the training curves of the dataset card.
     """
+    history = list(history or [])
     t = recipe.train
     guard = Guard(task, workers, t.guard, rollbacks)
     try:
@@ -195,6 +203,7 @@ def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_e
             if problem is not None:
                 if not (collapsed and t.guard.on_collapse == "stop") and guard.roll_back(problem):
                     epoch = guard.good_epoch
+                    history = [m for m in history if m["epoch"] <= epoch]
                     continue
                 stopped = {"epoch": guard.good_epoch, "stopped": guard.stop_message(problem, collapsed),
                            "rollbacks": guard.rollbacks, "guard_events": guard.take_events()}
@@ -207,10 +216,11 @@ def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_e
             if events:
                 metrics["guard_events"] = events
             metrics["seconds"] = round(time.perf_counter() - started, 2)
+            history.append(metrics)
             last = epoch + 1 == t.epochs
             if workers.rank == 0 and (last or (epoch + 1) % t.checkpoint_every == 0):
                 with tempfile.TemporaryDirectory(prefix="raygen-ckpt-") as folder:
-                    task.save(Path(folder), {"epoch": epoch + 1, "metrics": metrics})
+                    task.save(Path(folder), {"epoch": epoch + 1, "metrics": metrics, "history": history})
                     torch.save({"epoch": epoch + 1, "guard_rollbacks": guard.rollbacks, **task.train_state()},
                                Path(folder) / TRAIN_STATE)
                     report(metrics, Path(folder))

@@ -119,3 +119,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """uint8 N x H x W x C -> one uint8 picture (rows of `columns` images; a short last row padded black)."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    padded = np.zeros((rows * columns, h, w, c), dtype=np.uint8)
+    padded[:n] = images
+    grid = padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, c)
+    return grid[..., 0] if c == 1 else grid
+
+
+def labelled_grid(images: np.ndarray, labels: np.ndarray, per_label: int = 10) -> np.ndarray | None:
+    """Row k of the picture holds the first `per_label` images labelled k (labels 0..max); None when a
+    label has fewer than `per_label` images."""
+    picked = []
+    for k in range(int(labels.max()) + 1 if len(labels) else 0):
+        of_k = images[labels == k][:per_label]
+        if len(of_k) < per_label:
+            return None
+        picked.append(of_k)
+    return image_grid(np.concatenate(picked), per_label) if picked else None
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """uint8 H x W (grey) or H x W x 3 -> PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, format="PNG")
+    return buf.getvalue()

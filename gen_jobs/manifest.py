@@ -120,6 +120,7 @@ class Manifest(DatasetIdentity):
     schema_: dict
     quality: dict | None = None
     gate_counts: dict | None = None  # with --filter: requested, accepted_first_try, accepted_later, rejected
+    command: list[str] | None = None  # `raygen generate` arguments that shape the rows (--out left out): provenance
     raygen_version: str = __version__
 
     model_config = {"populate_by_name": True}
@@ -217,7 +218,7 @@ def shard_tag(uri: str) -> dict | None:
 
 def read_shards(out: str, entries: list[ShardEntry], columns: list[str] | None = None,
                 max_rows: int | None = None):
-    """The listed shards as one Arrow table, in id order; stops once `max_rows` are read."""
+    """The listed shards as one Arrow table, in id order; the first `max_rows` rows when given."""
     import io
 
     import pyarrow as pa
@@ -229,7 +230,8 @@ def read_shards(out: str, entries: list[ShardEntry], columns: list[str] | None =
             break
         tables.append(pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, entry.file))), columns=columns))
         rows += entry.rows
-    return pa.concat_tables(tables)
+    table = pa.concat_tables(tables)
+    return table if max_rows is None else table.slice(0, max_rows)
 
 
 def schema_description(schema) -> dict:

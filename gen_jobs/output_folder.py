@@ -8,7 +8,9 @@ raygen deletes or replaces only files it can prove are its own:
     footer carries raygen's tag (a listed shard that is damaged is still
     raygen's, and is rewritten);
   - its temporaries (`.part-NNNNN.parquet.<32 hex>.tmp`, the same for state files) and lease leftovers;
-  - its state files (`_manifest.json`, `_pending.json`, `_lease.json`).
+  - its state files (`_manifest.json`, `_pending.json`, `_lease.json`, `_card.json`);
+  - its dataset card (README.md, quality.json, card-*.png: gen_jobs.card), only while each
+    file's bytes are the ones `_card.json` records: a card file edited since is the user's.
 Anything else is the user's: a folder holding such files is refused, even
 with --overwrite, and nothing in it is touched.
 """
@@ -18,7 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from gen_jobs import storage
+from gen_jobs import card, storage
+from gen_jobs.card import CARD_RECORD
 from gen_jobs.errors import UserError
 from gen_jobs.manifest import (
     LEASE,
@@ -35,8 +38,9 @@ from gen_jobs.manifest import (
 )
 
 # storage.write_bytes_atomic's temporaries of shards and state files, and the lease's leftovers
-TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_pending\.json|_lease\.json)\.[0-9a-f]{32}\.(tmp|stale)$")
-STATE_FILES = (MANIFEST, PENDING, LEASE)
+TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_pending\.json|_lease\.json|_card\.json|README\.md"
+                       r"|quality\.json|card-samples\.png|card-training\.png)\.[0-9a-f]{32}\.(tmp|stale)$")
+STATE_FILES = (MANIFEST, PENDING, LEASE, CARD_RECORD)
 
 
 @dataclass
@@ -45,12 +49,14 @@ class Survey:
 
     shards: dict[str, str] = field(default_factory=dict)  # raygen's shards: name -> URI
     temporaries: list[str] = field(default_factory=list)  # raygen's leftovers of earlier runs (URIs)
+    card: list[str] = field(default_factory=list)  # raygen's dataset card, as it wrote it (URIs)
     foreign: list[str] = field(default_factory=list)  # names of everything else
 
 
 def survey(out: str, recorded: set[str]) -> Survey:
     """Sort the files directly in `out`; `recorded`: the shard names its state files list."""
     result = Survey()
+    card_record = card.recorded(out)
     for uri in storage.list_entries(out):
         name = uri.rstrip("/").rsplit("/", 1)[-1]
         if storage.is_link(uri):
@@ -61,6 +67,10 @@ def survey(out: str, recorded: set[str]) -> Survey:
             result.temporaries.append(uri)
         elif SHARD_PATTERN.match(name) and (name in recorded or shard_tag(uri) is not None):
             result.shards[name] = uri
+        elif name in card.CARD_FILES and card.is_raygens(out, name, card_record):
+            result.card.append(uri)
+        elif name in card.CARD_FILES and name in card_record:
+            result.foreign.append(f"{name} (edited since raygen wrote it)")
         else:
             result.foreign.append(name)
     return result
@@ -111,7 +121,8 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
                         f"folder of its own and never deletes what is not its own: choose an empty --out "
                         f"(for example {storage.join(out, 'dataset')})")
     if overwrite:
-        for uri in [*found.temporaries, *found.shards.values(), storage.join(out, MANIFEST), storage.join(out, PENDING)]:
+        for uri in [*found.temporaries, *found.shards.values(), *found.card, storage.join(out, card.CARD_RECORD),
+                    storage.join(out, MANIFEST), storage.join(out, PENDING)]:
             storage.delete_file(uri)
         return None, Survey()
     for problem in state.damaged:

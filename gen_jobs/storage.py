@@ -119,6 +119,15 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def size(uri: str) -> int:
+    """A file's size in bytes."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise UserError(f"{uri} is not a file")
+    return int(info.size)
+
+
 def is_dir(uri: str) -> bool:
     fs, path = resolve(uri)
     return fs.get_file_info(path).type == pafs.FileType.Directory

@@ -280,3 +280,12 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+
+
+def read_rows(folder, columns: list[str] | None = None):
+    """A dataset folder's shards as one table, in id order (the folder also holds the manifest and the
+    dataset card, which `pq.read_table(folder)` would try to read as Parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in sorted(Path(folder).glob("part-*.parquet"))])

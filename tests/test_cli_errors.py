@@ -87,7 +87,13 @@ def test_generate_complete_dataset_resume_is_a_no_op(capsys, random_checkpoint, 
                    "--rows-per-shard", "20", "--resume"])
     assert code == 0
     assert "nothing to do" in capsys.readouterr().out
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert {name: after[name] for name in before} == before  # shards and manifest untouched
+    # a dataset finished without its card (--no-card, or a run stopped between manifest and card) gets it now
+    assert sorted(set(after) - set(before)) == ["README.md", "_card.json", "card-samples.png", "quality.json"]
+    assert raygen(["generate", "--checkpoint", random_checkpoint, "--out", str(out), "--num-samples", "50",
+                   "--rows-per-shard", "20", "--resume", "--no-card"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == after
 
 
 def test_malformed_recipe_file(capsys, tmp_path):

@@ -28,6 +28,19 @@ def snapshot(folder) -> dict[str, bytes]:
     return {p.name: (os.readlink(p).encode() if p.is_symlink() else p.read_bytes()) for p in sorted(folder.iterdir())}
 
 
+def dataset_snapshot(folder) -> dict[str, object]:
+    """The shards' bytes and the manifest's content but for the command that made it (it names --out), and
+    the dataset card's file names (the card names its folder too)."""
+    files = snapshot(folder)
+    manifest = json.loads(files.pop("_manifest.json"))
+    manifest.pop("command", None)
+    card = sorted(name for name in list(files) if not name.startswith("part-") and files.pop(name) is not None)
+    return {**files, "_manifest.json": manifest, "card": card}
+
+
+CARD = ["README.md", "_card.json", "card-samples.png", "quality.json"]  # what a finished CLI run adds (untrained: no curves)
+
+
 def generate_args(checkpoint: str, out, *extra: str) -> list[str]:
     return ["generate", "--checkpoint", checkpoint, "--out", str(out), "--num-samples", "50", "--rows-per-shard", "20",
             *extra]
@@ -91,7 +104,7 @@ def test_resume_rebuilds_a_damaged_manifest_from_tagged_shards(capsys, ray_clust
     assert "rebuilding it from the shards" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == kept  # checked, kept, not rewritten
     assert problems(str(out))[0] == []
-    assert snapshot(out) == snapshot(reference)
+    assert dataset_snapshot(out) == {**dataset_snapshot(reference), "card": CARD}
 
 
 def test_resume_without_a_manifest_keeps_only_shards_that_prove_they_belong(ray_cluster, random_checkpoint, tmp_path):
@@ -105,7 +118,7 @@ def test_resume_without_a_manifest_keeps_only_shards_that_prove_they_belong(ray_
     assert raygen(generate_args(random_checkpoint, out, "--resume")) == 0
     reference = tmp_path / "reference"
     make_dataset(random_checkpoint, str(reference))
-    assert snapshot(out) == snapshot(reference)
+    assert dataset_snapshot(out) == {**dataset_snapshot(reference), "card": CARD}
 
 
 def test_verify_checks_seeds_and_tags_not_only_checksums(random_checkpoint, tmp_path):

@@ -106,8 +106,9 @@ def test_a_driver_killed_while_writing_the_manifest_is_repaired_by_resume(random
     assert raygen(["generate", "--checkpoint", random_checkpoint, "--out", str(out), "--num-samples", "50",
                    "--rows-per-shard", "20", "--resume"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == before  # no shard rewritten
-    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet",
-                                                     "part-00002.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "_card.json", "_manifest.json", "card-samples.png",
+                                                     "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
+                                                     "quality.json"]  # the dataset and its card, nothing else
     assert raygen(["verify", str(out)]) == 0
 
 

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, read_rows
 from gen_jobs.errors import UserError
 from gen_jobs.gate import candidate_seed, gated, parse_filter, passes
 from gen_jobs.generate import GenerateArgs, generate
@@ -73,7 +72,7 @@ def test_the_gate_keeps_the_dataset_contract(ray_cluster, random_checkpoint, tmp
     ungated = GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "plain"), num_samples=240,
                            rows_per_shard=60, workers=2)
     generate(ungated, log=lambda _: None)
-    confidence = pq.read_table(tmp_path / "plain", columns=["confidence"]).column("confidence").to_numpy()
+    confidence = read_rows(tmp_path / "plain", columns=["confidence"]).column("confidence").to_numpy()
     expr = f"confidence>={np.quantile(confidence, 0.6):.4f}"  # about 40% pass at the first try
 
     lines = []
@@ -85,9 +84,9 @@ def test_the_gate_keeps_the_dataset_contract(ray_cluster, random_checkpoint, tmp
     assert any(line.startswith("filter confidence>=") and "of 240 rows passed at the first try" in line
                and f"{c['rejected']} rejected" in line for line in lines), lines
     assert problems(str(tmp_path / "two"))[0] == []
-    table = pq.read_table(tmp_path / "two")
+    table = read_rows(tmp_path / "two")
     assert int((np.array(table.column("status").to_pylist()) == "rejected").sum()) == c["rejected"]
-    plain = pq.read_table(tmp_path / "plain")
+    plain = read_rows(tmp_path / "plain")
     first = table.column("attempts").to_numpy() == 1
     assert np.array(table.column("image").to_pylist(), dtype=object)[first].tolist() == \
         np.array(plain.column("image").to_pylist(), dtype=object)[first].tolist()  # first tries are the ungated rows

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import read_rows
 from gen_jobs.errors import UserError
 from gen_jobs.generate import GenerateArgs, plan, write_manifest
 from gen_jobs.columns import object_column
@@ -104,7 +105,7 @@ def test_unconditional_and_prompted_shards(gpt_checkpoint, tmp_path):
     from test_verify import write_in_process
 
     write_manifest(str(out), identity, write_in_process(identity, str(out), micro_batch))
-    table = pq.read_table(out)
+    table = read_rows(out)
     assert table.column_names == ["id", "seed", "prompt", "text", "num_prompt_tokens", "num_tokens", "perplexity",
                                   "copied_words", "copy", "finish_reason"]
     assert table.column("prompt").to_pylist() == ["The", "The", "def f(x):", "def f(x):", "A list is", "A list is"]

@@ -7,12 +7,11 @@ import wave
 
 import mido
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import symusic
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, read_rows
 from gen_jobs.errors import UserError
 from gen_jobs.families.music.analysis import Notes, estimate_key, key_name
 from gen_jobs.families.music.audio import find_soundfont
@@ -115,7 +114,7 @@ def test_a_music_dataset_with_audio_is_the_same_with_one_or_two_workers_and_data
     for k in range(3):
         name = f"part-{k:05d}.parquet"
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
-    table = pq.read_table(outs[0])
+    table = read_rows(outs[0])
     assert table.column_names == ["id", "seed", "midi", "num_notes", "duration_s", "key", "in_key", "tokens", "finish_reason",
                                   "audio"]
     ds = datasets.load_dataset("parquet", data_files=str(outs[0] / "*.parquet"), split="train")
@@ -185,7 +184,7 @@ def test_primers_named_in_a_prompts_file_start_their_pieces_and_are_in_the_ident
                         samples_per_prompt=2, rows_per_shard=4, set=["sampling.primer_bars=1"])
     identity, micro_batch = plan(args)
     write_manifest(args.out, identity, write_in_process(identity, args.out, micro_batch))
-    rows = pq.read_table(tmp_path / "data").to_pylist()
+    rows = read_rows(tmp_path / "data").to_pylist()
     sampler = Sampler(music_checkpoint, recipe=load_recipe("music_chorales", [*TINY_MUSIC, "sampling.primer_bars=1"]))
     for row, primer in zip(rows, [chorale_midi("bach/bwv269")] * 2 + ["corpus:bach/bwv347"] * 2 + [None] * 2):
         expected = sampler.prompt_ids([primer], [64])[0][1:]  # (its first bar, fitted to the context)

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, read_rows
 from gen_jobs import seeding
 from gen_jobs.decoding import decode_steps
 from gen_jobs.families.dcgan.sampler import Sampler
@@ -56,7 +55,7 @@ def test_the_reported_seed_1629_dataset_has_no_duplicate_rows(random_checkpoint,
     out = tmp_path / "data"
     identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=1000, seed=1629))
     write_in_process(identity, str(out), micro_batch)
-    table = pq.read_table(out)
+    table = read_rows(out)
     images = [cell["bytes"] for cell in table.column("image").to_pylist()]
     assert len(set(images)) == 1000
     assert len(set(table.column("seed").to_pylist())) == 1000
@@ -91,7 +90,7 @@ def test_rows_do_not_depend_on_shard_size_or_micro_batch(random_checkpoint, tmp_
         identity, _ = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=100,
                                         rows_per_shard=rows_per_shard, seed=5))
         write_in_process(identity, str(out), batch)
-        tables.append(pq.read_table(out).sort_by("id"))
+        tables.append(read_rows(out).sort_by("id"))
     assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
 
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, read_rows
 from gen_jobs import storage
 from gen_jobs.checkpoint import read_recipe
 from gen_jobs.generate import GenerateArgs, generate
@@ -49,15 +49,16 @@ def test_two_worker_training_writes_a_self_contained_checkpoint(checkpoint):
 
 def test_dataset_layout_and_contents(reference):
     assert sorted(p.name for p in reference.iterdir()) == [
-        "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "part-00003.parquet"
-    ]
+        "README.md", "_card.json", "_manifest.json", "card-samples.png", "card-training.png",
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "part-00003.parquet", "quality.json",
+    ]  # the shards, their manifest and the dataset card (gen_jobs.card)
     assert problems(str(reference))[0] == []
     table = pq.read_table(reference / "part-00002.parquet")
     assert table.column("id").to_pylist() == list(range(300, 450))
     assert table.schema.field("label").type == "int64"
     image = decode_png(table.column("image")[0].as_py()["bytes"])
     assert image.shape == (32, 32, 1)
-    labels = pq.read_table(reference, columns=["label"]).column("label").to_numpy()
+    labels = read_rows(reference, columns=["label"]).column("label").to_numpy()
     assert set(labels) == set(range(10))  # uniform labels by default
 
 

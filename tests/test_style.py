@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, read_rows
 from gen_jobs.errors import UserError
 from gen_jobs.families.style.data import held_out_crops
 from gen_jobs.families.style.model import VGG19Features, TransformerNet, load_loss_network
@@ -207,7 +207,7 @@ def test_a_folder_with_broken_files_is_stylised_the_same_by_one_or_two_workers_a
     assert len(names) == 4  # 12 rows, 3 per shard
     for name in names:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
-    table = pq.read_table(outs[0])
+    table = read_rows(outs[0])
     assert table.column_names[:6] == ["id", "seed", "source", "style", "image", "status"]
     sources = table.column("source").to_pylist()
     assert sources[:4] == [str(photos / "broken.png")] * 2 + [str(photos / "empty.jpg")] * 2  # sorted file names
@@ -242,7 +242,7 @@ def test_a_parquet_input_with_an_image_column_names_rows_by_index(ray_cluster, s
                    tmp_path / "in.parquet")
     manifest = generate(GenerateArgs(checkpoint=style_checkpoint, out=str(tmp_path / "out"), input=str(tmp_path / "in.parquet"),
                                      input_column="picture", workers=1), log=lambda _: None)
-    table = pq.read_table(tmp_path / "out")
+    table = read_rows(tmp_path / "out")
     assert table.column("source").to_pylist() == ["0", "1", "2", "3"]
     assert table.column("status").to_pylist()[3] == "error: no image (the input's cell is null)"  # it keeps its row
     drawn = table.column("style").to_pylist()  # --styles uniform: drawn from each row's seed

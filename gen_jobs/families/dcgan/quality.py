@@ -1,16 +1,6 @@
 """DCGAN's quality figures for generated digits, from a reference classifier trained on real ones.
 
-    classes_covered   classes the reference classifier finds among the samples (of 10);
-                      fewer than 10 means mode collapse
-    kl_to_uniform     KL(p(predicted label) || uniform): 0 when classes are balanced
-    mean_confidence   mean top-class probability: low for blurry or ambiguous digits
-    diversity         spread of samples around their class mean, relative to real digits:
-                      1.0 = as varied as real; near 0 = each class collapsed to a few images
-    label_agreement   share of conditional samples classified as their requested label
-    tstr_accuracy     train on synthetic, test on real: accuracy on held-out real digits of
-                      a classifier trained only on the samples
-    real_accuracy     the same classifier trained on the real training split
-    tstr_ratio        tstr_accuracy / real_accuracy (1.0 = as useful as real data)
+The dataset's figures, and what each means: FIGURES (the dataset card's table).
 
 Per row (the sampler's columns, digits models): `confidence`, the reference
 classifier's probability of the row's label (conditional) or of its top class,
@@ -42,6 +32,27 @@ from gen_jobs.images import resize_uint8
 
 NUM_CLASSES = 10
 
+FIGURES = {
+    "num_samples": "rows the figures rest on",
+    "classes_covered": "classes the reference classifier finds among the samples (of 10); fewer means mode collapse",
+    "kl_to_uniform": "KL(predicted label distribution || uniform): 0 when the classes are balanced",
+    "mean_confidence": "mean top-class probability of the reference classifier: low for blurry or ambiguous digits",
+    "diversity": "spread of the samples around their class mean, relative to real digits: 1.0 is as varied as "
+                 "real, near 0 each class collapsed to a few images",
+    "label_agreement": "share of conditional samples the reference classifier reads as their requested label",
+    "requested_classes": "classes the conditional rows asked for",
+    "tstr_accuracy": "train on synthetic, test on real: held-out real-digit accuracy of a classifier trained "
+                     "only on the samples",
+    "real_accuracy": "the same classifier trained on the real training split",
+    "tstr_ratio": "tstr_accuracy / real_accuracy: 1.0 is as useful for training as real data",
+    "frechet_random_conv": "Fréchet distance to the real digits in the features of a fixed-seed random conv net "
+                           "(0 is the same distribution; real against real scores ~0.1); not comparable to published FID",
+    "precision": "share of samples inside the 5-NN ball of some real digit (fidelity; Naeem et al. 2020)",
+    "recall": "share of real digits inside the 5-NN ball of some sample (diversity)",
+    "density": "how many real digits' balls hold each sample, over 5: ~1.0 is as dense as real data",
+    "coverage": "share of real digits whose ball holds a sample: low means parts of the data are never generated",
+}
+
 
 class DigitsQuality(BaseModel):
     num_samples: int
@@ -54,6 +65,11 @@ class DigitsQuality(BaseModel):
     tstr_accuracy: float | None = None
     real_accuracy: float | None = None
     tstr_ratio: float | None = None
+    frechet_random_conv: float | None = None  # gen_jobs.image_figures (dataset scoring only)
+    precision: float | None = None
+    recall: float | None = None
+    density: float | None = None
+    coverage: float | None = None
 
     def warnings(self) -> list[str]:
         """What a user should look at: mode collapse across or within classes, label drift."""
@@ -70,6 +86,9 @@ class DigitsQuality(BaseModel):
             parts.append(f"label agreement {self.label_agreement:.3f}")
         if self.tstr_accuracy is not None:
             parts.append(f"TSTR {self.tstr_accuracy:.3f} vs real {self.real_accuracy:.3f} (ratio {self.tstr_ratio:.2f})")
+        if self.precision is not None:
+            parts.append(f"precision {self.precision:.2f}, recall {self.recall:.2f}, coverage {self.coverage:.2f}, "
+                         f"Fréchet (random conv) {self.frechet_random_conv:.2f}")
         return ", ".join(parts)
 
 
@@ -78,6 +97,8 @@ class DigitsQuality(BaseModel):
 MIN_DIVERSITY = 0.35
 MIN_LABEL_AGREEMENT = 0.9
 MIN_ROWS_PER_CLASS = 5  # below this, a class's spread (diversity) or absence says little
+MIN_PRECISION = MIN_COVERAGE = 0.5  # real digits against real digits score ~0.95 on both
+MIN_ROWS_FOR_NEIGHBOURS = 200  # k-NN figures on fewer rows swing too much to warn on
 
 
 def collapse_warnings(figures: dict) -> list[str]:
@@ -99,6 +120,12 @@ def collapse_warnings(figures: dict) -> list[str]:
             out.append(f"mode collapse: only {covered} of {expected} classes appear{rows}")
     if figures.get("diversity", 1.0) < MIN_DIVERSITY and (n is None or n >= MIN_ROWS_PER_CLASS * expected):
         out.append(f"mode collapse within classes: diversity {figures['diversity']:.3f} of real (< {MIN_DIVERSITY}){rows}")
+    if n is None or n >= MIN_ROWS_FOR_NEIGHBOURS:
+        if figures.get("precision", 1.0) < MIN_PRECISION:
+            out.append(f"samples unlike real digits: precision {figures['precision']:.2f} (< {MIN_PRECISION}){rows}")
+        if figures.get("coverage", 1.0) < MIN_COVERAGE:
+            out.append(f"mode collapse: the samples cover {figures['coverage']:.0%} of the real digits' neighbourhoods "
+                       f"(< {MIN_COVERAGE:.0%}){rows}")
     agreement = figures.get("label_agreement")
     if agreement is not None and agreement < MIN_LABEL_AGREEMENT:
         if n is None or share_below(round(agreement * n), n, MIN_LABEL_AGREEMENT):
@@ -138,7 +165,8 @@ class DigitsReference:
 
     def __init__(self, size: int = 32, seed: int = 0):
         raw, labels = digits_arrays()
-        features = digit_features(resize_uint8(raw, size))
+        self.real_images = resize_uint8(raw, size)  # N x size x size x 1: what distribution_figures compares with
+        features = digit_features(self.real_images)
         self.x_train, self.x_test, self.y_train, self.y_test = train_test_split(
             features, labels, test_size=0.3, stratify=labels, random_state=seed
         )
@@ -154,6 +182,8 @@ class DigitsReference:
         return self._real_tstr_accuracy
 
     def score(self, images: np.ndarray, labels: np.ndarray | None = None, tstr: bool = True) -> DigitsQuality:
+        """The figures of samples (uint8 N x H x W x C); tstr=False (training's per-epoch check) leaves out
+        TSTR and the distribution figures."""
         x = digit_features(images)
         probs = self.model.predict_proba(x)
         predicted = probs.argmax(axis=1)
@@ -176,6 +206,11 @@ class DigitsReference:
                 result.tstr_accuracy = round(acc, 4)
                 result.real_accuracy = round(real, 4)
                 result.tstr_ratio = round(acc / real, 4)
+        if tstr:
+            from gen_jobs.image_figures import distribution_figures
+
+            for key, value in distribution_figures(self.real_images, images).items():
+                setattr(result, key, value)
         return result
 
     def training_figures(self, G: torch.nn.Module, cfg, num_samples: int, device: torch.device) -> dict:

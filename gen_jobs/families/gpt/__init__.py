@@ -5,7 +5,8 @@
     training.py  TrainingTask (run by gen_jobs.harness on Ray Train): DDP, AdamW, warm-up + cosine
     sampler.py   Sampler: checkpoint -> text (Ray Data and Ray Serve), to_table
     data.py      corpora: Python's own docs (pydoc_data.topics), .txt/.jsonl/.parquet (local or s3://)
-    quality.py   distinct-n, repetition, memorised 8-grams, held-out perplexity
+    quality.py   distinct-n, repetition, self-BLEU, memorised 8-grams, corpus words, held-out perplexity
+    preview.py   the dataset card's excerpts
 """
 
 from gen_jobs.family import DemoDefaults, Family
@@ -17,6 +18,8 @@ FAMILY = Family(
     sampler="gen_jobs.families.gpt.sampler:Sampler",
     to_table="gen_jobs.families.gpt.sampler:to_table",
     score_dataset="gen_jobs.families.gpt.quality:score_dataset",
+    figures="gen_jobs.families.gpt.quality:FIGURES",
+    preview="gen_jobs.families.gpt.preview:preview",
     describe_epoch="gen_jobs.lm_training:describe_epoch",
     rows_from="prompts",
     serve_api="serving.apis.text",

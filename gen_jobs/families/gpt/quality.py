@@ -1,21 +1,8 @@
 """GPT's quality figures for generated text.
 
-    distinct_1, distinct_2   unique words (word pairs) / all words (word pairs) in the samples:
-                             low values mean the model repeats itself across samples
-    repetition_rate          share of a sample's word 4-grams that already appeared in that
-                             same sample, averaged: loops like "the the the" push it up
-    memorised_8gram_share    share of the samples' word 8-grams found verbatim in the training
-                             corpus: high values mean copying, not generating
-    held_out_perplexity      from training (the checkpoint's figures), when known
-    copied_words (per row)   words in the longest run of the sample found verbatim in the training
-                             corpus (8-word windows; 0: none), and `copy` when it reaches the
-                             recipe's quality.copy_words
-    corpus_word_share        share of the samples' words (letters only, two or more) that are
-                             words of the training corpus: below 0.9 the model invents words
-    corpus_distinct_2        distinct-2 of the corpus itself, cut into as many pieces of the
-                             samples' mean length as there are samples (distinct-n depends on length)
-    distinct_2_ratio         distinct_2 / corpus_distinct_2: near 1 varies as much as real text,
-                             well below 1 repeats itself, well above 1 strings words at random
+The dataset's figures, and what each means: FIGURES (the dataset card's table). Per row:
+`copied_words`, the words in the longest run of the sample found verbatim in the training
+corpus (8-word windows; 0: none), and `copy` when it reaches the recipe's quality.copy_words.
 
 Words are whitespace-separated tokens, so the figures do not depend on the tokenizer.
 Goals (the default recipe, warned about when significantly missed): corpus word
@@ -27,6 +14,8 @@ from __future__ import annotations
 import functools
 import re
 
+import numpy as np
+
 from pydantic import BaseModel
 
 from gen_jobs.significance import in_rows, share_below
@@ -34,6 +23,27 @@ from gen_jobs.significance import in_rows, share_below
 WORD = re.compile(r"[A-Za-z]{2,}")
 WORD_SHARE_GOAL = 0.9
 DISTINCT_2_RANGE = (0.7, 1.3)
+SELF_BLEU_SAMPLES = 200  # self-BLEU compares each sample with all others: quadratic, so a fixed subset
+
+FIGURES = {
+    "num_samples": "rows the figures rest on",
+    "distinct_1": "unique words / all words in the samples: low values mean the model repeats itself across samples",
+    "distinct_2": "unique word pairs / all word pairs in the samples",
+    "repetition_rate": "share of a sample's word 4-grams that already appeared in that same sample, averaged: "
+                       "loops like 'the the the' push it up",
+    "self_bleu": f"mean BLEU-4 of each of the first {SELF_BLEU_SAMPLES} samples against all the others: toward 1 the "
+                 "samples resemble each other (low diversity across samples)",
+    "memorised_8gram_share": "share of the samples' word 8-grams found verbatim in the training corpus: high values "
+                             "mean copying, not generating",
+    "held_out_perplexity": "the model's perplexity on held-out corpus text, from training (lower is better)",
+    "corpus_word_share": "share of the samples' words (letters only, two or more) that are words of the training "
+                         "corpus: below 0.9 the model invents words",
+    "corpus_distinct_2": "distinct-2 of the corpus itself, cut into as many pieces of the samples' mean length as "
+                         "there are samples (distinct-n depends on length)",
+    "distinct_2_ratio": "distinct_2 / corpus_distinct_2: near 1 varies as much as real text, well below 1 repeats "
+                        "itself, well above 1 strings words at random",
+    "words_checked": "letters-only words of two or more letters that corpus_word_share rests on",
+}
 
 
 class TextQuality(BaseModel):
@@ -41,6 +51,7 @@ class TextQuality(BaseModel):
     distinct_1: float
     distinct_2: float
     repetition_rate: float
+    self_bleu: float | None = None
     memorised_8gram_share: float | None = None
     held_out_perplexity: float | None = None
     corpus_word_share: float | None = None
@@ -54,6 +65,8 @@ class TextQuality(BaseModel):
             f"distinct-2 {self.distinct_2:.3f}",
             f"repetition {self.repetition_rate:.3f}",
         ]
+        if self.self_bleu is not None:
+            parts.append(f"self-BLEU {self.self_bleu:.3f}")
         if self.memorised_8gram_share is not None:
             parts.append(f"memorised 8-grams {self.memorised_8gram_share:.3f}")
         if self.corpus_word_share is not None:
@@ -129,6 +142,53 @@ def corpus_pieces(corpus: list[str], count: int, length: int) -> list[list[str]]
     return [words[s: s + length] for s in starts]
 
 
+def self_bleu(samples: list[list[str]], max_n: int = 4) -> float | None:
+    """Mean BLEU-4 of each sample (word lists) against all the others as references (Zhu et al. 2018, Texygen).
+
+    High (toward 1) means the samples resemble each other: low diversity across samples.
+    Clipped n-gram precisions with add-one smoothing for n > 1, brevity penalty against the
+    closest reference length. None with fewer than two non-empty samples.
+    """
+    import math
+    from collections import Counter
+
+    samples = [s for s in samples[:SELF_BLEU_SAMPLES] if s]
+    if len(samples) < 2:
+        return None
+    lengths = np.array([len(s) for s in samples])
+    counts = [[Counter(_ngrams(s, n)) for s in samples] for n in range(1, max_n + 1)]
+    # Per n-gram the two largest counts over samples and whose the largest is: the best reference
+    # count of a sample is the largest, or the second when the largest is its own.
+    top = []
+    for per_sample in counts:
+        best: dict[tuple, list] = {}
+        for i, c in enumerate(per_sample):
+            for gram, k in c.items():
+                first, owner, second = best.get(gram, (0, -1, 0))
+                if k > first:
+                    best[gram] = [k, i, first]
+                elif k > second:
+                    best[gram] = [first, owner, k]
+        top.append(best)
+    scores = []
+    for i, words in enumerate(samples):
+        log_precision = 0.0
+        for n in range(max_n):
+            hypothesis = counts[n][i]
+            total = sum(hypothesis.values())
+            clipped = sum(min(k, top[n][g][2] if top[n][g][1] == i else top[n][g][0]) for g, k in hypothesis.items())
+            smooth = 0 if n == 0 else 1
+            if total + smooth == 0 or clipped + smooth == 0:
+                log_precision = -math.inf
+                break
+            log_precision += math.log((clipped + smooth) / (total + smooth)) / max_n
+        others = np.delete(lengths, i)
+        closest = int(others[np.argmin(np.abs(others - len(words)))])
+        brevity = 1.0 if len(words) > closest else math.exp(1 - closest / len(words))
+        scores.append(brevity * math.exp(log_precision) if log_precision > -math.inf else 0.0)
+    return round(float(np.mean(scores)), 4)
+
+
 def score_texts(texts: list[str], corpus: list[str] | None = None, perplexity: float | None = None) -> TextQuality:
     samples = [t.split() for t in texts]
     unigrams = [w for words in samples for w in words]
@@ -155,6 +215,7 @@ def score_texts(texts: list[str], corpus: list[str] | None = None, perplexity: f
         distinct_1=round(len(set(unigrams)) / max(len(unigrams), 1), 4),
         distinct_2=distinct_2(samples),
         repetition_rate=round(sum(repetition) / max(len(repetition), 1), 4),
+        self_bleu=self_bleu(samples),
         held_out_perplexity=perplexity,
         **figures,
     )

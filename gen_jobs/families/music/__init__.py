@@ -8,7 +8,7 @@
     analysis.py  what a piece is: notes, key (Krumhansl-Kessler), in-key share, density, intervals
     audio.py     MIDI -> WAV: a deterministic NumPy synthesiser, or FluidSynth with a SoundFont
     quality.py   the dataset's figures against the corpus, beside a random-token baseline
-    examples.py  the demo's .mid/.wav files and piano roll beside the dataset
+    examples.py  the demo's .mid/.wav files and piano roll beside the dataset; the card's piano rolls
 """
 
 from gen_jobs.family import DemoDefaults, Family
@@ -20,6 +20,8 @@ FAMILY = Family(
     sampler="gen_jobs.families.music.sampler:Sampler",
     to_table="gen_jobs.families.music.sampler:to_table",
     score_dataset="gen_jobs.families.music.quality:score_dataset",
+    figures="gen_jobs.families.music.quality:FIGURE_MEANINGS",
+    preview="gen_jobs.families.music.examples:preview",
     describe_epoch="gen_jobs.lm_training:describe_epoch",
     rows_from="prompts",  # --num-samples, or --prompts naming primer files / corpus:NAME pieces
     prompt_files=(".mid", ".midi", ".xml", ".mxl", ".musicxml"),

@@ -1,6 +1,7 @@
-"""The music demo's files beside its dataset: the first pieces as .mid and .wav, and a piano roll.
+"""What shows a music dataset: the demo's first pieces as .mid and .wav beside it, and piano rolls.
 
-    called by `raygen demo` (gen_jobs.demo) through the family's DemoDefaults.examples
+    write_examples: called by `raygen demo` (gen_jobs.demo) through the family's DemoDefaults.examples
+    preview:        the dataset card's picture (gen_jobs.card), through the family's `preview`
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import io
 import numpy as np
 
 from gen_jobs import storage
+from gen_jobs.family import Preview
 
 PIXELS_PER_SECOND = 48
 COUNT = 3
@@ -61,3 +63,21 @@ def write_examples(dataset: str, out: str, name: str) -> list[str]:
     roll = storage.join(out, f"{name}_piano_roll.png")
     storage.write_bytes_atomic(roll, buf.getvalue())
     return written + [roll]
+
+
+def preview(dataset: str, manifest) -> Preview:
+    """Piano rolls of the first COUNT pieces, one above the other (pitch up, time to the right)."""
+    from gen_jobs.images import png_bytes
+    from gen_jobs.manifest import read_shards
+
+    table = read_shards(dataset, manifest.shards, ["midi"], max_rows=COUNT)
+    rolls = [piano_roll(m) for m in table.column("midi").to_pylist()[:COUNT] if m]
+    if not rolls:
+        return Preview()
+    width = max(r.shape[1] for r in rolls)
+    gap = np.full((6, width), 120, dtype=np.uint8)
+    stacked = []
+    for roll in rolls:
+        stacked += [np.pad(roll, ((0, 0), (0, width - roll.shape[1])), constant_values=24), gap]
+    return Preview(png_bytes(np.concatenate(stacked[:-1])),
+                   f"piano rolls of the first {len(rolls)} pieces: pitch up, time to the right, a line at every C")

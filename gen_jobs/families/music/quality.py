@@ -1,12 +1,6 @@
 """The music family's quality figures: generated pieces against the training corpus, beside random tokens.
 
-    playable_share          pieces whose `midi` parses with mido and holds at least 8 notes
-    in_key_share            duration-weighted share of notes in the piece's estimated key, averaged
-    pitch_class_distance    total-variation distance between the pieces' and the corpus's
-                            pitch-class histograms (0 = the same, 1 = disjoint)
-    notes_per_second, pitch_range, inter_onset_s   averaged per piece
-    copied_8gram_share      share of the pieces' 8-token sequences found verbatim in the corpus:
-                            high values mean copying, not composing
+The figures, and what each means: FIGURE_MEANINGS (the dataset card's table).
 
 Each figure is given for the generated pieces, the corpus itself and a
 baseline of uniformly random tokens decoded the same way, so the numbers mean
@@ -27,6 +21,20 @@ from gen_jobs.significance import in_rows, mean_below
 MIN_NOTES = 8
 IN_KEY_GOAL = 0.9  # of the corpus's own in-key share
 FIGURES = ("in_key_share", "notes_per_second", "pitch_range", "inter_onset_s")
+FIGURE_MEANINGS = {
+    "num_samples": "rows the figures rest on",
+    "playable_share": "pieces whose `midi` parses with mido and holds at least 8 notes",
+    "in_key_share": "duration-weighted share of notes in the piece's estimated key (Krumhansl-Kessler), averaged",
+    "in_key_ratio": "the pieces' in-key share over the corpus's: the goal is 0.9 or more",
+    "pitch_class_distance": "total-variation distance between the pieces' and the corpus's pitch-class histograms "
+                            "(0 the same, 1 disjoint)",
+    "notes_per_second": "notes per second, averaged per piece",
+    "pitch_range": "highest minus lowest pitch in semitones, averaged per piece",
+    "inter_onset_s": "seconds between successive note onsets, averaged per piece",
+    "copied_8gram_share": "share of the pieces' 8-token sequences found verbatim in the corpus: high values mean "
+                          "copying, not composing",
+    "held_out_perplexity": "the model's perplexity on held-out corpus tokens, from training (lower is better)",
+}  # `generated.`, `corpus.` and `random_tokens.` figures: the pieces, the corpus, uniformly random tokens
 
 
 def playable(midi: bytes) -> bool:

@@ -7,7 +7,7 @@
     training.py  TrainingTask (run by gen_jobs.harness on Ray Train)
     sampler.py   Sampler: checkpoint + input images -> stylised images (Ray Data and Ray Serve), to_table
     quality.py   per-image figures (change, edges kept, colour shift, palette) and the dataset's
-    examples.py  the demo's before/after grid
+    examples.py  the before/after grid of the demo and the dataset card
 """
 
 from gen_jobs.family import DemoDefaults, Family
@@ -19,6 +19,8 @@ FAMILY = Family(
     sampler="gen_jobs.families.style.sampler:Sampler",
     to_table="gen_jobs.families.style.sampler:to_table",
     score_dataset="gen_jobs.families.style.quality:score_dataset",
+    figures="gen_jobs.families.style.quality:FIGURES",
+    preview="gen_jobs.families.style.examples:preview",
     describe_epoch="gen_jobs.families.style.training:describe_epoch",
     rows_from="images",  # --input: a folder, Parquet or s3:// prefix of images
     serve_api="serving.apis.edits",

@@ -1,6 +1,7 @@
-"""The style demo's picture beside its dataset: inputs and their stylised versions, one column per style.
+"""A style dataset's picture: inputs and their stylised versions, one column per style.
 
-    called by `raygen demo` (gen_jobs.demo) through the family's DemoDefaults.examples
+    write_examples: the demo's file beside the dataset (gen_jobs.demo, through DemoDefaults.examples)
+    preview:        the dataset card's picture (gen_jobs.card, through the family's `preview`)
 """
 
 from __future__ import annotations
@@ -10,18 +11,19 @@ import io
 import numpy as np
 
 from gen_jobs import storage
+from gen_jobs.family import Preview
 
 ROWS = 6  # inputs shown
 CELL = 128  # pixels per picture
 
 
-def write_examples(dataset: str, out: str, name: str) -> list[str]:
-    """OUT/<name>_before_after.png: ROWS inputs (left) and the dataset's outputs in each style (right)."""
+def before_after(dataset: str, manifest) -> bytes | None:
+    """PNG: ROWS inputs (left) and the dataset's outputs in each style (right); None when no input has all."""
     from PIL import Image
 
-    from gen_jobs.manifest import read_manifest, read_shards
+    from gen_jobs.images import png_bytes
+    from gen_jobs.manifest import read_shards
 
-    manifest = read_manifest(dataset)
     styles = len(manifest.recipe["styles"])
     table = read_shards(dataset, manifest.shards, ["source", "style", "image", "status"])
     by_source: dict[str, dict[int, bytes]] = {}
@@ -31,13 +33,26 @@ def write_examples(dataset: str, out: str, name: str) -> list[str]:
     complete = [s for s, got in by_source.items() if len(got) == styles][:ROWS]
     rows = []
     for source in complete:
+        if not storage.exists(source):  # an input moved away since: its row cannot show the before
+            continue
         before = Image.open(io.BytesIO(storage.read_bytes(source))).convert("RGB")
         cells = [before] + [Image.open(io.BytesIO(by_source[source][k])).convert("RGB") for k in range(styles)]
         rows.append(np.concatenate([np.asarray(c.resize((CELL, CELL))) for c in cells], axis=1))
-    if not rows:
+    return png_bytes(np.concatenate(rows, axis=0)) if rows else None
+
+
+def write_examples(dataset: str, out: str, name: str) -> list[str]:
+    """OUT/<name>_before_after.png (see before_after)."""
+    from gen_jobs.manifest import read_manifest
+
+    picture = before_after(dataset, read_manifest(dataset))
+    if picture is None:
         return []
     uri = storage.join(out, f"{name}_before_after.png")
-    buf = io.BytesIO()
-    Image.fromarray(np.concatenate(rows, axis=0)).save(buf, format="PNG")
-    storage.write_bytes_atomic(uri, buf.getvalue())
+    storage.write_bytes_atomic(uri, picture)
     return [uri]
+
+
+def preview(dataset: str, manifest) -> Preview:
+    picture = before_after(dataset, manifest)
+    return Preview(picture, "inputs (left) and their stylised versions, one column per style") if picture else Preview()

@@ -22,6 +22,19 @@ import numpy as np
 
 from gen_jobs.significance import in_rows, mean_below, share_below
 
+FIGURES = {
+    "num_samples": "rows the figures rest on",
+    "stylised": "rows with a stylised image (status ok)",
+    "bad_inputs": "inputs that could not be stylised (their rows have a null image and a status saying why)",
+    "change": "mean |output - input| over pixels and channels, in [0, 1]: 0 is an untouched input",
+    "edge_correlation": "correlation of the input's and output's edge maps (Sobel): near 1 keeps the content's "
+                        "structure, near 0 has lost it",
+    "colour_shift": "how far the colours moved from the input's toward the style's palette: > 0 toward, 1 reached it",
+    "palette_match": "share of rows whose colours are nearest their own style's palette",
+    "style_loss_ratio": "style (Gram) loss of the output over that of the input: < 1 is closer to the style",
+    "content_loss": "content (feature) loss between output and input, over the input's scale",
+}  # the means over the rows of the per-row columns described above; `per_style.<name>` the same per style
+
 GOALS = {"change": 0.04, "edge_correlation": 0.5, "palette_match": 0.8}  # below any of them: a warning
 
 

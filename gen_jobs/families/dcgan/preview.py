@@ -1,0 +1,30 @@
+"""The dataset card's picture of a DCGAN dataset: one row per label (conditional models), else a 10 x 10 grid.
+
+    called by gen_jobs.card through the family's `preview`
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gen_jobs.family import Preview
+
+ROWS_READ = 2_000  # enough for 10 of each of 10 labels, drawn uniformly
+CELL = 64  # pixels a sample is shown at, at least (small samples are enlarged, pixel for pixel)
+
+
+def preview(dataset: str, manifest) -> Preview:
+    from gen_jobs.images import decode_png, image_grid, labelled_grid, png_bytes
+    from gen_jobs.manifest import read_shards
+
+    table = read_shards(dataset, manifest.shards, ["label", "image"], max_rows=ROWS_READ)
+    images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])  # N x H x W x C
+    scale = max(1, CELL // images.shape[1])
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    labels = table.column("label").to_pylist()
+    if manifest.recipe.get("model", {}).get("conditional") and None not in labels:
+        grid = labelled_grid(images, np.asarray(labels))
+        if grid is not None:
+            return Preview(png_bytes(grid), "samples, one row per label (0 at the top), the first 10 of each")
+    shown = images[:100]
+    return Preview(png_bytes(image_grid(shown, 10)), f"the first {len(shown)} samples")

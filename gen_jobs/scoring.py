@@ -1,0 +1,42 @@
+"""A dataset's quality figures: the family's own, duplicates, and rows flagged as copies of training data.
+
+    used by raygen generate (into the manifest) and raygen quality (into quality.json and the card)
+"""
+
+from __future__ import annotations
+
+import pyarrow.compute as pc
+
+from gen_jobs.duplicates import duplicate_figures, duplicate_warnings
+from gen_jobs.manifest import DatasetIdentity, ShardEntry, read_shards
+
+SCORED_ROWS = 10_000
+
+
+def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry], max_rows: int = SCORED_ROWS) -> dict | None:
+    """The family's quality figures on the first `max_rows` rows of the dataset, with their duplicates."""
+    from gen_jobs import families
+
+    family = families.get(identity.family)
+    recipe = family.load("recipe").model_validate(identity.recipe)
+    table = read_shards(out, entries, max_rows=max_rows)
+    quality = family.load("score_dataset")(table, recipe, identity.checkpoint)
+    duplicates = duplicate_figures(table)
+    if duplicates is None and "copy" not in table.column_names:
+        return quality
+    quality = dict(quality or {"summary": f"{len(table):,} rows"})
+    warnings = list(quality.get("warnings", []))
+    if duplicates is not None:
+        quality["duplicates"] = duplicates
+        warnings += duplicate_warnings(duplicates)
+        quality["summary"] += f", duplicates {duplicates['exact_share']:.1%} (near {duplicates['near_share']:.1%})"
+    if "copy" in table.column_names:  # memorisation: rows the family flags as copies of its training data
+        known = pc.drop_null(table.column("copy")).to_numpy(zero_copy_only=False).astype(bool)  # (null: not known)
+        quality["training_copies"] = {"rows": int(len(known)), "flagged": int(known.sum()),
+                                      "share": round(float(known.mean()), 4) if len(known) else 0.0}
+        quality["summary"] += f", training copies {quality['training_copies']['share']:.1%}"
+        if len(known) and known.mean() > 0.01:
+            warnings.append(f"{int(known.sum()):,} of {len(known):,} rows are flagged as copies of the training data "
+                            "(column copy): the model memorises; train on more data or stop earlier")
+    quality["warnings"] = warnings
+    return quality
