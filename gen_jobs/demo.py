@@ -134,6 +134,7 @@ def report(result: dict) -> None:
     print(f"{result['family']}:")
     print(f"  checkpoint:  {result['checkpoint']}")
     print(f"  dataset:     {result['dataset']}  (verified)")
+    print(f"  card:        {storage.join(result['dataset'], 'README.md')}  (health, samples, figures, training curves)")
     if "grid" in result:
         print(f"  sample grid: {result['grid']}  (one row per label 0-9)")
     for text in result.get("examples", []):
