@@ -115,8 +115,8 @@ def test_a_music_dataset_with_audio_is_the_same_with_one_or_two_workers_and_data
         name = f"part-{k:05d}.parquet"
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
     table = read_rows(outs[0])
-    assert table.column_names == ["id", "seed", "midi", "num_notes", "duration_s", "key", "in_key", "tokens", "finish_reason",
-                                  "audio"]
+    assert table.column_names == ["id", "seed", "midi", "num_notes", "duration_s", "key", "in_key", "tokens",
+                                  "num_primer_tokens", "copied_tokens", "copy", "finish_reason", "audio"]
     ds = datasets.load_dataset("parquet", data_files=str(outs[0] / "*.parquet"), split="train")
     assert isinstance(ds.features["audio"], datasets.Audio) and ds.features["midi"].dtype == "binary"
     row = ds.cast_column("audio", datasets.Audio(decode=False))[0]  # decoding needs torchcodec and FFmpeg
@@ -214,3 +214,25 @@ def test_training_on_chorales_lowers_the_held_out_loss(ray_cluster, tmp_path):
     assert len(losses) >= 2 and losses[-1] < losses[0] < np.log(len(build_tokenizer(recipe.tokenizer)))
     out = Sampler(ckpt)({"id": np.arange(2), "seed": np.array([1, 2], dtype=np.int64)})
     assert all(n > 0 for n in out["num_notes"])
+
+
+def test_a_piece_that_copies_the_corpus_is_flagged_and_its_primer_is_not_counted():
+    from gen_jobs.families.music.data import load_corpus
+    from gen_jobs.families.music.model import build_tokenizer, encode
+    from gen_jobs.families.music.sampler import copied_columns
+
+    recipe = load_recipe("music_chorales")
+    tokenizer = build_tokenizer(recipe.tokenizer)
+    corpus = load_corpus(recipe.data)
+    chorale = encode(tokenizer, corpus.midi[10])
+    rng = np.random.default_rng(0)
+    noise = rng.integers(5, len(tokenizer), 120).tolist()
+    pieces = [
+        np.array(noise, dtype=np.int32),  # nothing copied
+        np.array(chorale[:150], dtype=np.int32),  # 150 tokens of a chorale, verbatim
+        np.array(chorale[:150] + noise, dtype=np.int32),  # the same 150 tokens as a primer, then new tokens
+    ]
+    columns = copied_columns(pieces, np.array([0, 0, 150]), recipe)
+    copied = columns["copied_tokens"].to_pylist()
+    assert copied[0] == 0 and copied[1] >= 150 > recipe.quality.copy_tokens and copied[2] < 8 + 8
+    assert columns["copy"].to_pylist() == [False, True, False]

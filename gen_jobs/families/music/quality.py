@@ -11,6 +11,7 @@ Unplayable pieces are always a warning: that is a fact about the rows, not an es
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -34,7 +35,44 @@ FIGURE_MEANINGS = {
     "copied_8gram_share": "share of the pieces' 8-token sequences found verbatim in the corpus: high values mean "
                           "copying, not composing",
     "held_out_perplexity": "the model's perplexity on held-out corpus tokens, from training (lower is better)",
-}  # `generated.`, `corpus.` and `random_tokens.` figures: the pieces, the corpus, uniformly random tokens
+}
+# Per row: `copied_tokens`, the tokens in the longest run of the continuation (the primer left out) whose
+# every 8-token window is in the training corpus (0: none), and `copy` when it reaches quality.copy_tokens.  # `generated.`, `corpus.` and `random_tokens.` figures: the pieces, the corpus, uniformly random tokens
+
+
+SPAN = 8  # tokens: the window a copied run is made of (as copied_8gram_share)
+
+
+class CorpusTokens:
+    """The training corpus's token 8-grams, to find how much of a piece is copied verbatim."""
+
+    def __init__(self, corpus_ids: list[list[int]]):
+        self.known = {tuple(ids[i: i + SPAN]) for ids in corpus_ids for i in range(len(ids) - SPAN + 1)}
+
+    def longest_copied(self, ids: list[int]) -> int:
+        """Tokens in the longest run whose every 8-token window occurs in the corpus (0: no such run)."""
+        longest = run = 0
+        for i in range(len(ids) - SPAN + 1):
+            run = run + 1 if tuple(ids[i: i + SPAN]) in self.known else 0
+            longest = max(longest, run)
+        return longest + SPAN - 1 if longest else 0
+
+
+@functools.lru_cache(maxsize=2)
+def corpus_tokens(data_json: str, tokenizer_json: str) -> CorpusTokens | None:
+    """The recipe's corpus as tokens, indexed once per process (~1.5 s for the chorales); None when the
+    corpus cannot be read here (a bring-your-own corpus may be elsewhere)."""
+    from gen_jobs.errors import UserError
+    from gen_jobs.families.music.data import load_corpus
+    from gen_jobs.families.music.model import build_tokenizer, encode
+    from gen_jobs.families.music.recipe import MusicDataConfig, TokenizerConfig
+
+    tokenizer = build_tokenizer(TokenizerConfig.model_validate_json(tokenizer_json))
+    try:
+        corpus = load_corpus(MusicDataConfig.model_validate_json(data_json))
+    except (UserError, OSError):
+        return None
+    return CorpusTokens([encode(tokenizer, m) for m in corpus.midi])
 
 
 def playable(midi: bytes) -> bool:

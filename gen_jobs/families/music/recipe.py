@@ -77,6 +77,12 @@ class AudioConfig(StrictModel):
     soundfont: str | None = Field(None, description="a General MIDI .sf2 for FluidSynth; unset: the NumPy synthesiser")
 
 
+class QualityConfig(StrictModel):
+    copy_tokens: int = Field(64, ge=8, description="a piece whose continuation has a run of this many tokens found "
+                                                  "verbatim in the training corpus is flagged as a copy (column `copy`); "
+                                                  "held-out chorales share runs of ~35 tokens with the rest (cadences)")
+
+
 class Recipe(RecipeBase):
     family: Literal["music"] = "music"
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -85,6 +91,7 @@ class Recipe(RecipeBase):
     train: TrainConfig
     sampling: SamplingConfig = SamplingConfig()
     audio: AudioConfig = AudioConfig()
+    quality: QualityConfig = QualityConfig()
 
     def for_dataset(self) -> "Recipe":
         """With audio on, the SoundFont is checked, or the installed one named (None: the NumPy synthesiser)."""

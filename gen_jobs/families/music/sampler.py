@@ -139,6 +139,7 @@ class Sampler:
             "key": _objects(keys),
             "in_key": np.array(in_key, dtype=np.float64),
             "tokens": _objects(tokens),
+            "num_primer_tokens": np.array([len(p) - 1 for p in prompts], dtype=np.int64),  # (BOS left out)
             "finish_reason": _objects([row.finish_reason or "length" for row in rows]),
         }
         if any(a is not None for a in audio):  # (None in the rows of a mixed Serve batch that asked for MIDI)
@@ -152,8 +153,20 @@ def _objects(values: list) -> np.ndarray:
     return object_column(values)
 
 
+def copied_columns(tokens: list[np.ndarray], primer_tokens: np.ndarray, recipe: Recipe) -> dict[str, pa.Array]:
+    """copied_tokens and copy of each piece's continuation (gen_jobs.families.music.quality.CorpusTokens);
+    null when the corpus cannot be read here."""
+    from gen_jobs.families.music.quality import corpus_tokens
+
+    corpus = corpus_tokens(recipe.data.model_dump_json(), recipe.tokenizer.model_dump_json())
+    copied = [corpus.longest_copied(ids[int(k):].tolist()) if corpus else None for ids, k in zip(tokens, primer_tokens)]
+    return {"copied_tokens": pa.array(copied, pa.int64()),
+            "copy": pa.array([None if c is None else c >= recipe.quality.copy_tokens for c in copied], pa.bool_())}
+
+
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
-    """Sampler output -> Arrow: id, seed, midi, num_notes, duration_s, key, in_key, tokens, finish_reason[, audio]."""
+    """Sampler output -> Arrow: id, seed, midi, num_notes, duration_s, key, in_key, tokens, num_primer_tokens,
+    copied_tokens, copy, finish_reason[, audio]."""
     columns = {
         **row_columns(batch),
         "midi": pa.array(list(batch["midi"]), pa.binary()),
@@ -163,6 +176,8 @@ def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
         # (null for a piece without notes: no key, nothing in it)
         "in_key": pa.array(batch["in_key"], pa.float64(), from_pandas=True),
         "tokens": pa.array([t.tolist() for t in batch["tokens"]], pa.list_(pa.int32())),
+        "num_primer_tokens": pa.array(batch["num_primer_tokens"], pa.int64()),
+        **copied_columns(list(batch["tokens"]), batch["num_primer_tokens"], recipe),
         "finish_reason": pa.array(list(batch["finish_reason"]), pa.string()),
     }
     if "audio" in batch:
