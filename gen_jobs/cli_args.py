@@ -17,8 +17,21 @@ def print_error(message: str) -> None:
     print(f"error: {line}", file=sys.stderr)
 
 
+class _Verbose(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        from gen_jobs.console import set_verbose
+
+        set_verbose()
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: `error: <what>; see <prog> --help`, exit 2 (no usage block)."""
+    """argparse with one-line errors: `error: <what>; see <prog> --help`, exit 2 (no usage block);
+    every command takes --verbose (Ray's and libraries' own output too: gen_jobs.console)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--verbose", action=_Verbose, nargs=0, default=argparse.SUPPRESS,
+                          help="show Ray's and libraries' own log lines too (also: RAYGEN_LOG_LEVEL=INFO)")
 
     def error(self, message: str):
         print_error(f"{message}; see `{self.prog} --help`")

@@ -15,13 +15,15 @@ import os
 def connect() -> None:
     import ray
 
+    from gen_jobs.console import quiet_ray, verbose
     from gen_jobs.errors import UserError
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
     try:
-        ray.init(address=address, logging_level="WARNING", configure_logging=True)
+        ray.init(address=address, logging_level="INFO" if verbose() else "ERROR", configure_logging=True)
+        quiet_ray()  # raygen's own lines only, unless --verbose (gen_jobs.console)
     except Exception as e:  # Ray's own words for a cluster that wants a token are buried in a chain; say what to do
         if not _about_authentication(e):
             raise

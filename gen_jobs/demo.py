@@ -147,6 +147,23 @@ def report(result: dict) -> None:
     print(f"  time:        train {t['train']:.0f} s, generate and score {t['generate']:.0f} s")
 
 
+def open_first(results: list[dict]) -> str:
+    """The closing summary: per family, the one file to look at (or listen to) first, then its card."""
+    lines = ["", "open first:"]
+    for result in results:
+        files = [result["grid"]] if "grid" in result else []
+        files += [f for f in result.get("files", []) if f.endswith(".wav")][:1]
+        files += [f for f in result.get("files", []) if f.endswith(".png")][:1]
+        card = storage.join(result["dataset"], "README.md")
+        lines.append(f"  {result['family']:<6} {files[0] if files else card}")
+        if files:
+            lines.append(f"  {'':<6} {card}  (the dataset card: health, figures, training curves)")
+        if result["quality"].get("warnings"):
+            lines.append(f"  {'':<6} {len(result['quality']['warnings'])} warning(s): see the card's Health section")
+    lines += ["", "try the models over HTTP: raygen serve   (serves this demo's checkpoints)"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         p = ArgumentParser(prog="raygen demo", description=__doc__.split("\n")[0])
@@ -162,10 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = new_demo_folder(args.out)
         run_args = args.model_copy(update={"out": folder})
         started = time.perf_counter()
+        results = []
         for n, family in enumerate(chosen, start=1):
             print(f"=== demo {n}/{len(chosen)}: {family}", flush=True)
-            report(run_family(family, run_args))
+            results.append(run_family(family, run_args))
+            report(results[-1])
         print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; everything is under {folder}")
+        print(open_first(results))
         return 0
 
     return run_main(body)

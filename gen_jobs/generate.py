@@ -42,6 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gen_jobs import checkpoint, output_folder, storage
 from gen_jobs.card import write_card
+from gen_jobs.console import format_seconds, progress
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.lease import Lease
@@ -550,6 +551,8 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
             num_gpus=1 if args.gpu else 0,
         )
         rows_written, refused = 0, ""
+        rows_todo = sum(len(identity.shard_ids(k)) for k in todo)
+        display = progress()
         for done, row in enumerate(written.iter_rows(), start=1):
             if row["refused"]:  # a shard refused its input: stop the job (the pipeline shuts down)
                 refused = row["refused"]
@@ -557,8 +560,11 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
             entry = ShardEntry.model_validate({key: row[key] for key in ShardEntry.model_fields})
             good[entry.first_id // identity.rows_per_shard] = entry
             rows_written += entry.rows
-            rate = rows_written / max(time.perf_counter() - started, 1e-9)
-            log(f"shard {entry.file} written ({done}/{len(todo)}, {rate:,.0f} rows/s)")
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            rate = rows_written / elapsed
+            display.update(f"generating: {rows_written:,}/{rows_todo:,} rows ({done}/{len(todo)} shards), "
+                           f"{rate:,.0f} rows/s, about {format_seconds((rows_todo - rows_written) / rate)} left")
+        display.done()
         if refused:
             raise UserError(refused)
 

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import torch
 
 from gen_jobs.checkpoint import INFO_FILE
+from gen_jobs.console import report_progress
 from gen_jobs.guard import TRAIN_STATE, Guard
 from gen_jobs.recipes import RecipeBase
 
@@ -118,6 +119,9 @@ class TrainingTask(Protocol):
         ...
 
 
+PROGRESS_EVERY = 1.0  # seconds between rank 0's step updates (the driver's progress display)
+
+
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """Torch's seed for one worker's epoch: distinct per worker, the same on every rerun."""
     return (seed * 1_000_003 + epoch * 1009 + rank) % (2**63)
@@ -183,8 +187,12 @@ def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_e
             order = torch.randperm(task.num_examples, generator=torch.Generator().manual_seed(t.seed + epoch))
             sums: dict[str, float] = {}
             problem, collapsed = None, False
+            shown = time.monotonic()
             for step in range(steps_per_epoch):
                 losses = task.train_step(batch_indices(order, step, t.batch_size, workers))
+                if workers.rank == 0 and time.monotonic() - shown >= PROGRESS_EVERY:
+                    report_progress(f"epoch {epoch + 1}/{t.epochs} step {step + 1}/{steps_per_epoch}")
+                    shown = time.monotonic()
                 problem = guard.check_step(losses)
                 if problem:
                     problem = f"{problem} at step {step + 1} of epoch {epoch + 1}"

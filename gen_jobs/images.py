@@ -131,16 +131,39 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     return grid[..., 0] if c == 1 else grid
 
 
-def labelled_grid(images: np.ndarray, labels: np.ndarray, per_label: int = 10) -> np.ndarray | None:
-    """Row k of the picture holds the first `per_label` images labelled k (labels 0..max); None when a
-    label has fewer than `per_label` images."""
-    picked = []
+def labelled_grid(images: np.ndarray, labels: np.ndarray, per_label: int = 10, cell: int = 64,
+                  gap: int = 4) -> np.ndarray | None:
+    """A picture for people: row k shows the first `per_label` images labelled k (labels 0..max), each
+    enlarged pixel for pixel to at least `cell` pixels, `gap` pixels apart, with its label written at
+    the left. None when a label has fewer than `per_label` images.
+
+    uint8 N x H x W x C -> uint8 picture (grey for C = 1, RGB for C = 3).
+    """
+    from PIL import ImageDraw, ImageFont
+
+    rows = []
     for k in range(int(labels.max()) + 1 if len(labels) else 0):
         of_k = images[labels == k][:per_label]
         if len(of_k) < per_label:
             return None
-        picked.append(of_k)
-    return image_grid(np.concatenate(picked), per_label) if picked else None
+        rows.append(of_k)
+    if not rows:
+        return None
+    scale = max(1, cell // images.shape[1])
+    h, w, c = images.shape[1] * scale, images.shape[2] * scale, images.shape[3]
+    margin = max(40, h // 2 + 16)  # room for the label, left of each row
+    canvas = np.full((len(rows) * (h + gap) + gap, margin + per_label * (w + gap), c), 40, dtype=np.uint8)
+    for r, picked in enumerate(rows):
+        for i, image in enumerate(picked):
+            y, x = gap + r * (h + gap), margin + i * (w + gap)
+            canvas[y: y + h, x: x + w] = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    picture = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=max(12, h // 2))
+    for r in range(len(rows)):
+        draw.text((margin // 2, gap + r * (h + gap) + h // 2), str(r), fill=255 if c == 1 else (255, 255, 255),
+                  font=font, anchor="mm")
+    return np.asarray(picture)
 
 
 def png_bytes(picture: np.ndarray) -> bytes:

@@ -18,6 +18,7 @@ from pydantic import Field
 from ray.train import UserCallback
 
 from gen_jobs import storage
+from gen_jobs.console import progress
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError, user_error_in
 from gen_jobs.recipes import RecipeBase, StrictModel, load_recipe
@@ -46,10 +47,11 @@ def parser() -> ArgumentParser:
 
 
 class EpochLog(UserCallback):
-    """Ray Train callback (runs in the train controller): one log line per epoch.
+    """Ray Train callback (runs in the train controller): one log line per epoch, for the user.
 
-    Printing from rank 0's worker instead would show each line twice, since
-    Train V2 both forwards worker stdout and copies print() to its own log.
+    Printed with console.say: the driver shows the line without Ray's `(TrainController pid=...)`
+    prefix. (Printing from rank 0's worker instead would show each line twice, since Train V2
+    both forwards worker stdout and copies print() to its own log.)
     """
 
     def __init__(self, family: str, epochs: int):
@@ -59,17 +61,20 @@ class EpochLog(UserCallback):
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         from gen_jobs import families
+        from gen_jobs.console import say
 
         first = metrics[0]
         if self.reports == 0 and first.get("epoch", 1) > 1:
-            print(f"resumed from the run's latest checkpoint at epoch {first['epoch'] - 1}", flush=True)
+            say(f"resumed from the run's latest checkpoint at epoch {first['epoch'] - 1}")
         self.reports += 1
         for event in first.get("guard_events", ()):
-            print(f"guard: {event}", flush=True)
+            say(f"guard: {event}")
         if "stopped" in first:  # the driver raises with the reason; say where the last good state went
             return
-        line = families.get(self.family).load("describe_epoch")(first, self.epochs)
-        print(line + ("  checkpoint saved" if checkpoint else ""), flush=True)
+        epoch_line, *warnings = families.get(self.family).load("describe_epoch")(first, self.epochs).split("\n")
+        say(epoch_line + ("  checkpoint saved" if checkpoint else ""))
+        for line in warnings:
+            say(line)
 
 
 def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bool) -> str:
@@ -106,6 +111,8 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
         result = trainer.fit()
     except Exception as e:  # Ray wraps the worker's exception; show its message, not Ray's stack
         raise UserError(f"training failed: {_root_cause(e)}") from e
+    finally:
+        progress().done()
     stopped = (result.metrics or {}).get("stopped")
     if stopped:
         uri = ("s3://" if storage.is_s3(storage_uri) else "") + result.checkpoint.path

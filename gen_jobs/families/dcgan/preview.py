@@ -19,12 +19,11 @@ def preview(dataset: str, manifest) -> Preview:
 
     table = read_shards(dataset, manifest.shards, ["label", "image"], max_rows=ROWS_READ)
     images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])  # N x H x W x C
-    scale = max(1, CELL // images.shape[1])
-    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     labels = table.column("label").to_pylist()
     if manifest.recipe.get("model", {}).get("conditional") and None not in labels:
-        grid = labelled_grid(images, np.asarray(labels))
+        grid = labelled_grid(images, np.asarray(labels), cell=CELL)
         if grid is not None:
-            return Preview(png_bytes(grid), "samples, one row per label (0 at the top), the first 10 of each")
-    shown = images[:100]
+            return Preview(png_bytes(grid), "samples, one row per label (written at the left), the first 10 of each")
+    scale = max(1, CELL // images.shape[1])
+    shown = images[:100].repeat(scale, axis=1).repeat(scale, axis=2)
     return Preview(png_bytes(image_grid(shown, 10)), f"the first {len(shown)} samples")
