@@ -132,7 +132,8 @@ class TrainingEta:
     PATTERN = re.compile(r"epoch (\d+)/(\d+) step (\d+)/(\d+)")
 
     def __init__(self):
-        self.start: tuple[float, float] | None = None  # (time, fraction done) at the first update
+        self.start: tuple[float, float] | None = None  # (time, fraction done) at the first update of this run
+        self.last: tuple[int, int, float] | None = None  # (epochs, steps, fraction done) of the latest update
 
     def describe(self, text: str) -> str:
         match = self.PATTERN.search(text)
@@ -141,8 +142,10 @@ class TrainingEta:
         epoch, epochs, step, steps = map(int, match.groups())
         done = ((epoch - 1) * steps + step) / (epochs * steps)
         now = time.monotonic()
-        if self.start is None or done < self.start[1]:  # (a restart from a checkpoint goes back)
+        # A new run (another length: the demo's next family) or a restart from a checkpoint starts the clock again.
+        if self.last is None or self.last[:2] != (epochs, steps) or done < self.last[2]:
             self.start = (now, done)
+        self.last = (epochs, steps, done)
         line = f"training: epoch {epoch}/{epochs}, step {step}/{steps}"
         elapsed, gained = now - self.start[0], done - self.start[1]
         if gained > 0 and elapsed > 1:

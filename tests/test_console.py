@@ -89,12 +89,15 @@ def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_elsewhere():
 def test_training_progress_says_how_long_is_left(monkeypatch):
     import gen_jobs.console as console
 
-    clock = iter([100.0, 110.0])
+    clock = iter([100.0, 110.0, 500.0, 520.0])
     monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
     eta = TrainingEta()
     assert eta.describe("epoch 1/4 step 10/100") == "training: epoch 1/4, step 10/100"
     # 10 s for 100 steps; 290 steps to go: 29 s
     assert eta.describe("epoch 2/4 step 10/100") == "training: epoch 2/4, step 10/100, about 29 s left"
+    # the next run in the same process (the demo's next family) starts its own clock
+    assert eta.describe("epoch 1/12 step 5/31") == "training: epoch 1/12, step 5/31"
+    assert eta.describe("epoch 1/12 step 15/31") == "training: epoch 1/12, step 15/31, about 11 min 54 s left"  # 20 s for 10 steps, 357 to go
 
 
 def test_the_digits_grid_is_readable_and_labelled():
