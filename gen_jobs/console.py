@@ -148,7 +148,7 @@ class TrainingEta:
         self.last = (epochs, steps, done)
         line = f"training: epoch {epoch}/{epochs}, step {step}/{steps}"
         elapsed, gained = now - self.start[0], done - self.start[1]
-        if gained > 0 and elapsed > 1:
+        if gained > 0 and elapsed > 3:  # (a guess from the first second or two swings wildly)
             line += f", about {format_seconds(elapsed * (1 - done) / gained)} left"
         return line
 
