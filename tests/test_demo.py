@@ -26,7 +26,7 @@ def test_dcgan_demo_meets_the_quality_bar(ray_cluster, tmp_path):
     assert quality["warnings"] == [], quality["summary"]
     assert problems(result["dataset"])[0] == []
     grid = Image.open(result["grid"])
-    assert grid.size == (320, 320) and grid.mode == "L"
+    assert grid.size == (48 + 10 * 68, 4 + 10 * 68) and grid.mode == "L"  # 64-pixel tiles, gaps, a label margin
     assert any(line.startswith("OK ") for line in lines)
 
 

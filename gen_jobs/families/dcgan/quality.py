@@ -121,9 +121,10 @@ def collapse_warnings(figures: dict) -> list[str]:
     if figures.get("diversity", 1.0) < MIN_DIVERSITY and (n is None or n >= MIN_ROWS_PER_CLASS * expected):
         out.append(f"mode collapse within classes: diversity {figures['diversity']:.3f} of real (< {MIN_DIVERSITY}){rows}")
     if n is None or n >= MIN_ROWS_FOR_NEIGHBOURS:
-        if figures.get("precision", 1.0) < MIN_PRECISION:
-            out.append(f"samples unlike real digits: precision {figures['precision']:.2f} (< {MIN_PRECISION}){rows}")
-        if figures.get("coverage", 1.0) < MIN_COVERAGE:
+        precision, coverage = figures.get("precision"), figures.get("coverage")  # (None: not measured)
+        if precision is not None and precision < MIN_PRECISION:
+            out.append(f"samples unlike real digits: precision {precision:.2f} (< {MIN_PRECISION}){rows}")
+        if coverage is not None and coverage < MIN_COVERAGE:
             out.append(f"mode collapse: the samples cover {figures['coverage']:.0%} of the real digits' neighbourhoods "
                        f"(< {MIN_COVERAGE:.0%}){rows}")
     agreement = figures.get("label_agreement")
