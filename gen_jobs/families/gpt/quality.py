@@ -18,6 +18,7 @@ import numpy as np
 
 from pydantic import BaseModel
 
+from gen_jobs.memorisation import CorpusWindows, windows
 from gen_jobs.significance import in_rows, share_below
 
 WORD = re.compile(r"[A-Za-z]{2,}")
@@ -89,30 +90,18 @@ class TextQuality(BaseModel):
         return out
 
 
-def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
-
-
 SPAN = 8  # words: shorter runs are common phrases, not copying
 
 
-class CorpusSpans:
+class CorpusSpans(CorpusWindows):
     """The training corpus's word 8-grams, to find how much of a sample is copied verbatim."""
 
     def __init__(self, corpus: list[str]):
-        self.known = {g for doc in corpus for g in _ngrams(doc.split(), SPAN)}
+        super().__init__((doc.split() for doc in corpus), SPAN)
 
     def longest_copied(self, text: str | None) -> int:
-        """Words in the longest run whose every 8-word window occurs in the corpus (0: no such run).
-
-        An upper bound on the longest span copied verbatim (exact when the windows come from one place).
-        """
-        words = (text or "").split()
-        longest = run = 0
-        for gram in _ngrams(words, SPAN):
-            run = run + 1 if gram in self.known else 0
-            longest = max(longest, run)
-        return longest + SPAN - 1 if longest else 0
+        """Words in the longest run whose every 8-word window occurs in the corpus (0: no such run)."""
+        return super().longest_copied((text or "").split())
 
 
 @functools.lru_cache(maxsize=2)
@@ -129,7 +118,7 @@ def corpus_spans(data_json: str) -> CorpusSpans | None:
 
 def distinct_2(samples: list[list[str]]) -> float:
     """Unique word pairs / all word pairs, pairs taken within each sample."""
-    bigrams = [g for words in samples for g in _ngrams(words, 2)]
+    bigrams = [g for words in samples for g in windows(words, 2)]
     return round(len(set(bigrams)) / max(len(bigrams), 1), 4)
 
 
@@ -156,7 +145,7 @@ def self_bleu(samples: list[list[str]], max_n: int = 4) -> float | None:
     if len(samples) < 2:
         return None
     lengths = np.array([len(s) for s in samples])
-    counts = [[Counter(_ngrams(s, n)) for s in samples] for n in range(1, max_n + 1)]
+    counts = [[Counter(windows(s, n)) for s in samples] for n in range(1, max_n + 1)]
     # Per n-gram the two largest counts over samples and whose the largest is: the best reference
     # count of a sample is the largest, or the second when the largest is its own.
     top = []
@@ -194,13 +183,13 @@ def score_texts(texts: list[str], corpus: list[str] | None = None, perplexity: f
     unigrams = [w for words in samples for w in words]
     repetition = []
     for words in samples:
-        grams = _ngrams(words, 4)
+        grams = windows(words, 4)
         if grams:
             repetition.append(1 - len(set(grams)) / len(grams))
     figures: dict = {}
     if corpus is not None:
         known = CorpusSpans(corpus).known
-        generated = [g for words in samples for g in _ngrams(words, 8)]
+        generated = [g for words in samples for g in windows(words, 8)]
         figures["memorised_8gram_share"] = round(sum(g in known for g in generated) / len(generated), 4) if generated else 0.0
         vocabulary = {w for doc in corpus for w in WORD.findall(doc)}
         checked = [w for t in texts for w in WORD.findall(t)]

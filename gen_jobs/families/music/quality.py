@@ -17,6 +17,7 @@ import io
 import numpy as np
 
 from gen_jobs.families.music.analysis import Notes, describe
+from gen_jobs.memorisation import CorpusWindows, windows
 from gen_jobs.significance import in_rows, mean_below
 
 MIN_NOTES = 8
@@ -43,23 +44,8 @@ FIGURE_MEANINGS = {
 SPAN = 8  # tokens: the window a copied run is made of (as copied_8gram_share)
 
 
-class CorpusTokens:
-    """The training corpus's token 8-grams, to find how much of a piece is copied verbatim."""
-
-    def __init__(self, corpus_ids: list[list[int]]):
-        self.known = {tuple(ids[i: i + SPAN]) for ids in corpus_ids for i in range(len(ids) - SPAN + 1)}
-
-    def longest_copied(self, ids: list[int]) -> int:
-        """Tokens in the longest run whose every 8-token window occurs in the corpus (0: no such run)."""
-        longest = run = 0
-        for i in range(len(ids) - SPAN + 1):
-            run = run + 1 if tuple(ids[i: i + SPAN]) in self.known else 0
-            longest = max(longest, run)
-        return longest + SPAN - 1 if longest else 0
-
-
 @functools.lru_cache(maxsize=2)
-def corpus_tokens(data_json: str, tokenizer_json: str) -> CorpusTokens | None:
+def corpus_tokens(data_json: str, tokenizer_json: str) -> CorpusWindows | None:
     """The recipe's corpus as tokens, indexed once per process (~1.5 s for the chorales); None when the
     corpus cannot be read here (a bring-your-own corpus may be elsewhere)."""
     from gen_jobs.errors import UserError
@@ -72,7 +58,7 @@ def corpus_tokens(data_json: str, tokenizer_json: str) -> CorpusTokens | None:
         corpus = load_corpus(MusicDataConfig.model_validate_json(data_json))
     except (UserError, OSError):
         return None
-    return CorpusTokens([encode(tokenizer, m) for m in corpus.midi])
+    return CorpusWindows((encode(tokenizer, m) for m in corpus.midi), SPAN)
 
 
 def playable(midi: bytes) -> bool:
@@ -95,7 +81,7 @@ def figures(scores: list, token_lists: list[list[int]], corpus_grams: set | None
     hist = sum((n.pitch_classes() * max(len(n), 1) for n in notes), np.zeros(12))
     out["_pitch_classes"] = hist / hist.sum() if hist.sum() else hist
     if corpus_grams is not None:
-        grams = [tuple(ids[i: i + 8]) for ids in token_lists for i in range(len(ids) - 7)]
+        grams = [g for ids in token_lists for g in windows(ids, SPAN)]
         out["copied_8gram_share"] = round(sum(g in corpus_grams for g in grams) / len(grams), 4) if grams else 0.0
     return out
 
@@ -108,7 +94,7 @@ def score_pieces(midi: list[bytes], token_lists: list[list[int]], corpus_midi: l
     from gen_jobs.families.music.model import decode, encode, special_ids
 
     corpus_ids = [encode(tokenizer, m) for m in corpus_midi]
-    grams = {tuple(ids[i: i + 8]) for ids in corpus_ids for i in range(len(ids) - 7)}
+    grams = CorpusWindows(corpus_ids, SPAN).known
     generated = figures([symusic.Score.from_midi(m) for m in midi], token_lists, grams)
     corpus = figures([symusic.Score.from_midi(m) for m in corpus_midi], [], None)
     rng = np.random.default_rng(0)  # the baseline is fixed: the same figures for every dataset

@@ -154,7 +154,7 @@ def _objects(values: list) -> np.ndarray:
 
 
 def copied_columns(tokens: list[np.ndarray], primer_tokens: np.ndarray, recipe: Recipe) -> dict[str, pa.Array]:
-    """copied_tokens and copy of each piece's continuation (gen_jobs.families.music.quality.CorpusTokens);
+    """copied_tokens and copy of each piece's continuation (gen_jobs.memorisation.CorpusWindows);
     null when the corpus cannot be read here."""
     from gen_jobs.families.music.quality import corpus_tokens
 
