@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test install install-test browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,17 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/raygen demo
 
-test: install-test
+# The playground's tests (tests/test_playground.py) drive Debian's Chromium: Playwright's own
+# browser download cannot run offline. Installed when missing and run as root; else the tests say so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the playground tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium: tests/test_playground.py will fail and say so"; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium' for tests/test_playground.py"; fi; }
+
+test: install-test browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: install-test

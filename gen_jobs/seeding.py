@@ -41,7 +41,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gen_jobs.row_seed import NOISE_VERSION, row_seeds  # noqa: F401 - re-exported (NumPy only, no torch)
+from gen_jobs.row_seed import NOISE_VERSION, row_seeds  # re-exported; that module needs NumPy only, no torch
+
+__all__ = ["NOISE_VERSION", "row_seeds", "LABEL", "LATENT", "TOKEN", "MUSIC", "STYLE", "GOLDEN", "mix64",
+           "seed_tensor", "random_bits", "uniform64", "uniform32", "integers", "normals"]
 
 LABEL, LATENT, TOKEN, MUSIC, STYLE = 1, 2, 3, 4, 5
 _STREAM_SHIFT = 40  # 2**40 indices per stream

@@ -1,5 +1,6 @@
 """The gateway's FastAPI app: shared routes, guards and error answers; each API adds its routes.
 
+    GET  /                          the playground page (serving.playground; no API key needed)
     GET  /healthz                   liveness (no API key needed)
     GET  /v1/models                 the served models, OpenAI's list shape
     POST /v1/completions, /v1/chat/completions      serving.apis.text
@@ -16,16 +17,33 @@ model's queue is full.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from serving import playground
 from serving.apis import all_api_modules
+from serving.config import Limits
 from serving.errors import ApiError
 
+
+class Gateway(Protocol):
+    """What the shared routes here use of serving.app.Gateway (not imported: that module imports this one)."""
+
+    models: dict
+    limits: Limits
+    created: int
+
+    def authorized(self, header: str | None) -> bool: ...
+
+    async def describe(self, served) -> dict: ...
+
+
 logger = logging.getLogger("ray.serve")
+OPEN_PATHS = playground.OPEN_PATHS | {"/healthz"}  # the page asks for the key; the liveness probe has none
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -52,16 +70,16 @@ def describe_validation(error: RequestValidationError) -> ApiError:
     return ApiError(400, f"{field}: {message} (got {got!r})" if field else message, param=field)
 
 
-def http_app(gateway: "Gateway") -> FastAPI:  # noqa: F821 (serving.app.Gateway; not imported: it imports this module)
+def http_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="raygen", description="OpenAI-compatible sampling from raygen's model families")
     limits = gateway.limits
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        # Every route but the liveness probe needs the key (the API docs too), whatever
+        # Every route but the liveness probe and the playground's files needs the key (the API docs too), whatever
         # route prefix the app is served under (Serve passes it as the ASGI root_path).
         path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/"))
-        if path != "/healthz" and not gateway.authorized(request.headers.get("authorization")):
+        if path not in OPEN_PATHS and not gateway.authorized(request.headers.get("authorization")):
             return error_response(ApiError(401, "a valid API key is required: send `Authorization: Bearer <key>`"))
         if request.method == "POST":
             length = request.headers.get("content-length")
@@ -109,9 +127,12 @@ def http_app(gateway: "Gateway") -> FastAPI:  # noqa: F821 (serving.app.Gateway;
 
     for api in all_api_modules():
         api.add_routes(app, gateway)
+    playground.add_routes(app)
     return app
 
 
-async def _model_card(gateway: "Gateway", served) -> dict:  # noqa: F821
+async def _model_card(gateway: Gateway, served) -> dict:
+    # The request limits ride along so a client (the playground) can offer values the server accepts.
+    limits = {"max_n": gateway.limits.max_n, "max_tokens": gateway.limits.max_tokens}
     return {"id": served.name, "object": "model", "created": gateway.created, "owned_by": "raygen",
-            "raygen": await gateway.describe(served)}
+            "raygen": {**await gateway.describe(served), "limits": limits}}

@@ -9,7 +9,8 @@ out/runs), training a missing one first. CONFIG
 is a Serve config file like serving/config.yaml (or a bare app config with
 `models:`); each --model adds a model served under NAME, its family read from
 the checkpoint (a checkpoint folder or a Ray Train run folder, path or s3://).
-Prints `serving on http://HOST:PORT` once every model answers, and shuts
+Prints `serving on http://HOST:PORT` once every model answers, then the
+playground's address (serving.playground: a page to try every model), and shuts
 Serve down cleanly on SIGINT or SIGTERM.
 """
 
@@ -121,6 +122,7 @@ def serve_until_stopped(config, host: str, port: int) -> None:
         serve.run(app, name="raygen", route_prefix="/", blocking=False, logging_config=quiet)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"serving on http://{shown}:{port}", flush=True)
+        print(f"playground: http://{shown}:{port}/ (open it in a browser)", flush=True)
         print(f"models: {', '.join(m.name for m in config.models)}; Ctrl-C stops", flush=True)
         stop.wait()
     finally:

@@ -56,10 +56,13 @@ def test_raygen_serve_answers_then_stops_cleanly(ray_cluster, checkpoint):
     try:
         lines = []
         deadline = time.monotonic() + 180
-        while not any(line.startswith("serving on ") for line in lines):
+        while not any(line.startswith("playground: ") for line in lines):
             assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
             lines.append(process.stdout.readline())
         assert f"serving on http://127.0.0.1:{port}" in "".join(lines)
+        assert f"playground: http://127.0.0.1:{port}/" in "".join(lines)
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)  # the address printed is the page
+        assert page.status_code == 200 and "raygen playground" in page.text
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
         served = models["data"][0]["raygen"]["weights_sha256"]
         assert served == weights_sha256(latest(run_folder))  # its newest checkpoint (other tests may add to the run)
