@@ -91,21 +91,21 @@ def latest(uri: str) -> str:
     return storage.join(uri, candidates[-1])
 
 
+def _training_info(uri: str) -> dict:
+    """The checkpoint's raygen.json ({} for bring-your-own models, which have none)."""
+    info_uri = storage.join(uri, INFO_FILE)
+    return json.loads(storage.read_bytes(info_uri)) if storage.exists(info_uri) else {}
+
+
 def training_metrics(uri: str) -> dict:
     """The last epoch's figures stored in raygen.json ({} for bring-your-own models)."""
-    info_uri = storage.join(uri, INFO_FILE)
-    if not storage.exists(info_uri):
-        return {}
-    return json.loads(storage.read_bytes(info_uri)).get("metrics", {})
+    return _training_info(uri).get("metrics", {})
 
 
 def training_history(uri: str) -> list[dict]:
     """Every epoch's figures up to this checkpoint, oldest first ([] for bring-your-own models and
     checkpoints written before raygen kept them)."""
-    info_uri = storage.join(uri, INFO_FILE)
-    if not storage.exists(info_uri):
-        return []
-    return json.loads(storage.read_bytes(info_uri)).get("history", [])
+    return _training_info(uri).get("history", [])
 
 
 def weights_sha256(uri: str) -> str:

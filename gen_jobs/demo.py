@@ -120,8 +120,11 @@ def write_grid(dataset: str, uri: str) -> str:
     from gen_jobs.images import decode_png, labelled_grid, png_bytes
 
     table = read_table(dataset, ["label", "image"])
-    images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])
-    grid = labelled_grid(images, np.asarray(table.column("label").to_pylist()))
+    labels = np.asarray(table.column("label").to_pylist())
+    # Decode only what the grid shows (the first 10 of each label), not every row of the dataset.
+    shown = np.sort(np.concatenate([np.flatnonzero(labels == k)[:10] for k in np.unique(labels)]))
+    images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").take(shown).to_pylist()])
+    grid = labelled_grid(images, labels[shown], per_label=10)
     if grid is None:
         raise UserError("the dataset has fewer than 10 images of some label for the grid")
     storage.write_bytes_atomic(uri, png_bytes(grid))

@@ -14,7 +14,7 @@ loaded on first use, the family's parts:
     score_dataset   the quality figures recorded in the manifest (or None)
     figures         (optional) {figure name: what it means, in a sentence}: the dataset card's table
     preview         (optional) `preview(dataset URI, manifest) -> Preview`: the dataset card's samples
-    describe_epoch  the training log's line for one epoch's metrics
+    describe_epoch  `describe_epoch(metrics, epochs) -> (line, warnings)`: the training log for one epoch
 
 and, as plain values:
 

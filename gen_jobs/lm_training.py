@@ -42,12 +42,11 @@ def gpt2_model(cfg, vocab_size: int, bos: int, eos: int, pad: int | None = None)
     ))
 
 
-def describe_epoch(m: dict, epochs: int) -> str:
-    """The training log's line for one epoch of a language model."""
-    return (
-        f"epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.3f}  held-out loss {m['held_out_loss']:.3f}"
-        f"  perplexity {m['held_out_perplexity']:.1f}  ({m['seconds']:.1f} s)"
-    )
+def describe_epoch(m: dict, epochs: int) -> tuple[str, list[str]]:
+    """The training log's line for one epoch of a language model (no warnings of its own)."""
+    line = (f"epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.3f}  held-out loss {m['held_out_loss']:.3f}"
+            f"  perplexity {m['held_out_perplexity']:.1f}  ({m['seconds']:.1f} s)")
+    return line, []
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -71,10 +71,10 @@ class EpochLog(UserCallback):
             say(f"guard: {event}")
         if "stopped" in first:  # the driver raises with the reason; say where the last good state went
             return
-        epoch_line, *warnings = families.get(self.family).load("describe_epoch")(first, self.epochs).split("\n")
+        epoch_line, warnings = families.get(self.family).load("describe_epoch")(first, self.epochs)
         say(epoch_line + ("  checkpoint saved" if checkpoint else ""))
-        for line in warnings:
-            say(line)
+        for warning in warnings:
+            say(f"  {warning}")
 
 
 def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bool) -> str:

@@ -231,8 +231,8 @@ class TrainingTask:
         self.gan.load(folder, state)
 
 
-def describe_epoch(m: dict, epochs: int) -> str:
-    """The training log's line for one epoch (rank 0's reported metrics)."""
+def describe_epoch(m: dict, epochs: int) -> tuple[str, list[str]]:
+    """The training log's line for one epoch (rank 0's reported metrics), and its warnings."""
     line = f"epoch {m['epoch']}/{epochs}  loss_d {m['loss_d']:.3f}  loss_g {m['loss_g']:.3f}"
     if "classes_covered" in m:
         line += f"  classes {m['classes_covered']}/10  KL {m['kl_to_uniform']:.3f}  diversity {m['diversity']:.2f}"
@@ -240,5 +240,5 @@ def describe_epoch(m: dict, epochs: int) -> str:
             line += f"  label agreement {m['label_agreement']:.2f}"
     line += f"  ({m['seconds']:.1f} s)"
     if "classes_covered" in m and m["epoch"] > epochs // 4:  # early epochs are expected to look collapsed
-        line += "".join(f"\n  warning: {w}" for w in collapse_warnings(m))
-    return line
+        return line, [f"warning: {w}" for w in collapse_warnings(m)]
+    return line, []

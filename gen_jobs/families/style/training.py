@@ -136,10 +136,10 @@ def _uint8(x: torch.Tensor):
     return x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def describe_epoch(m: dict, epochs: int) -> str:
+def describe_epoch(m: dict, epochs: int) -> tuple[str, list[str]]:
     line = (f"epoch {m['epoch']}/{epochs}  content {m['content_loss']:.3f}  style {m['style_loss']:.3f}"
             f"  tv {m['tv_loss']:.3f}")
     if "held_out_style_ratio" in m:
         line += (f"  held-out: style loss x{m['held_out_style_ratio']:.2f} of the input's, edges "
                  f"{m['held_out_edges']:.2f}, change {m['held_out_change']:.3f}")
-    return line + f"  ({m['seconds']:.1f} s)"
+    return line + f"  ({m['seconds']:.1f} s)", []
