@@ -91,6 +91,38 @@ def latest(uri: str) -> str:
     return storage.join(uri, candidates[-1])
 
 
+def training_state(uri: str) -> str | None:
+    """None when `uri` (a checkpoint, or a run folder's newest) holds a finished training's model,
+    else where training is, in words ("no checkpoint yet", "at epoch 3 of 10")."""
+    try:
+        found = latest(uri)
+    except UserError:
+        return "no checkpoint yet"
+    epoch = _training_info(found).get("epoch")
+    epochs = getattr(getattr(read_recipe(found), "train", None), "epochs", None)
+    if epoch is None or epochs is None or epoch >= epochs:  # bring-your-own weights count as trained
+        return None
+    return f"at epoch {epoch} of {epochs}"
+
+
+def wait_until_trained(uri: str, timeout_s: float, log=print, poll_s: float = 30.0) -> None:
+    """Return once `uri` holds a finished training's model; UserError after `timeout_s` seconds.
+
+    Lets a generation job or the Serve app be started before (or while) its model trains,
+    as `kubectl apply -k k8s/` does, instead of failing for good or using a half-trained model.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (state := training_state(uri)) is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UserError(f"{uri} still holds no trained model after waiting {timeout_s:.0f} s ({state}); "
+                            "check its training job, or wait longer")
+        log(f"waiting for {uri} to hold a trained model: {state} (up to {left / 60:.0f} min more)")
+        time.sleep(min(poll_s, left))
+
+
 def _training_info(uri: str) -> dict:
     """The checkpoint's raygen.json ({} for bring-your-own models, which have none)."""
     info_uri = storage.join(uri, INFO_FILE)

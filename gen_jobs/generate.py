@@ -6,6 +6,7 @@
         [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite] [--set k=v ...]
         [--image-column COL] [--styles uniform|K[,K...]]      (style: the same as --input-column, --labels)
         [--audio [--sample-rate HZ] [--soundfont SF2]]       (music: an `audio` WAV column)
+        [--wait-for-training SECONDS]    (start before the model finished training: wait for it)
     python -m gen_jobs.generate ...        # the same, for `ray job submit`
 
 Pipeline: shard ids -> actor pool of W ShardWriters, each holding the family's
@@ -65,13 +66,13 @@ from gen_jobs.scoring import score
 
 
 class GenerateArgs(StrictModel):
-    checkpoint: str
-    out: str
+    checkpoint: storage.Uri
+    out: storage.Uri
     num_samples: int | None = Field(None, gt=0)
-    prompts: str | None = None
+    prompts: storage.Uri | None = None
     prompt_column: str = "prompt"
     samples_per_prompt: int = Field(1, gt=0)
-    input: str | None = None
+    input: storage.Uri | None = None
     input_column: str = "image"
     samples_per_input: int = Field(1, gt=0)
     set: list[str] = []
@@ -89,16 +90,18 @@ class GenerateArgs(StrictModel):
     filter: str | None = None
     max_attempts: int | None = Field(None, ge=1, le=1000)
     card: bool = True  # --no-card: no README.md / quality.json / pictures at the end (gen_jobs.card)
+    wait_for_training: float = Field(0, ge=0, le=7 * 24 * 3600)  # seconds to wait for the checkpoint's training to finish
 
     def shaping_arguments(self) -> list[str]:
         """The `raygen generate` arguments that shape the rows, as a command line's words (the card's provenance).
 
         Left out: --out (where the bytes go, not what they are) and the flags that change no byte
-        (--workers, --gpu, --resume, --overwrite, --no-card), so equal datasets record equal arguments.
+        (--workers, --gpu, --resume, --overwrite, --no-card, --wait-for-training), so equal datasets
+        record equal arguments.
         """
         words = []
         for name, value in self.model_dump(exclude_defaults=True).items():
-            if name in ("out", "workers", "gpu", "resume", "overwrite", "card"):
+            if name in ("out", "workers", "gpu", "resume", "overwrite", "card", "wait_for_training"):
                 continue
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool):
@@ -180,6 +183,9 @@ def parser() -> ArgumentParser:
                         "a failing row retries with its next candidate (gen_jobs/gate.py)")
     p.add_argument("--max-attempts", type=int, help="candidates a row may try under --filter (default 4); "
                                                      "rows that never pass are kept with status 'rejected'")
+    p.add_argument("--wait-for-training", type=float, default=0, metavar="SECONDS",
+                   help="wait up to SECONDS for --checkpoint to hold a finished training's model (its last epoch), "
+                        "so a job can be started before its model is trained (default: 0, no wait)")
     p.add_argument("--resume", action="store_true", help="complete an interrupted or damaged dataset")
     p.add_argument("--overwrite", action="store_true", help="replace whatever dataset is at --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -360,7 +366,8 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
     from gen_jobs import families
 
     storage.check_lasting(args.out, "--out")
-
+    if args.wait_for_training:
+        checkpoint.wait_until_trained(args.checkpoint, args.wait_for_training, log)
     ckpt = checkpoint.latest(args.checkpoint)  # a run folder names its newest checkpoint
     if ckpt != args.checkpoint.rstrip("/"):
         log(f"checkpoint: {ckpt} (the newest in {args.checkpoint})")

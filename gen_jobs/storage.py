@@ -19,12 +19,15 @@ import functools
 import gc
 import os
 import posixpath
+import re
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+from pydantic import AfterValidator
 
 from gen_jobs.errors import UserError
 
@@ -36,6 +39,29 @@ _S3_RETRY_ATTEMPTS = 12
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_variables(uri: str) -> str:
+    """`uri` with each `${NAME}` replaced by the environment variable NAME; unset is an error.
+
+    Lets one setting name the bucket for every job and the Serve config on a cluster
+    (k8s/storage.yaml's RAYGEN_STORAGE): `--out '${RAYGEN_STORAGE}/datasets/digits'`.
+    """
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if not os.environ.get(name):
+            raise ValueError(f"{uri} names ${{{name}}}, which is not set here: export {name} (on Kubernetes, "
+                             "k8s/storage.yaml sets RAYGEN_STORAGE for every pod), or write the URI out")
+        return os.environ[name].rstrip("/")
+
+    return _VARIABLE.sub(value, uri)
+
+
+# A URI argument or config field: `${NAME}` in it is expanded from the environment.
+Uri = Annotated[str, AfterValidator(expand_variables)]
 
 
 def _s3_settings() -> tuple[str | None, str]:

@@ -22,13 +22,14 @@ from gen_jobs.console import progress
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError, user_error_in
 from gen_jobs.recipes import RecipeBase, StrictModel, load_recipe
+from gen_jobs.storage import Uri
 
 DEFAULT_STORAGE = "./out/runs"
 
 
 class TrainArgs(StrictModel):
     recipe: str
-    storage: str = DEFAULT_STORAGE
+    storage: Uri = DEFAULT_STORAGE
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     workers: int = Field(2, gt=0, le=1024)
     gpu: bool = False

@@ -147,6 +147,9 @@ def build_app(args: AppConfig) -> Application:
     config = AppConfig.model_validate(args) if isinstance(args, dict) else args
     models, handles = [], {}
     for spec in config.models:
+        if config.wait_for_training_s:  # deployed with (or before) its training jobs, as `kubectl apply -k k8s/` does
+            checkpoint.wait_until_trained(spec.checkpoint, config.wait_for_training_s,
+                                          log=logging.getLogger("ray.serve").warning)
         uri = checkpoint.latest(spec.checkpoint)
         if not storage.is_s3(uri):
             uri = str(Path(uri).resolve())  # replicas may run in another working directory

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from gen_jobs.recipes import StrictModel
+from gen_jobs.storage import Uri
 
 IMPORT_PATH = "serving.app:build_app"
 
@@ -43,7 +44,8 @@ class ModelSpec(StrictModel):
     """One served model: one Serve deployment wrapping its family's sampler."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="the `model` clients ask for")
-    checkpoint: str = Field(description="checkpoint folder, or a Ray Train run folder (its newest checkpoint); path or s3://")
+    checkpoint: Uri = Field(description="checkpoint folder, or a Ray Train run folder (its newest checkpoint); path or "
+                                        "s3://; ${NAME} is read from the environment")
     gpu: bool = Field(False, description="one GPU per replica (the sampler runs on cuda)")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per replica")
     autoscaling: Autoscaling = Autoscaling()
@@ -76,6 +78,11 @@ class AppConfig(StrictModel):
     api_key_env: str = Field(
         "RAYGEN_API_KEY",
         description="environment variable holding the API key; when it is set, requests need `Authorization: Bearer <key>`",
+    )
+    wait_for_training_s: float = Field(
+        0, ge=0, le=7 * 24 * 3600,
+        description="how long the app builder waits for each checkpoint to hold a finished training's model "
+                    "(0: not at all), so the app can be deployed before or while its models train",
     )
 
     @model_validator(mode="after")

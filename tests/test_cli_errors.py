@@ -104,3 +104,47 @@ def test_malformed_recipe_file(capsys, tmp_path):
 
 def test_verify_missing_path(capsys, tmp_path):
     assert "does not exist" in error_of(capsys, ["verify", str(tmp_path / "nope")])
+
+
+def _write_checkpoint(folder, epoch: int) -> None:
+    import torch
+
+    from conftest import TINY
+    from gen_jobs.families.dcgan.training import GAN
+    from gen_jobs.recipes import load_recipe
+
+    GAN(load_recipe("dcgan_digits", TINY), torch.device("cpu")).save(folder, {"epoch": epoch})
+
+
+def test_a_job_started_before_its_model_finished_training_waits_for_it(tmp_path, capsys):
+    """`--wait-for-training` (and the Serve config's wait_for_training_s): the order of k8s/ applies heals."""
+    import threading
+
+    from conftest import TINY
+    from gen_jobs import checkpoint
+    from gen_jobs.recipes import load_recipe
+
+    epochs = load_recipe("dcgan_digits", TINY).train.epochs
+    run = tmp_path / "runs" / "dcgan_digits"
+    err = error_of(capsys, ["generate", "--checkpoint", str(run), "--out", str(tmp_path / "out"), "--num-samples", "4",
+                            "--wait-for-training", "0.2"])
+    assert f"{run} still holds no trained model after waiting 0 s (no checkpoint yet)" in err
+    assert not (tmp_path / "out").exists()
+
+    _write_checkpoint(run / "checkpoint_2026-01-01_00-00-00.000000", epoch=epochs - 1)  # training is under way
+    with pytest.raises(checkpoint.UserError, match=f"at epoch {epochs - 1} of {epochs}"):
+        checkpoint.wait_until_trained(str(run), 0.2, log=lambda _: None, poll_s=0.05)
+    from serving.app import build_app
+    from serving.config import AppConfig
+
+    with pytest.raises(checkpoint.UserError, match=f"still holds no trained model after waiting 0 s \\(at epoch"):
+        build_app(AppConfig(models=[{"name": "digits", "checkpoint": str(run)}], wait_for_training_s=0.2))
+
+    final = run / "checkpoint_2026-01-01_00-00-09.000000"
+    finishing = threading.Timer(0.5, _write_checkpoint, (final, epochs))
+    finishing.start()
+    said: list[str] = []
+    checkpoint.wait_until_trained(str(run), 60, log=said.append, poll_s=0.05)
+    finishing.join()
+    assert said and all(f"at epoch {epochs - 1} of {epochs}" in line for line in said)
+    assert checkpoint.latest(str(run)) == str(final)

@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from gen_jobs.storage import expand_variables
 
 K8S = REPO / "k8s"
 CRDS = Path(os.environ.get("RAYGEN_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
@@ -46,12 +47,17 @@ RAY_VERSION = re.search(r"ray\[[^]]*\]==([\d.]+)", " ".join(PYPROJECT["project"]
 RAYGEN_VERSION = PYPROJECT["project"]["version"]
 IMAGE = f"raygen:{RAYGEN_VERSION}-ray{RAY_VERSION}-py311-gpu"
 
+# The one place that names the bucket: every pod's RAYGEN_STORAGE (k8s/storage.yaml).
+STORAGE_CONFIG = yaml.safe_load((K8S / "storage.yaml").read_text())
+STORAGE = STORAGE_CONFIG["data"]["RAYGEN_STORAGE"]
+
 # The only ways the RayService's Serve config may differ from serving/config.yaml.
 CLUSTER_CHANGES = {
     ("http_options", "host"): "0.0.0.0",  # reachable by the Kubernetes Service, not loopback only
-    ("applications", 0, "args", "models", 0, "checkpoint"): "s3://raygen/runs/dcgan_digits",
-    ("applications", 0, "args", "models", 1, "checkpoint"): "s3://raygen/runs/gpt_pydoc",
+    ("applications", 0, "args", "models", 0, "checkpoint"): "${RAYGEN_STORAGE}/runs/dcgan_digits",
+    ("applications", 0, "args", "models", 1, "checkpoint"): "${RAYGEN_STORAGE}/runs/gpt_pydoc",
     ("applications", 0, "args", "models", 1, "gpu"): True,
+    ("applications", 0, "args", "wait_for_training_s"): 86400,  # deployed with its train jobs, it waits for them
 }
 
 # The job modules RayJobs may run, with their argument parser and pydantic arguments.
@@ -68,6 +74,12 @@ def load_manifests() -> list[tuple[str, dict]]:
 
 
 MANIFESTS = load_manifests()
+
+
+@pytest.fixture(autouse=True)
+def cluster_environment(monkeypatch):
+    """RAYGEN_STORAGE as every pod has it, so job arguments and the Serve config expand as on the cluster."""
+    monkeypatch.setenv("RAYGEN_STORAGE", STORAGE)
 KUBERAY = [(name, doc) for name, doc in MANIFESTS if doc["apiVersion"].startswith("ray.io/")]
 BUILT_IN = [(name, doc) for name, doc in MANIFESTS if not doc["apiVersion"].startswith("ray.io/")]
 RAY_JOBS = [(name, doc) for name, doc in KUBERAY if doc["kind"] == "RayJob"]
@@ -212,7 +224,9 @@ def test_every_container_runs_the_raygen_image_with_requests_limits_and_secrets_
         assert resources["requests"] == resources["limits"], "requests == limits: Guaranteed pods"
     for container in containers(doc):
         assert container["image"] == IMAGE
-        assert any(source.get("secretRef", {}).get("name") == "raygen-s3" for source in container.get("envFrom", []))
+        sources = container.get("envFrom", [])
+        assert any(source.get("secretRef", {}).get("name") == "raygen-s3" for source in sources)
+        assert any(source.get("configMapRef", {}).get("name") == "raygen-storage" for source in sources)
         for variable in container.get("env", []):
             secret_like = re.search(r"SECRET|TOKEN|KEY|PASSWORD", variable["name"])
             assert not (secret_like and "value" in variable), f"{variable['name']} is inline; use a Secret"
@@ -277,9 +291,33 @@ def test_every_dataset_and_served_model_reads_what_a_train_job_writes():
         if module == "gen_jobs.train":
             trained.add(f"{args.storage.rstrip('/')}/{args.name}")
     read = [parsed_arguments(doc)[1].checkpoint for _, doc in RAY_JOBS if entrypoint(doc)[0] == "gen_jobs.generate"]
-    served = [m["checkpoint"] for m in serve_config()["applications"][0]["args"]["models"]]
+    served = [expand_variables(m["checkpoint"]) for m in serve_config()["applications"][0]["args"]["models"]]
     assert read and served
     assert set(read) <= trained and set(served) <= trained, (read, served, trained)
+
+
+def test_the_bucket_is_named_in_one_place():
+    """Only k8s/storage.yaml names a bucket; every job and the Serve app write URIs under ${RAYGEN_STORAGE}."""
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "storage.yaml":
+            assert "s3://" not in path.read_text(), f"{path.name} names a bucket: write ${{RAYGEN_STORAGE}}/... instead"
+    assert STORAGE.startswith("s3://") and STORAGE_CONFIG["metadata"]["name"] == "raygen-storage"
+    for name, doc in RAY_JOBS:  # single-quoted, so the submitter's shell passes ${...} on for raygen to expand
+        words = re.findall(r"\S*RAYGEN_STORAGE\S*", doc["spec"]["entrypoint"])
+        assert words and all(w.startswith("'${RAYGEN_STORAGE}/") and w.endswith("'") for w in words), (name, words)
+        module, args = parsed_arguments(doc)
+        uris = [args.storage] if module == "gen_jobs.train" else [args.checkpoint, args.out]
+        assert all(uri.startswith(f"{STORAGE}/") for uri in uris), (name, uris)  # expanded as on the cluster
+
+
+def test_generation_jobs_and_the_app_wait_for_training_instead_of_failing():
+    """`kubectl apply -k k8s/` in one go: what reads a checkpoint waits for the run's final one."""
+    for name, doc in RAY_JOBS:
+        module, args = parsed_arguments(doc)
+        if module == "gen_jobs.generate":
+            assert args.wait_for_training >= 3600, name
+            assert doc["spec"]["activeDeadlineSeconds"] > args.wait_for_training, name  # time left for the work
+    assert serve_config()["applications"][0]["args"]["wait_for_training_s"] >= 3600
 
 
 # ------------------------------------------------------------------ RayService against serving/config.yaml
@@ -340,6 +378,7 @@ def test_kustomization_lists_every_manifest_and_names_the_image():
     assert not clusters & {RAY_SERVICE["metadata"]["name"]}
     for _, doc in KUBERAY:  # `kubectl apply -k k8s/ -l raygen.io/stage=...` selects every step
         assert doc["metadata"]["labels"]["raygen.io/stage"] in {"cluster", "train", "generate", "serve"}
+    assert "storage.yaml" in kustomization["resources"]
 
 
 # ------------------------------------------------------------------ sizes: pods on nodes, actors in pods

@@ -76,3 +76,18 @@ def test_an_s3_outage_inside_a_ray_data_worker_is_one_clear_line(ray_cluster, ca
 def test_errors_that_are_not_s3_are_not_described_as_s3():
     assert storage.describe_failure(ValueError("bad value")) is None
     assert storage.describe_failure(OSError("disk full")) is None
+
+
+def test_uris_may_name_environment_variables(monkeypatch):
+    """One setting names the bucket for every job and the Serve config (k8s/storage.yaml)."""
+    from gen_jobs.generate import GenerateArgs
+    from gen_jobs.storage import expand_variables
+
+    monkeypatch.setenv("RAYGEN_STORAGE", "s3://acme-data/raygen/")
+    assert expand_variables("${RAYGEN_STORAGE}/runs/gpt") == "s3://acme-data/raygen/runs/gpt"
+    assert expand_variables("out/$HOME/x") == "out/$HOME/x"  # only the ${NAME} form: plain paths stay as typed
+    args = GenerateArgs(checkpoint="${RAYGEN_STORAGE}/runs/dcgan", out="${RAYGEN_STORAGE}/datasets/d", num_samples=1)
+    assert (args.checkpoint, args.out) == ("s3://acme-data/raygen/runs/dcgan", "s3://acme-data/raygen/datasets/d")
+    monkeypatch.delenv("RAYGEN_STORAGE")
+    with pytest.raises(ValueError, match=r"names \$\{RAYGEN_STORAGE\}, which is not set here: export RAYGEN_STORAGE"):
+        expand_variables("${RAYGEN_STORAGE}/runs")
