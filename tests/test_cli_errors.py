@@ -137,7 +137,7 @@ def test_a_job_started_before_its_model_finished_training_waits_for_it(tmp_path,
     from serving.app import build_app
     from serving.config import AppConfig
 
-    with pytest.raises(checkpoint.UserError, match=f"still holds no trained model after waiting 0 s \\(at epoch"):
+    with pytest.raises(checkpoint.UserError, match="still holds no trained model after waiting 0 s \\(at epoch"):
         build_app(AppConfig(models=[{"name": "digits", "checkpoint": str(run)}], wait_for_training_s=0.2))
 
     final = run / "checkpoint_2026-01-01_00-00-09.000000"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
 import jsonschema
@@ -36,8 +37,30 @@ def test_aws_config_validates_against_the_cluster_launcher_schema_ray_ships():
     assert head["resources"] == {"CPU": 0}, "the head runs no work"
     gpu = config["available_node_types"]["gpu_worker"]
     assert gpu["min_workers"] == 0 < gpu["max_workers"] <= config["max_workers"]
-    assert any("RAY_AUTH_MODE=token" in command for command in config["head_start_ray_commands"])
-    assert any("RAY_AUTH_MODE=token" in command for command in config["worker_start_ray_commands"])
+    assert "-e RAY_AUTH_MODE=token" in config["docker"]["run_options"]  # every command on a node, not only ray start
+
+
+def test_aws_nodes_run_the_built_image_on_one_pinned_ami_with_least_privilege_profiles():
+    config = aws_config()
+    kustomization = yaml.safe_load((REPO / "k8s" / "kustomization.yaml").read_text())
+    image_name, _, tag = config["docker"]["image"].rpartition(":")
+    assert image_name == kustomization["images"][0]["newName"] and tag.startswith(version("raygen"))  # k8s/Dockerfile's
+    assert not config["setup_commands"] and "/home/ray/raygen" not in config["file_mounts"]  # nothing installed on boot
+    nodes = config["available_node_types"]
+    assert len({node["node_config"]["ImageId"] for node in nodes.values()}) == 1  # one pinned AMI everywhere
+    profiles = {name: node["node_config"]["IamInstanceProfile"]["Name"] for name, node in nodes.items()}
+    assert profiles == {"head": "raygen-head", "gpu_worker": "raygen-worker", "cpu_worker": "raygen-worker"}
+
+    def actions(policy: str) -> set[str]:
+        document = json.loads((REPO / "cluster" / "iam" / policy).read_text())
+        return {action for statement in document["Statement"] for action in
+                ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])}
+
+    assert {a.split(":")[0] for a in actions("worker-policy.json")} == {"s3", "ecr"}  # workers can't touch EC2 or IAM
+    head = json.loads((REPO / "cluster" / "iam" / "head-policy.json").read_text())
+    passes = [st for st in head["Statement"] if st["Action"] == "iam:PassRole"]
+    assert [st["Resource"] for st in passes] == ["arn:aws:iam::*:role/raygen-worker"]  # only the workers' own role
+    assert "ec2:RunInstances" in actions("head-policy.json")
 
 
 def test_the_schema_check_rejects_a_misspelt_key():

@@ -310,6 +310,20 @@ def test_the_bucket_is_named_in_one_place():
         assert all(uri.startswith(f"{STORAGE}/") for uri in uris), (name, uris)  # expanded as on the cluster
 
 
+def test_the_disruption_budget_counts_the_serve_workers_and_not_the_head():
+    budget = next(doc for _, doc in BUILT_IN if doc["kind"] == "PodDisruptionBudget")
+    selector = budget["spec"]["selector"]["matchLabels"]
+    spec = cluster_spec(RAY_SERVICE)
+
+    def selected(template: dict) -> bool:
+        labels = template.get("metadata", {}).get("labels", {})
+        return all(labels.get(key) == value for key, value in selector.items())
+
+    assert all(selected(group["template"]) for group in spec["workerGroupSpecs"])
+    assert not selected(spec["headGroupSpec"]["template"])
+    assert budget["spec"]["maxUnavailable"] == 1 and budget["metadata"]["labels"]["raygen.io/stage"] == "serve"
+
+
 def test_generation_jobs_and_the_app_wait_for_training_instead_of_failing():
     """`kubectl apply -k k8s/` in one go: what reads a checkpoint waits for the run's final one."""
     for name, doc in RAY_JOBS:
@@ -363,7 +377,31 @@ def test_ray_version_agrees_in_pyproject_dockerfile_manifests_and_cluster_config
         assert cluster_spec(doc)["rayVersion"] == RAY_VERSION
         assert {c["image"] for c in containers(doc)} == {IMAGE}  # the tag names the same Ray
     aws = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
-    assert aws["docker"]["image"] == base
+    assert aws["docker"]["image"].endswith(f"/{IMAGE}")  # the image built from this Dockerfile
+
+
+def test_the_dockerfile_installs_what_the_package_needs_pinned_and_checks_it():
+    """No Docker here: the install steps are read instead (hadolint, where installed, lints the rest)."""
+    text = (K8S / "Dockerfile").read_text()
+    instructions = [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")]
+    torch_pin = re.search(r"^TORCH := (\S+)", (REPO / "Makefile").read_text(), re.MULTILINE).group(1)
+    installs = [line for line in instructions if line.startswith("RUN") and "pip install" in line]
+    assert installs[0] == f"RUN pip install {torch_pin}", "torch first, pinned as `make` pins it (else a resolve picks one)"
+    for line in installs:
+        for requirement in re.findall(r"pip install ((?:\S+ ?)+?)(?:&&|$)", line):
+            for word in requirement.split():
+                assert word == "." or word.startswith("-") or "==" in word, f"unpinned install: {word}"
+    copied = {line.split()[-1] for line in instructions if line.startswith("COPY")}
+    packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages <= copied | {"."}, f"the image lacks {packages - copied}"
+    check = installs[-1]
+    assert "import gen_jobs, serving.app" in check and f"== '{RAY_VERSION}'" in check  # the build fails if Ray differs
+    assert "HF_HUB_OFFLINE=1" in text
+    hadolint = shutil.which("hadolint")
+    if hadolint:
+        result = subprocess.run([hadolint, str(K8S / "Dockerfile")], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout
 
 
 def test_kustomization_lists_every_manifest_and_names_the_image():
