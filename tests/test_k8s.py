@@ -404,6 +404,28 @@ def test_the_dockerfile_installs_what_the_package_needs_pinned_and_checks_it():
         assert result.returncode == 0, result.stdout
 
 
+@pytest.mark.parametrize("component", ["gcs-fault-tolerance", "monitoring"])
+def test_each_optional_component_builds_onto_the_base_and_validates(component, crd_validators, tmp_path):
+    """Turned on as the kustomization's comment says: k8s/kustomization.yaml lists the component."""
+    copy_of_k8s = tmp_path / "k8s"
+    shutil.copytree(K8S, copy_of_k8s)
+    kustomization = copy_of_k8s / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text() + f"components: [components/{component}]\n")
+    result = subprocess.run([kubectl(), "kustomize", str(copy_of_k8s)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+    for (kind, _), doc in built.items():
+        if kind in crd_validators:
+            assert schema_errors(crd_validators[kind], doc) == []
+    if component == "gcs-fault-tolerance":
+        options = built[("RayService", "raygen")]["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+        assert options["redisPassword"]["valueFrom"]["secretKeyRef"]["name"] == "raygen-redis"  # never inline
+    else:
+        monitor = built[("PodMonitor", "raygen-ray")]
+        assert monitor["metadata"]["namespace"] == "raygen"
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
 def test_kustomization_lists_every_manifest_and_names_the_image():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     manifests = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
