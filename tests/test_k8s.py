@@ -513,6 +513,21 @@ def test_gpu_pods_go_to_gpu_nodes_and_cpu_pods_stay_off_them(where, template, po
     assert tolerates == wants_gpu, f"{where}: only GPU pods tolerate the GPU nodes' taint"
 
 
+@pytest.mark.parametrize("name, doc", RAY_JOBS, ids=ids(RAY_JOBS))
+def test_ray_job_submitters_run_a_small_image_of_the_same_ray_on_a_cpu_node(name, doc):
+    template = doc["spec"]["submitterPodTemplate"]
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == f"rayproject/ray:{RAY_VERSION}-py311-cpu"  # `ray job submit` of the cluster's Ray
+    assert "command" not in container, "KubeRay writes the submit command (with the job id) when none is given"
+    assert template["spec"]["restartPolicy"] == "Never"
+    shape = template["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]
+    assert NODE_SHAPES[shape][2] == 0 and not template["spec"].get("tolerations")
+    resources = container["resources"]
+    assert resources["requests"] == resources["limits"]
+    cpu, memory = allocatable(shape)
+    assert millicores(resources["requests"]["cpu"]) <= cpu and mebibytes(resources["requests"]["memory"]) <= memory
+
+
 def test_the_allocatable_model_refuses_whole_machine_pods():
     """The sizes this replaced (a g6.2xlarge's full 8 CPUs / 32 GiB) do not fit: the check can fail."""
     cpu, memory = allocatable("g6.2xlarge")
