@@ -17,7 +17,8 @@ quality figures -> `_manifest.json` written last.
 
 Row i is a pure function of (checkpoint, recipe, base seed, i), so any number of
 workers, first try or resumed, writes the same bytes. --resume regenerates only
-shards that are missing or fail their checksum.
+shards that are missing or differ from the size the manifest records (one listing;
+see shards_to_write).
 
 Safety: the run holds --out's lease (gen_jobs.lease) from start to end; it
 touches only files gen_jobs.output_folder proves are raygen's; the driver pins
@@ -253,7 +254,7 @@ class ShardWriter:
             entries = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
                                    self.input_cache) for k in batch["shard"]]
         except UserError as e:
-            entries, refused = [ShardEntry(file="", first_id=-1, rows=0, sha256="")], str(e)
+            entries, refused = [ShardEntry(file="", first_id=-1, rows=0, sha256="", bytes=0)], str(e)
         else:
             refused = ""
         columns = {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}
@@ -354,7 +355,7 @@ def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, 
     data = parquet_bytes(table)
     storage.write_bytes_atomic(storage.join(out, shard_name(k)), data)
     ids = identity.shard_ids(k)
-    return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sha256(data))
+    return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sha256(data), bytes=len(data))
 
 
 # ---------------------------------------------------------------- the dataset
@@ -437,27 +438,49 @@ def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
     return RowSource()
 
 
-def shards_to_write(identity: DatasetIdentity, manifest: Manifest | None, shards: dict[str, str]) -> tuple[list[int], dict[int, ShardEntry]]:
-    """(shards to (re)generate, entries of the shards already good); `shards`: raygen's shard files present."""
+def shards_to_write(identity: DatasetIdentity, manifest: Manifest | None, shards: dict[str, str],
+                    sizes: dict[str, int]) -> tuple[list[int], dict[int, ShardEntry]]:
+    """(shards to (re)generate, entries of the shards already good).
+
+    `shards`, `sizes`: raygen's shard files present and their sizes, from the folder's one
+    listing. A shard the manifest records with its size is checked against the listing
+    alone: raygen writes every file atomically, so a file of the recorded size under the
+    recorded name is the file it wrote (a same-size change of its bytes is what
+    `raygen verify --deep` finds). Other present shards (a run that stopped before its
+    manifest, a manifest from before sizes were recorded) are read, 16 at a time, and
+    kept only if they prove they belong to this dataset.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     expected = {e.file: e for e in manifest.shards} if manifest else {}
-    todo, good = [], {}
+    todo, good, to_read = [], {}, []
     for k in range(identity.num_shards):
         name = shard_name(k)
+        entry = expected.get(name)
         if name not in shards:
             todo.append(k)
-            continue
-        data = storage.read_bytes(shards[name])
-        entry = expected.get(name)
-        if entry is not None:
-            ok = entry.sha256 == sha256(data)
-        else:  # no manifest (or a damaged one): keep a shard only if it proves it belongs to this dataset
-            entry = _entry_from_file(identity, k, data)
-            ok = entry is not None
-        if ok:
-            good[k] = entry
+        elif entry is not None and entry.bytes is not None:
+            if sizes.get(name) == entry.bytes:
+                good[k] = entry
+            else:
+                todo.append(k)
         else:
-            todo.append(k)
-    return todo, good
+            to_read.append(k)
+
+    def check(k: int) -> ShardEntry | None:
+        data = storage.read_bytes(shards[shard_name(k)])
+        entry = expected.get(shard_name(k))
+        if entry is not None:
+            return entry.model_copy(update={"bytes": len(data)}) if entry.sha256 == sha256(data) else None
+        return _entry_from_file(identity, k, data)  # no manifest: the shard must prove it is this dataset's
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # object stores answer many reads at once
+        for k, entry in zip(to_read, pool.map(check, to_read)):
+            if entry is not None:
+                good[k] = entry
+            else:
+                todo.append(k)
+    return sorted(todo), good
 
 
 def _entry_from_file(identity: DatasetIdentity, k: int, data: bytes) -> ShardEntry | None:
@@ -474,7 +497,8 @@ def _entry_from_file(identity: DatasetIdentity, k: int, data: bytes) -> ShardEnt
     if not (np.array_equal(table.column("id").to_numpy(), ids)
             and np.array_equal(table.column("seed").to_numpy(), row_seeds(identity.seed, ids))):
         return None
-    return ShardEntry(file=shard_name(k), first_id=expected.start, rows=len(expected), sha256=sha256(data))
+    return ShardEntry(file=shard_name(k), first_id=expected.start, rows=len(expected), sha256=sha256(data),
+                      bytes=len(data))
 
 
 def gate_counts(out: str, entries: list[ShardEntry]) -> dict[str, int]:
@@ -521,7 +545,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     from gen_jobs.cluster import connect, quiet_data_progress
 
     manifest, found = output_folder.prepare(args.out, identity, args.resume, args.overwrite, log)
-    todo, good = shards_to_write(identity, manifest, found.shards)
+    todo, good = shards_to_write(identity, manifest, found.shards, found.sizes)
     if not todo and manifest is not None:
         log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
         if args.card and not found.card:  # a run that stopped between its manifest and its card

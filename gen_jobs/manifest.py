@@ -113,6 +113,7 @@ class ShardEntry(BaseModel):
     first_id: int
     rows: int
     sha256: str
+    bytes: int | None = None  # the file's size: --resume and verify check it from a listing, reading nothing
 
 
 class Manifest(DatasetIdentity):

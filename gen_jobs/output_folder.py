@@ -48,6 +48,7 @@ class Survey:
     """A dataset folder's files, sorted by whose they are."""
 
     shards: dict[str, str] = field(default_factory=dict)  # raygen's shards: name -> URI
+    sizes: dict[str, int] = field(default_factory=dict)  # raygen's shards: name -> bytes, from the listing
     temporaries: list[str] = field(default_factory=list)  # raygen's leftovers of earlier runs (URIs)
     card: list[str] = field(default_factory=list)  # raygen's dataset card, as it wrote it (URIs)
     foreign: list[str] = field(default_factory=list)  # names of everything else
@@ -57,9 +58,9 @@ def survey(out: str, recorded: set[str]) -> Survey:
     """Sort the files directly in `out`; `recorded`: the shard names its state files list."""
     result = Survey()
     card_record = card.recorded(out)
-    for uri in storage.list_entries(out):
+    for uri, size in storage.list_entries(out).items():
         name = uri.rstrip("/").rsplit("/", 1)[-1]
-        if storage.is_link(uri):
+        if size is None:
             result.foreign.append(f"{name} (a symbolic link)")
         elif name in STATE_FILES:
             continue
@@ -67,6 +68,7 @@ def survey(out: str, recorded: set[str]) -> Survey:
             result.temporaries.append(uri)
         elif SHARD_PATTERN.match(name) and (name in recorded or shard_tag(uri) is not None):
             result.shards[name] = uri
+            result.sizes[name] = size
         elif name in card.CARD_FILES and card.is_raygens(out, name, card_record):
             result.card.append(uri)
         elif name in card.CARD_FILES and name in card_record:

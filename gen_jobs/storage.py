@@ -293,16 +293,27 @@ def _stamp(info: pafs.FileInfo) -> str:
     return f"{info.size}:{info.mtime_ns}"
 
 
-def list_entries(uri: str) -> list[str]:
-    """URIs of what lies directly in a folder/prefix, sorted, symbolic links included (not followed)."""
+def list_entries(uri: str) -> dict[str, int | None]:
+    """{URI: size in bytes} of what lies directly in a folder/prefix, in name order, from one listing
+    (S3: paginated by pyarrow); a symbolic link is listed (not followed) with size None."""
     if is_s3(uri):
-        return list_files(uri)
+        fs, path = resolve(uri)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return {}
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        return {f"s3://{i.path}": i.size for i in sorted(infos, key=lambda i: i.path) if i.type == pafs.FileType.File}
     path = resolve(uri)[1]
     try:
         entries = list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(os.path.join(path, e.name) for e in entries if e.is_symlink() or e.is_file(follow_symlinks=False))
+        return {}
+    found = {}
+    for entry in sorted(entries, key=lambda e: e.name):
+        if entry.is_symlink():
+            found[os.path.join(path, entry.name)] = None
+        elif entry.is_file(follow_symlinks=False):
+            found[os.path.join(path, entry.name)] = entry.stat(follow_symlinks=False).st_size
+    return found
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:

@@ -130,7 +130,7 @@ def test_verify_checks_seeds_and_tags_not_only_checksums(random_checkpoint, tmp_
     (out / "part-00001.parquet").write_bytes(swapped)  # and make its checksum "match", as a careless copy would
     from gen_jobs.manifest import sha256
 
-    manifest["shards"][1]["sha256"] = sha256(swapped)
+    manifest["shards"][1].update(sha256=sha256(swapped), bytes=len(swapped))
     (out / "_manifest.json").write_text(json.dumps(manifest))
     bad, _ = problems(str(out))
     assert len(bad) == 1 and bad[0].startswith("part-00001.parquet: its raygen tag says")

@@ -58,16 +58,25 @@ def test_verify_passes_with_one_line(dataset, capsys):
 
 def test_verify_names_corrupt_missing_and_stray_files(dataset, capsys):
     data = bytearray((dataset / "part-00001.parquet").read_bytes())
-    data[100] ^= 0xFF
+    data[100] ^= 0xFF  # the same size: only reading the bytes can tell
     (dataset / "part-00001.parquet").write_bytes(bytes(data))
     (dataset / "part-00002.parquet").unlink()
     (dataset / "part-00007.parquet").write_bytes(b"stray")
-    assert verify_main([str(dataset)]) == 1
+    assert verify_main([str(dataset)]) == 1  # from the listing: names, sizes, strays
     out = capsys.readouterr().out
-    assert "part-00001.parquet: sha256 mismatch" in out
-    assert "part-00002.parquet: missing" in out
-    assert "part-00007.parquet: stray" in out
+    assert "part-00002.parquet: missing" in out and "part-00007.parquet: stray" in out
+    assert "part-00001.parquet" not in out and "part-00000.parquet" not in out
+    assert verify_main([str(dataset), "--deep"]) == 1  # reading every shard
+    out = capsys.readouterr().out
+    assert "part-00001.parquet: sha256 mismatch" in out and "part-00002.parquet: missing" in out
     assert "part-00000.parquet" not in out
+
+
+def test_verify_sees_a_shard_of_another_size_from_the_listing_alone(dataset, capsys):
+    shard = dataset / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:-10])  # truncated
+    assert verify_main([str(dataset)]) == 1
+    assert "part-00000.parquet: " in (out := capsys.readouterr().out) and "manifest says" in out and "truncated" in out
 
 
 def test_verify_without_manifest(tmp_path, capsys):
