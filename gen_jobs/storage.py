@@ -255,25 +255,28 @@ def s3_client():
     return _s3_client(*_s3_settings())
 
 
-def list_files(uri: str, recursive: bool = False) -> list[str]:
-    """URIs of the files under a folder/prefix, sorted; [] if it does not exist."""
+def _file_infos(uri: str, recursive: bool) -> list[pafs.FileInfo]:
+    """The files (not folders) under a folder/prefix, from one listing (S3: paginated by pyarrow); [] if absent."""
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
-    files = [i.path for i in infos if i.type == pafs.FileType.File]
-    prefix = "s3://" if is_s3(uri) else ""
-    return sorted(prefix + p for p in files)
+    return [i for i in infos if i.type == pafs.FileType.File]
+
+
+def _uri(info: pafs.FileInfo, like: str) -> str:
+    """The URI of a listed file, in the scheme of the folder `like` it was listed from."""
+    return f"s3://{info.path}" if is_s3(like) else info.path
+
+
+def list_files(uri: str, recursive: bool = False) -> list[str]:
+    """URIs of the files under a folder/prefix, sorted; [] if it does not exist."""
+    return sorted(_uri(i, uri) for i in _file_infos(uri, recursive))
 
 
 def list_stamped(uri: str, recursive: bool = False) -> dict[str, str]:
     """{file URI: stamp} for the files under a folder/prefix, from one listing (see `stamps`)."""
-    fs, path = resolve(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return {}
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
-    prefix = "s3://" if is_s3(uri) else ""
-    return {prefix + i.path: _stamp(i) for i in infos if i.type == pafs.FileType.File}
+    return {_uri(i, uri): _stamp(i) for i in _file_infos(uri, recursive)}
 
 
 def stamps(uris: list[str]) -> list[str | None]:
@@ -297,11 +300,7 @@ def list_entries(uri: str) -> dict[str, int | None]:
     """{URI: size in bytes} of what lies directly in a folder/prefix, in name order, from one listing
     (S3: paginated by pyarrow); a symbolic link is listed (not followed) with size None."""
     if is_s3(uri):
-        fs, path = resolve(uri)
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return {}
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
-        return {f"s3://{i.path}": i.size for i in sorted(infos, key=lambda i: i.path) if i.type == pafs.FileType.File}
+        return {_uri(i, uri): i.size for i in sorted(_file_infos(uri, recursive=False), key=lambda i: i.path)}
     path = resolve(uri)[1]
     try:
         entries = list(os.scandir(path))
