@@ -187,6 +187,13 @@ def quiet_libraries() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if handler.get_name() == "console":
             handler.setLevel(logging.ERROR)
+            # It writes to the sys.stderr of when ray.data was first imported, which a test's
+            # captured stream (or a redirect since) may have closed: write to today's.
+            if isinstance(handler, logging.StreamHandler):
+                try:
+                    handler.setStream(sys.stderr)
+                except ValueError:  # the old stream is closed and cannot be flushed
+                    handler.stream = sys.stderr
     logging.getLogger("ray").setLevel(logging.ERROR)
 
 
