@@ -51,7 +51,6 @@ from gen_jobs.lease import Lease
 from gen_jobs.manifest import (
     MANIFEST,
     PENDING,
-    SHARD_TAG,
     DatasetIdentity,
     Manifest,
     ShardEntry,
@@ -64,6 +63,7 @@ from gen_jobs.gate import check_columns, counts, gated, parse_filter
 from gen_jobs.rows import RowSource, input_names, plan_images, plan_prompts, read_inputs
 from gen_jobs.row_seed import row_seeds
 from gen_jobs.scoring import score
+from gen_jobs.shard_reads import read_reports
 
 
 class GenerateArgs(StrictModel):
@@ -438,26 +438,24 @@ def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
     return RowSource()
 
 
-def shards_to_write(identity: DatasetIdentity, manifest: Manifest | None, shards: dict[str, str],
+def shards_to_write(identity: DatasetIdentity, out: str, manifest: Manifest | None,
                     sizes: dict[str, int]) -> tuple[list[int], dict[int, ShardEntry]]:
     """(shards to (re)generate, entries of the shards already good).
 
-    `shards`, `sizes`: raygen's shard files present and their sizes, from the folder's one
+    `sizes`: {name: bytes} of raygen's shard files present in `out`, from the folder's one
     listing. A shard the manifest records with its size is checked against the listing
     alone: raygen writes every file atomically, so a file of the recorded size under the
     recorded name is the file it wrote (a same-size change of its bytes is what
     `raygen verify --deep` finds). Other present shards (a run that stopped before its
-    manifest, a manifest from before sizes were recorded) are read, 16 at a time, and
-    kept only if they prove they belong to this dataset.
+    manifest, a manifest from before sizes were recorded) are read (on the Ray cluster when
+    there is one: gen_jobs.shard_reads) and kept only if they prove they belong to this dataset.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     expected = {e.file: e for e in manifest.shards} if manifest else {}
     todo, good, to_read = [], {}, []
     for k in range(identity.num_shards):
         name = shard_name(k)
         entry = expected.get(name)
-        if name not in shards:
+        if name not in sizes:
             todo.append(k)
         elif entry is not None and entry.bytes is not None:
             if sizes.get(name) == entry.bytes:
@@ -467,38 +465,17 @@ def shards_to_write(identity: DatasetIdentity, manifest: Manifest | None, shards
         else:
             to_read.append(k)
 
-    def check(k: int) -> ShardEntry | None:
-        data = storage.read_bytes(shards[shard_name(k)])
+    for k, report in read_reports(out, identity, to_read).items():
         entry = expected.get(shard_name(k))
-        if entry is not None:
-            return entry.model_copy(update={"bytes": len(data)}) if entry.sha256 == sha256(data) else None
-        return _entry_from_file(identity, k, data)  # no manifest: the shard must prove it is this dataset's
-
-    with ThreadPoolExecutor(max_workers=16) as pool:  # object stores answer many reads at once
-        for k, entry in zip(to_read, pool.map(check, to_read)):
-            if entry is not None:
-                good[k] = entry
-            else:
-                todo.append(k)
+        if entry is not None and entry.sha256 == report.sha256:  # recorded before sizes were
+            good[k] = entry.model_copy(update={"bytes": report.bytes})
+        elif entry is None and report.problem is None:  # no record: the shard proved it is this dataset's
+            ids = identity.shard_ids(k)
+            good[k] = ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=report.sha256,
+                                 bytes=report.bytes)
+        else:
+            todo.append(k)
     return sorted(todo), good
-
-
-def _entry_from_file(identity: DatasetIdentity, k: int, data: bytes) -> ShardEntry | None:
-    """The entry of a shard file written for this identity: its tag, ids and seeds must all agree."""
-    try:
-        table = pq.read_table(io.BytesIO(data), columns=["id", "seed"])
-        tag = json.loads((table.schema.metadata or {})[SHARD_TAG])
-    except (pa.ArrowInvalid, KeyError, OSError, ValueError):
-        return None
-    expected = identity.shard_ids(k)
-    ids = np.arange(expected.start, expected.stop, dtype=np.int64)
-    if tag != {"dataset": identity.digest(), "shard": k}:
-        return None
-    if not (np.array_equal(table.column("id").to_numpy(), ids)
-            and np.array_equal(table.column("seed").to_numpy(), row_seeds(identity.seed, ids))):
-        return None
-    return ShardEntry(file=shard_name(k), first_id=expected.start, rows=len(expected), sha256=sha256(data),
-                      bytes=len(data))
 
 
 def gate_counts(out: str, entries: list[ShardEntry]) -> dict[str, int]:
@@ -545,7 +522,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     from gen_jobs.cluster import connect, quiet_data_progress
 
     manifest, found = output_folder.prepare(args.out, identity, args.resume, args.overwrite, log)
-    todo, good = shards_to_write(identity, manifest, found.shards, found.sizes)
+    todo, good = shards_to_write(identity, args.out, manifest, found.sizes)
     if not todo and manifest is not None:
         log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
         if args.card and not found.card:  # a run that stopped between its manifest and its card

@@ -192,16 +192,6 @@ def read_pending(out: str) -> DatasetIdentity | None:
         raise _damaged(uri, raw, e, "pending record") from e
 
 
-def shard_files(out: str) -> dict[str, str]:
-    """{file name: URI} of every file directly in the dataset folder named exactly like a shard."""
-    files = {}
-    for uri in storage.list_files(out):
-        name = uri.rstrip("/").rsplit("/", 1)[-1]
-        if SHARD_PATTERN.match(name):
-            files[name] = uri
-    return files
-
-
 def shard_tag(uri: str) -> dict | None:
     """The `raygen` tag in a shard's Parquet footer; None if it has none, is not Parquet, or is a link."""
     import pyarrow.parquet as pq
