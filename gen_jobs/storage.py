@@ -17,6 +17,8 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import hashlib
+import io
 import os
 import posixpath
 import re
@@ -192,6 +194,141 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# S3 parts of a streamed write: a shard up to this size is one PUT; a larger one is a multipart
+# upload in parts of this size (S3's limit of 10,000 parts: objects up to 640 GB).
+S3_PART_BYTES = 64 * 2**20
+
+
+class AtomicWriter(io.RawIOBase):
+    """A writable file whose bytes appear at `uri` only when it is closed without an error.
+
+    For files too large to hold in memory (streamed Parquet shards): the bytes go to a
+    hidden temporary file beside a local target, renamed over it at the end; to S3 they
+    go as one PUT when they fit in S3_PART_BYTES, else as a multipart upload completed
+    at the end (an S3 object appears only once whole) and aborted on an error. A
+    process killed mid-upload leaves an incomplete upload, which
+    `abort_stale_uploads` removes. `sha256` and `size` describe what was written.
+
+        with AtomicWriter(uri) as f:
+            f.write(b"...")
+    """
+
+    def __init__(self, uri: str):
+        super().__init__()
+        self.uri = uri
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._s3 = is_s3(uri)
+        self._upload: dict | None = None  # S3 multipart: {"UploadId", "Parts"}
+        self._buffer = bytearray()
+        if self._s3:
+            self._bucket, _, self._key = resolve(uri)[1].partition("/")
+        else:
+            target = Path(resolve(uri)[1])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._target = target
+            self._tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+            self._file = open(self._tmp, "wb")
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        self._hash.update(data)
+        self.size += len(data)
+        if not self._s3:
+            self._file.write(data)
+            return len(data)
+        self._buffer += data
+        while len(self._buffer) >= S3_PART_BYTES:
+            self._send_part(bytes(self._buffer[:S3_PART_BYTES]))
+            del self._buffer[:S3_PART_BYTES]
+        return len(data)
+
+    def _send_part(self, data: bytes) -> None:
+        client = s3_client()
+        if self._upload is None:
+            started = client.create_multipart_upload(Bucket=self._bucket, Key=self._key)
+            self._upload = {"UploadId": started["UploadId"], "Parts": []}
+        number = len(self._upload["Parts"]) + 1
+        answer = client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload["UploadId"],
+                                    PartNumber=number, Body=data)
+        self._upload["Parts"].append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def commit(self) -> None:
+        """Make the bytes visible at the URI."""
+        if self._s3:
+            if self._upload is None:
+                s3_client().put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer))
+            else:
+                if self._buffer:
+                    self._send_part(bytes(self._buffer))
+                s3_client().complete_multipart_upload(Bucket=self._bucket, Key=self._key,
+                                                      UploadId=self._upload["UploadId"],
+                                                      MultipartUpload={"Parts": self._upload["Parts"]})
+            self._buffer = bytearray()
+        else:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self._target)
+
+    def abort(self) -> None:
+        """Leave the URI as it was: drop the temporary file or the incomplete upload."""
+        if self._s3:
+            self._buffer = bytearray()
+            if self._upload is not None:
+                try:
+                    s3_client().abort_multipart_upload(Bucket=self._bucket, Key=self._key,
+                                                       UploadId=self._upload["UploadId"])
+                except Exception:  # noqa: BLE001  (S3 unreachable: abort_stale_uploads removes it later)
+                    pass
+        else:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if kind is None:
+                self.commit()
+            else:
+                self.abort()
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            super().close()
+
+
+def abort_stale_uploads(uri: str, names: re.Pattern) -> int:
+    """Abort the incomplete S3 multipart uploads directly under a prefix whose file names match `names`.
+
+    For a run that holds the folder's lease: any such upload was begun by a run that died
+    (AtomicWriter aborts its own on an error), and S3 bills its parts until it is aborted.
+    Returns how many were aborted; 0 for a local folder.
+    """
+    if not is_s3(uri):
+        return 0
+    bucket, _, prefix = resolve(uri)[1].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    client, aborted = s3_client(), 0
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []):
+            name = upload["Key"][len(prefix):]
+            if "/" not in name and names.match(name):
+                client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+    return aborted
 
 
 def delete_file(uri: str) -> None:

@@ -1,5 +1,7 @@
 """Storage URIs: local and S3 (a real moto S3 server) behave alike; bad schemes fail clearly."""
 
+import hashlib
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -91,3 +93,61 @@ def test_uris_may_name_environment_variables(monkeypatch):
     monkeypatch.delenv("RAYGEN_STORAGE")
     with pytest.raises(ValueError, match=r"names \$\{RAYGEN_STORAGE\}, which is not set here: export RAYGEN_STORAGE"):
         expand_variables("${RAYGEN_STORAGE}/runs")
+
+
+def test_a_streamed_local_write_appears_whole_or_not_at_all(tmp_path):
+    target = storage.join(str(tmp_path), "part-00000.parquet")
+    storage.write_bytes_atomic(target, b"old")
+    with storage.AtomicWriter(target) as f:
+        f.write(b"new ")
+        assert storage.read_bytes(target) == b"old"  # nothing shows until the end
+        f.write(b"bytes")
+    assert storage.read_bytes(target) == b"new bytes" and f.size == 9
+    assert f.sha256 == hashlib.sha256(b"new bytes").hexdigest()
+    with pytest.raises(RuntimeError):
+        with storage.AtomicWriter(target) as f:
+            f.write(b"half of it")
+            raise RuntimeError("the sampler failed")
+    assert storage.read_bytes(target) == b"new bytes"
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00000.parquet"]  # no temporary left behind
+
+
+def _uploads(prefix: str) -> list[str]:
+    answer = storage.s3_client().list_multipart_uploads(Bucket="raygen", Prefix=prefix)
+    return [u["Key"] for u in answer.get("Uploads", [])]
+
+
+def test_a_large_s3_shard_streams_as_a_multipart_upload_that_appears_whole(s3_server, monkeypatch):
+    import os
+
+    monkeypatch.setattr(storage, "S3_PART_BYTES", 5 * 2**20)  # S3's smallest part: a 12 MiB shard is 3 parts
+    data = os.urandom(12 * 2**20)
+    uri = "s3://raygen/streamed/part-00000.parquet"
+    with storage.AtomicWriter(uri) as f:
+        for i in range(0, len(data), 2**20):
+            f.write(data[i: i + 2**20])
+            assert not storage.exists(uri)  # a multipart upload is invisible until completed
+        assert _uploads("streamed/") == ["streamed/part-00000.parquet"]
+    assert storage.read_bytes(uri) == data and f.sha256 == hashlib.sha256(data).hexdigest() and f.size == len(data)
+    assert _uploads("streamed/") == []
+
+    with pytest.raises(RuntimeError):  # a failure part-way aborts the upload: no object, no parts left billed
+        with storage.AtomicWriter("s3://raygen/streamed/part-00001.parquet") as f:
+            f.write(data)
+            raise RuntimeError("the sampler failed")
+    assert not storage.exists("s3://raygen/streamed/part-00001.parquet") and _uploads("streamed/") == []
+
+
+def test_uploads_left_by_a_killed_run_are_aborted_and_only_raygens(s3_server, monkeypatch):
+    import os
+
+    from gen_jobs.manifest import SHARD_PATTERN
+
+    monkeypatch.setattr(storage, "S3_PART_BYTES", 5 * 2**20)
+    killed = storage.AtomicWriter("s3://raygen/killed/part-00003.parquet")
+    killed.write(os.urandom(6 * 2**20))  # one part sent; then the process "dies": never closed, never aborted
+    client = storage.s3_client()
+    theirs = client.create_multipart_upload(Bucket="raygen", Key="killed/their-upload.bin")
+    assert storage.abort_stale_uploads("s3://raygen/killed", SHARD_PATTERN) == 1
+    assert _uploads("killed/") == ["killed/their-upload.bin"]  # another tool's upload is not raygen's to abort
+    client.abort_multipart_upload(Bucket="raygen", Key="killed/their-upload.bin", UploadId=theirs["UploadId"])
