@@ -169,7 +169,7 @@ def flat_figures(quality: dict) -> dict[str, object]:
 
 def readme(out: str, manifest: Manifest, quality: dict, meanings: dict[str, str], preview: Preview,
            history: list[dict], files: set[str]) -> str:
-    total_bytes = sum(storage.size(storage.join(out, e.file)) for e in manifest.shards)
+    total_bytes = sum(storage.size(storage.join(out, e.file)) if e.bytes is None else e.bytes for e in manifest.shards)
     warnings = quality.get("warnings", [])
     name = manifest.recipe.get("name", manifest.family)
     lines = ["---", yaml.safe_dump(front_matter(manifest, total_bytes), sort_keys=False).rstrip(), "---", "",

@@ -31,11 +31,11 @@ and refuses.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -49,13 +49,16 @@ from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError
 from gen_jobs.lease import Lease
 from gen_jobs.manifest import (
-    MANIFEST,
+    INLINE_SHARDS,
     PENDING,
+    SHARD_LIST,
     DatasetIdentity,
     Manifest,
     ShardEntry,
+    recorded_progress,
     schema_description,
     sha256,
+    shard_list_bytes,
     shard_name,
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
@@ -311,8 +314,9 @@ def requests(identity: DatasetIdentity, ids: np.ndarray, inputs: np.ndarray | No
     return batch
 
 
-def shard_table(sampler, to_table, identity: DatasetIdentity, k: int, micro_batch: int,
-                input_cache: dict | None = None) -> pa.Table:
+def shard_batches(sampler, to_table, identity: DatasetIdentity, k: int, micro_batch: int,
+                  input_cache: dict | None = None) -> Iterator[pa.Table]:
+    """Shard k's rows, one micro-batch's table at a time."""
     ids = np.arange(identity.shard_ids(k).start, identity.shard_ids(k).stop, dtype=np.int64)
     per = identity.source.samples_per_input
     inputs = names = None
@@ -326,7 +330,6 @@ def shard_table(sampler, to_table, identity: DatasetIdentity, k: int, micro_batc
     def sample(batch: dict[str, np.ndarray]) -> pa.Table:
         return to_table(sampler(batch), sampler.recipe)
 
-    parts = []
     for i in range(0, len(ids), micro_batch):
         part = ids[i: i + micro_batch]
         offset = part[0] // per - ids[0] // per
@@ -335,27 +338,48 @@ def shard_table(sampler, to_table, identity: DatasetIdentity, k: int, micro_batc
         batch = requests(identity, part, part_inputs, part_names)
         rows = sample(batch)
         if identity.gate is not None:
-            if not parts:  # the filter's columns, checked against the first rows (a UserError stops the job)
+            if i == 0:  # the filter's columns, checked against the first rows (a UserError stops the job)
                 check_columns(identity.gate, rows.schema, identity.family)
             rows = gated(sample, batch, identity.gate, rows)
-        parts.append(rows)
-    return pa.concat_tables(parts)
+        yield rows
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=len(table), compression="zstd")
-    return buf.getvalue()
+# A shard's rows are written as row groups of about this many bytes (in memory, before compression):
+# a worker holds one row group, not the shard, however large the shard (100k rows of 256x256 images).
+ROW_GROUP_BYTES = 64 * 2**20
+
+
+def row_groups(batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """Micro-batch tables gathered into row groups of about ROW_GROUP_BYTES.
+
+    The cut depends only on the rows (their sizes), never on timing or workers, so a
+    shard's bytes stay a pure function of the dataset's identity.
+    """
+    held, size = [], 0
+    for table in batches:
+        held.append(table)
+        size += table.nbytes
+        if size >= ROW_GROUP_BYTES:
+            yield pa.concat_tables(held)
+            held, size = [], 0
+    if held:
+        yield pa.concat_tables(held)
 
 
 def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, micro_batch: int,
                 input_cache: dict | None = None) -> ShardEntry:
-    table = shard_table(sampler, to_table, identity, k, micro_batch, input_cache)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **identity.shard_tag(k)})
-    data = parquet_bytes(table)
-    storage.write_bytes_atomic(storage.join(out, shard_name(k)), data)
+    """Write shard k as it is sampled, row group by row group, atomically (storage.AtomicWriter)."""
+    tag = identity.shard_tag(k)
+    with storage.AtomicWriter(storage.join(out, shard_name(k))) as sink:
+        writer = None
+        for group in row_groups(shard_batches(sampler, to_table, identity, k, micro_batch, input_cache)):
+            if writer is None:  # the schema, with HuggingFace's features and raygen's tag, from the first rows
+                schema = group.schema.with_metadata({**(group.schema.metadata or {}), **tag})
+                writer = pq.ParquetWriter(sink, schema, compression="zstd")
+            writer.write_table(group.replace_schema_metadata(schema.metadata), row_group_size=len(group))
+        writer.close()
     ids = identity.shard_ids(k)
-    return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sha256(data), bytes=len(data))
+    return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sink.sha256, bytes=sink.size)
 
 
 # ---------------------------------------------------------------- the dataset
@@ -438,19 +462,20 @@ def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
     return RowSource()
 
 
-def shards_to_write(identity: DatasetIdentity, out: str, manifest: Manifest | None,
+def shards_to_write(identity: DatasetIdentity, out: str, recorded: list[ShardEntry],
                     sizes: dict[str, int]) -> tuple[list[int], dict[int, ShardEntry]]:
     """(shards to (re)generate, entries of the shards already good).
 
-    `sizes`: {name: bytes} of raygen's shard files present in `out`, from the folder's one
-    listing. A shard the manifest records with its size is checked against the listing
-    alone: raygen writes every file atomically, so a file of the recorded size under the
-    recorded name is the file it wrote (a same-size change of its bytes is what
-    `raygen verify --deep` finds). Other present shards (a run that stopped before its
-    manifest, a manifest from before sizes were recorded) are read (on the Ray cluster when
-    there is one: gen_jobs.shard_reads) and kept only if they prove they belong to this dataset.
+    `recorded`: the shards this dataset's manifest lists, or else those its unfinished run
+    recorded as written (manifest.recorded_progress). `sizes`: {name: bytes} of raygen's
+    shard files present in `out`, from the folder's one listing. A recorded shard with its
+    size is checked against the listing alone: raygen writes every file atomically, so a
+    file of the recorded size under the recorded name is the file it wrote (a same-size
+    change of its bytes is what `raygen verify --deep` finds). Other present shards (written
+    after a run's last record, or recorded before sizes were) are read (on the Ray cluster
+    when there is one: gen_jobs.shard_reads) and kept only if they prove they belong to this dataset.
     """
-    expected = {e.file: e for e in manifest.shards} if manifest else {}
+    expected = {e.file: e for e in recorded}
     todo, good, to_read = [], {}, []
     for k in range(identity.num_shards):
         name = shard_name(k)
@@ -503,9 +528,35 @@ def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry
     )
     if lease is not None:
         lease.assert_held()
-    storage.write_bytes_atomic(storage.join(out, MANIFEST), manifest.to_json())
+    for name, data in manifest.files().items():  # a shard list first (many shards), the manifest last
+        storage.write_bytes_atomic(storage.join(out, name), data)
     storage.delete_file(storage.join(out, PENDING))
     return manifest
+
+
+class ProgressRecord:
+    """Every RECORD_SECONDS, the shards written so far into the folder's SHARD_LIST (many-shard datasets only).
+
+    A run that stops leaves the record behind, and --resume trusts a recorded shard whose file
+    has its recorded size without reading it: resuming a million-shard run reads only the shards
+    written after its last record, not the terabytes before.
+    """
+
+    RECORD_SECONDS = 30.0
+
+    def __init__(self, out: str, identity: DatasetIdentity, lease: Lease):
+        self.uri = storage.join(out, SHARD_LIST)
+        self.digest = identity.digest()
+        self.lease = lease
+        self.enabled = identity.num_shards > INLINE_SHARDS
+        self.last = time.monotonic()
+
+    def update(self, good: dict[int, ShardEntry]) -> None:
+        if not self.enabled or time.monotonic() - self.last < self.RECORD_SECONDS:
+            return
+        self.lease.assert_held()  # a run that lost --out writes nothing more there
+        storage.write_bytes_atomic(self.uri, shard_list_bytes(self.digest, [good[k] for k in sorted(good)]))
+        self.last = time.monotonic()
 
 
 def generate(args: GenerateArgs, log=print) -> Manifest:
@@ -522,7 +573,8 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     from gen_jobs.cluster import connect, quiet_data_progress
 
     manifest, found = output_folder.prepare(args.out, identity, args.resume, args.overwrite, log)
-    todo, good = shards_to_write(identity, args.out, manifest, found.sizes)
+    recorded = manifest.shards if manifest is not None else recorded_progress(args.out, identity) if found.shards else []
+    todo, good = shards_to_write(identity, args.out, recorded, found.sizes)
     if not todo and manifest is not None:
         log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
         if args.card and not found.card:  # a run that stopped between its manifest and its card
@@ -561,6 +613,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
         rows_written, refused = 0, ""
         rows_todo = sum(len(identity.shard_ids(k)) for k in todo)
         display = progress()
+        progress_record = ProgressRecord(args.out, identity, lease)
         for done, row in enumerate(written.iter_rows(), start=1):
             if row["refused"]:  # a shard refused its input: stop the job (the pipeline shuts down)
                 refused = row["refused"]
@@ -572,6 +625,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
             rate = rows_written / elapsed
             display.update(f"generating: {rows_written:,}/{rows_todo:,} rows ({done}/{len(todo)} shards), "
                            f"{rate:,.0f} rows/s, about {format_seconds((rows_todo - rows_written) / rate)} left")
+            progress_record.update(good)
         display.done()
         if refused:
             raise UserError(refused)

@@ -4,7 +4,12 @@ A dataset folder (local or s3://) holds:
 
     part-00000.parquet ...  shard k: rows k*R .. (k+1)*R-1, in id order
     _manifest.json          written last: what made the data, and every shard's
-                            file, first id, row count and sha256
+                            file, first id, row count, sha256 and size
+    _shards.parquet         with more than INLINE_SHARDS shards: the shard list, one row
+                            a shard, which the manifest then names with its sha256 instead
+                            of listing the shards itself; while such a run is under way it
+                            holds the shards written so far (rewritten every half minute),
+                            so that --resume reads none of them
     _pending.json           only while a run is unfinished: what is being made,
                             so that --resume can check it continues the same dataset
     _lease.json             only while a run is live: who is writing (gen_jobs.lease)
@@ -31,6 +36,10 @@ from gen_jobs.rows import RowSource
 from gen_jobs.row_seed import NOISE_VERSION
 
 MANIFEST = "_manifest.json"
+SHARD_LIST = "_shards.parquet"
+# A manifest lists up to this many shards itself (~150 bytes a shard in JSON); beyond, SHARD_LIST does:
+# ~40 bytes a shard, read column by column (1M shards: ~40 MB, not a 150 MB JSON document).
+INLINE_SHARDS = 1000
 PENDING = "_pending.json"
 LEASE = "_lease.json"
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
@@ -126,16 +135,34 @@ class Manifest(DatasetIdentity):
 
     model_config = {"populate_by_name": True}
 
-    def to_json(self) -> bytes:
-        data = self.model_dump(mode="json")
+    def to_json(self, shard_list: dict | None = None) -> bytes:
+        """The manifest document; with `shard_list` ({file, sha256, shards}) it names that file instead of
+        listing the shards."""
+        data = self.model_dump(mode="json", exclude={"shards"} if shard_list else None)
+        if shard_list:
+            data["shard_list"] = shard_list
         data["schema"] = data.pop("schema_")
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Manifest":
+    def from_json(cls, raw: bytes, shards: list["ShardEntry"] | None = None) -> "Manifest":
+        """The manifest a document describes; `shards`: its shard list, when the document names a file for it."""
         data = json.loads(raw)
         data["schema_"] = data.pop("schema", {})
-        return cls.model_validate(data)
+        if shards is None:
+            return cls.model_validate(data)
+        data.pop("shard_list")
+        manifest = cls.model_validate({**data, "shards": []})
+        manifest.shards = shards  # read from raygen's own checksummed file: not validated a million times over
+        return manifest
+
+    def files(self) -> dict[str, bytes]:
+        """{name: bytes} that record this manifest, in the order they must be written (the manifest last)."""
+        if len(self.shards) <= INLINE_SHARDS:
+            return {MANIFEST: self.to_json()}
+        listing = shard_list_bytes(self.identity().digest(), self.shards)
+        return {SHARD_LIST: listing,
+                MANIFEST: self.to_json({"file": SHARD_LIST, "sha256": sha256(listing), "shards": len(self.shards)})}
 
     def identity(self) -> DatasetIdentity:
         return DatasetIdentity.model_validate(self.model_dump(include=set(DatasetIdentity.model_fields)))
@@ -176,9 +203,75 @@ def read_manifest(out: str) -> Manifest | None:
         return None
     raw = storage.read_bytes(uri)
     try:
-        return Manifest.from_json(raw)
+        named = json.loads(raw).get("shard_list")
+        return Manifest.from_json(raw, _listed_shards(out, named) if named is not None else None)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _damaged(uri, raw, e, "manifest") from e
+
+
+def _listed_shards(out: str, named: dict) -> list[ShardEntry]:
+    """The shards of the list file a manifest names; ValueError if it is not the file the manifest recorded."""
+    if named.get("file") != SHARD_LIST:
+        raise ValueError(f"its shard list is {named.get('file')!r}, not {SHARD_LIST}")
+    uri = storage.join(out, SHARD_LIST)
+    if not storage.exists(uri):
+        raise ValueError(f"its shard list {SHARD_LIST} is missing")
+    raw = storage.read_bytes(uri)
+    if sha256(raw) != named.get("sha256"):
+        raise ValueError(f"its shard list {SHARD_LIST} does not match the sha256 it records (replaced or damaged)")
+    return read_shard_list(raw)[1]
+
+
+def shard_list_bytes(digest: str, entries: list[ShardEntry]) -> bytes:
+    """The shard list file: one row per shard, tagged with the dataset's digest."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "file": pa.array([e.file for e in entries], pa.string()),
+        "first_id": pa.array([e.first_id for e in entries], pa.int64()),
+        "rows": pa.array([e.rows for e in entries], pa.int64()),
+        "sha256": pa.array([e.sha256 for e in entries], pa.string()),
+        "bytes": pa.array([e.bytes for e in entries], pa.int64()),
+    }).replace_schema_metadata({SHARD_TAG: json.dumps({"dataset": digest}).encode()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def read_shard_list(raw: bytes) -> tuple[str, list[ShardEntry]]:
+    """(the dataset digest it is tagged with, its entries); ValueError if it is not a raygen shard list."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(raw))
+        digest = json.loads((table.schema.metadata or {})[SHARD_TAG])["dataset"]
+        columns = [table.column(name).to_pylist() for name in ("file", "first_id", "rows", "sha256", "bytes")]
+    except (pa.ArrowException, OSError, KeyError, TypeError) as e:
+        raise ValueError(f"not a raygen shard list ({str(e).splitlines()[0][:200]})") from e
+    return digest, [ShardEntry.model_construct(file=f, first_id=i, rows=r, sha256=h, bytes=b)
+                    for f, i, r, h, b in zip(*columns)]
+
+
+def recorded_progress(out: str, identity: DatasetIdentity) -> list[ShardEntry]:
+    """The shards an unfinished run of this dataset recorded as written (its SHARD_LIST), [] if none.
+
+    A list of another dataset, or one that cannot be read, records nothing: its shards are then
+    read and checked like any other.
+    """
+    uri = storage.join(out, SHARD_LIST)
+    if not storage.exists(uri):
+        return []
+    try:
+        digest, entries = read_shard_list(storage.read_bytes(uri))
+    except ValueError:
+        return []
+    return entries if digest == identity.digest() else []
 
 
 def read_pending(out: str) -> DatasetIdentity | None:

@@ -8,7 +8,8 @@ raygen deletes or replaces only files it can prove are its own:
     footer carries raygen's tag (a listed shard that is damaged is still
     raygen's, and is rewritten);
   - its temporaries (`.part-NNNNN.parquet.<32 hex>.tmp`, the same for state files) and lease leftovers;
-  - its state files (`_manifest.json`, `_pending.json`, `_lease.json`, `_card.json`);
+  - on S3, unfinished multipart uploads of shards (a run killed while streaming a large shard);
+  - its state files (`_manifest.json`, `_shards.parquet`, `_pending.json`, `_lease.json`, `_card.json`);
   - its dataset card (README.md, quality.json, card-*.png: gen_jobs.card), only while each
     file's bytes are the ones `_card.json` records: a card file edited since is the user's.
 Anything else is the user's: a folder holding such files is refused, even
@@ -27,6 +28,7 @@ from gen_jobs.manifest import (
     LEASE,
     MANIFEST,
     PENDING,
+    SHARD_LIST,
     SHARD_PATTERN,
     DamagedStateFile,
     DatasetIdentity,
@@ -38,9 +40,9 @@ from gen_jobs.manifest import (
 )
 
 # storage.write_bytes_atomic's temporaries of shards and state files, and the lease's leftovers
-TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_pending\.json|_lease\.json|_card\.json|README\.md"
+TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_shards\.parquet|_pending\.json|_lease\.json|_card\.json|README\.md"
                        r"|quality\.json|card-samples\.png|card-training\.png)\.[0-9a-f]{32}\.(tmp|stale)$")
-STATE_FILES = (MANIFEST, PENDING, LEASE, CARD_RECORD)
+STATE_FILES = (MANIFEST, SHARD_LIST, PENDING, LEASE, CARD_RECORD)
 
 
 @dataclass
@@ -124,8 +126,9 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
                         f"(for example {storage.join(out, 'dataset')})")
     if overwrite:
         for uri in [*found.temporaries, *found.shards.values(), *found.card, storage.join(out, card.CARD_RECORD),
-                    storage.join(out, MANIFEST), storage.join(out, PENDING)]:
+                    storage.join(out, MANIFEST), storage.join(out, SHARD_LIST), storage.join(out, PENDING)]:
             storage.delete_file(uri)
+        abort_stale_uploads(out, log)
         return None, Survey()
     for problem in state.damaged:
         log(f"warning: {problem}; rebuilding it from the shards, each checked against this run")
@@ -143,4 +146,12 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
                             "pass --overwrite to replace it or choose another --out (the existing data was left as it was)")
     for uri in found.temporaries:  # leftovers of a run that died (the lease says none is live); only once accepted
         storage.delete_file(uri)
+    abort_stale_uploads(out, log)
     return state.manifest, found
+
+
+def abort_stale_uploads(out: str, log=print) -> None:
+    """S3: abort the unfinished multipart uploads of shards a dead run left (S3 keeps, and bills, their parts)."""
+    aborted = storage.abort_stale_uploads(out, SHARD_PATTERN)
+    if aborted:
+        log(f"aborted {aborted} unfinished upload(s) of shards that an earlier run left in {out}")

@@ -1,5 +1,5 @@
-"""A dataset of 100,000 shards: resuming it complete and verifying it take time proportional to
-shards (one listing, the manifest), not bytes.
+"""A dataset of 100,000 shards: resuming it complete or unfinished and verifying it take time
+proportional to shards (one listing, the manifest and its shard list), not bytes.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/test_scale.py -s     # prints the figures
 
@@ -11,13 +11,15 @@ Nothing here reads a shard: a test that read them would fail on the stand-ins.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
-from gen_jobs.generate import GenerateArgs, generate, plan
-from gen_jobs.manifest import Manifest, ShardEntry, shard_name
+from gen_jobs.generate import GenerateArgs, generate, plan, shards_to_write
+from gen_jobs.manifest import INLINE_SHARDS, MANIFEST, SHARD_LIST, Manifest, ShardEntry, read_manifest, read_shard_list, shard_name
+from gen_jobs.output_folder import survey
 from gen_jobs.verify import problems
 
 pytestmark = pytest.mark.slow
@@ -43,7 +45,8 @@ def big_dataset(tmp_path_factory, random_checkpoint_module):
         entries.append(ShardEntry(file=shard_name(k), first_id=k * ROWS_PER_SHARD, rows=ROWS_PER_SHARD,
                                   sha256="0" * 64, bytes=SHARD_BYTES))
     manifest = Manifest(**identity.model_dump(), shards=entries, schema_={"fields": []})
-    (out / "_manifest.json").write_bytes(manifest.to_json())
+    for name, data in manifest.files().items():
+        (out / name).write_bytes(data)
     return args, planned
 
 
@@ -80,6 +83,70 @@ def test_verify_of_a_100k_shard_dataset_uses_the_listing_and_takes_seconds(big_d
     assert bad == [] and f"{NUM_SHARDS} shards" in summary
     print(f"\n{NUM_SHARDS:,} shards: verify (listing and sizes) {took:.1f} s")
     assert took < 120
-    (Path(args.out) / shard_name(NUM_SHARDS // 2)).write_bytes(b"short")  # one replaced by a file of another size
+    replaced = Path(args.out) / shard_name(NUM_SHARDS // 2)
+    replaced.write_bytes(b"short")  # one replaced by a file of another size
     bad, _ = problems(args.out, deep=False)
+    replaced.write_bytes(b"x" * SHARD_BYTES)  # (the dataset as it was, for the tests after this one)
     assert bad == [f"{shard_name(NUM_SHARDS // 2)}: 5 bytes, manifest says 48 (truncated, replaced or modified)"]
+
+
+def test_a_100k_shard_manifest_is_a_small_header_and_a_columnar_shard_list(big_dataset):
+    args, _ = big_dataset
+    header, listing = Path(args.out) / MANIFEST, Path(args.out) / SHARD_LIST
+    started = time.perf_counter()
+    manifest = read_manifest(args.out)
+    took = time.perf_counter() - started
+    assert len(manifest.shards) == NUM_SHARDS and manifest.shards[-1].first_id == (NUM_SHARDS - 1) * ROWS_PER_SHARD
+    print(f"\n{NUM_SHARDS:,} shards: {MANIFEST} {header.stat().st_size:,} bytes, {SHARD_LIST} "
+          f"{listing.stat().st_size:,} bytes, read in {took:.1f} s")
+    assert header.stat().st_size < 20_000 and listing.stat().st_size < 40 * NUM_SHARDS
+
+
+def test_an_unfinished_100k_shard_run_resumes_from_its_progress_record_without_reading_a_shard(big_dataset, tmp_path):
+    """The record a run keeps of the shards it wrote (SHARD_LIST, without a manifest) vouches for them by size."""
+    args, _ = big_dataset
+    identity, _ = plan(args, log=lambda _: None)
+    digest, recorded = read_shard_list((Path(args.out) / SHARD_LIST).read_bytes())
+    assert digest == identity.digest()
+    recorded = recorded[:-1000]  # the run stopped before recording its last 1,000 shards
+    started = time.perf_counter()
+    found = survey(args.out, {shard_name(k) for k in range(identity.num_shards)})  # as its _pending.json names them
+    todo, good = shards_to_write(identity, args.out, recorded, found.sizes)
+    took = time.perf_counter() - started
+    print(f"\n{NUM_SHARDS:,} shards: planning the resume of a run recorded up to {len(recorded):,} shards {took:.1f} s")
+    # The recorded stand-ins are kept unread; the 1,000 unrecorded ones are read and fail their proof.
+    assert len(good) == NUM_SHARDS - 1000 and todo == list(range(NUM_SHARDS - 1000, NUM_SHARDS))
+    assert took < 120
+
+
+def test_a_dataset_of_over_1000_shards_keeps_its_shard_list_beside_a_small_manifest(ray_cluster, random_checkpoint,
+                                                                                     tmp_path):
+    """Real shards, past INLINE_SHARDS: the manifest names `_shards.parquet`; readers see only the data;
+    an unfinished run's shard list lets --resume keep every shard by its size, unread."""
+    import datasets
+    import ray
+
+    out = tmp_path / "many"
+    num_shards = INLINE_SHARDS + 1
+    args = GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=2 * num_shards, rows_per_shard=2)
+    manifest = generate(args, log=lambda _: None)
+    header = json.loads((out / MANIFEST).read_text())
+    assert "shards" not in header and header["shard_list"]["shards"] == num_shards
+    assert read_manifest(str(out)).shards == manifest.shards
+    assert problems(str(out))[0] == []  # --deep: every shard read, on the Ray cluster
+    assert ray.data.read_parquet(str(out)).count() == 2 * num_shards  # the shard list is not read as data
+    rows = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))  # through the card's config
+    assert rows.num_rows == 2 * num_shards
+
+    # The run "stops" before its manifest: its shard list is what it recorded. A shard edited since,
+    # keeping its size, is kept by --resume without a proof (its record vouches for it) and found by verify --deep.
+    (out / "_pending.json").write_text(manifest.identity().model_dump_json())
+    (out / MANIFEST).unlink()
+    damaged = out / shard_name(7)
+    digest = manifest.identity().digest().encode()  # in its footer's tag: a same-size edit Parquet readers still read
+    damaged.write_bytes(damaged.read_bytes().replace(digest, digest[::-1]))
+    said = []
+    generate(args.model_copy(update={"resume": True}), log=said.append)
+    assert f"resuming: {num_shards} of {num_shards} shards already done, 0 to write" in said
+    assert problems(str(out), deep=False)[0] == []
+    assert problems(str(out))[0] == [f"{shard_name(7)}: sha256 mismatch (corrupt or modified)"]
