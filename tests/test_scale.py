@@ -150,3 +150,25 @@ def test_a_dataset_of_over_1000_shards_keeps_its_shard_list_beside_a_small_manif
     assert f"resuming: {num_shards} of {num_shards} shards already done, 0 to write" in said
     assert problems(str(out), deep=False)[0] == []
     assert problems(str(out))[0] == [f"{shard_name(7)}: sha256 mismatch (corrupt or modified)"]
+
+
+def test_a_shard_is_written_row_group_by_row_group_with_the_same_rows(random_checkpoint, tmp_path, monkeypatch):
+    """A worker holds one row group, not the shard: shards larger than ROW_GROUP_BYTES are cut into several."""
+    import pyarrow.parquet as pq
+
+    from gen_jobs import families
+    from gen_jobs import generate as generating
+
+    args = GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path), num_samples=200, rows_per_shard=200)
+    identity, micro_batch = plan(args, log=lambda _: None)
+    family = families.get(identity.family)
+    sampler = family.load("sampler")(random_checkpoint, "cpu", family.load("recipe").model_validate(identity.recipe))
+    whole = generating.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "whole"), 0, 16)
+    monkeypatch.setattr(generating, "ROW_GROUP_BYTES", 20_000)  # a few micro-batches of 16 rows a group
+    cut = generating.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "cut"), 0, 16)
+    whole_file, cut_file = pq.ParquetFile(tmp_path / "whole" / shard_name(0)), pq.ParquetFile(tmp_path / "cut" / shard_name(0))
+    assert whole_file.num_row_groups == 1 and cut_file.num_row_groups > 3
+    assert max(cut_file.metadata.row_group(i).num_rows for i in range(cut_file.num_row_groups)) < 200
+    assert cut_file.read().equals(whole_file.read())  # the same rows, tag and schema
+    assert cut_file.schema_arrow.metadata == whole_file.schema_arrow.metadata
+    assert (cut.bytes, cut.rows) == ((tmp_path / "cut" / shard_name(0)).stat().st_size, 200)
