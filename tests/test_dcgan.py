@@ -1,6 +1,9 @@
 """DCGAN family: shapes, stabilisers, sampler determinism and the dataset table layout."""
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -121,3 +124,28 @@ def test_collapse_warnings_know_how_many_rows_they_rest_on():
     threes_400 = np.concatenate([images[labels == 3]] * 3)[:400]  # (183 real threes, repeated)
     warned = reference.score(threes_400, labels=mislabelled, tstr=False).warnings()
     assert any(w.startswith("samples often miss their label") and w.endswith("in 400 rows") for w in warned)
+
+
+def test_row_confidence_is_the_reference_classifiers_without_importing_scikit_learn(tmp_path):
+    """A sampler actor scores its rows from cached weights: the same numbers, over a second sooner."""
+    script = """
+import sys, numpy as np
+from gen_jobs.families.dcgan.data import digits_arrays
+from gen_jobs.families.dcgan.quality import digits_confidence
+from gen_jobs.images import resize_uint8
+images = resize_uint8(digits_arrays()[0], 32)
+np.save(sys.argv[1], digits_confidence(images, None, 32))
+print("sklearn" in sys.modules)
+"""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{i}.npy")], env=env, capture_output=True,
+                           text=True, check=True) for i in range(2)]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"]  # fitted once, then loaded from the cache
+
+    from gen_jobs.families.dcgan.data import digits_arrays
+    from gen_jobs.families.dcgan.quality import DigitsReference, digit_features
+    from gen_jobs.images import resize_uint8
+
+    images = resize_uint8(digits_arrays()[0], 32)
+    expected = np.round(DigitsReference(32).model.predict_proba(digit_features(images)).max(axis=1), 4)
+    assert np.array_equal(np.load(tmp_path / "0.npy"), expected) and np.array_equal(np.load(tmp_path / "1.npy"), expected)

@@ -15,6 +15,8 @@ Sources (the recipe's `data.source`):
 
 from __future__ import annotations
 
+import os
+
 import posixpath
 
 import numpy as np
@@ -35,12 +37,17 @@ class ImageDataConfig(StrictModel):
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The raw bundled digits: uint8 (1797, 8, 8) in 0..255 and int64 labels."""
-    from sklearn.datasets import load_digits
+    """The raw bundled digits: uint8 (1797, 8, 8) in 0..255 and int64 labels.
 
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return images, digits.target.astype(np.int64)
+    Read from scikit-learn's own data file, as its load_digits does, without importing
+    scikit-learn (over a second, which every sampler actor would pay before its first shard).
+    """
+    import importlib.util
+
+    package = importlib.util.find_spec("sklearn").submodule_search_locations[0]
+    data = np.loadtxt(os.path.join(package, "datasets", "data", "digits.csv.gz"), delimiter=",")
+    images = np.round(data[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
+    return images, data[:, -1].astype(np.int64)
 
 
 def load_images(cfg: ImageDataConfig, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:

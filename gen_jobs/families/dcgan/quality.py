@@ -17,14 +17,13 @@ as training data, so the classifier sees both sides alike.
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.svm import SVC
 
 from gen_jobs.families.dcgan.data import DIGITS, digits_arrays
 from gen_jobs.significance import few_classes, in_rows, share_below
@@ -151,13 +150,19 @@ def class_spread(features: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(spreads)) if spreads else 0.0
 
 
-def _reference_classifier() -> LogisticRegression:
+# scikit-learn is imported where a classifier is fitted, not with this module: a sampler actor
+# computes its rows' figures without it (digits_confidence), and saves over a second of start.
+def _reference_classifier():
+    from sklearn.linear_model import LogisticRegression
+
     # Unscaled features on purpose: standardising blows up pixels that barely vary in
     # one set of images and then dominate predictions on the other.
     return LogisticRegression(C=0.05, max_iter=3000)
 
 
-def _tstr_classifier() -> SVC:
+def _tstr_classifier():
+    from sklearn.svm import SVC
+
     return SVC(gamma="scale")
 
 
@@ -165,6 +170,8 @@ class DigitsReference:
     """A classifier of real digits (seen through a `size` x `size` round trip)."""
 
     def __init__(self, size: int = 32, seed: int = 0):
+        from sklearn.model_selection import train_test_split
+
         raw, labels = digits_arrays()
         self.real_images = resize_uint8(raw, size)  # N x size x size x 1: what distribution_figures compares with
         features = digit_features(self.real_images)
@@ -231,10 +238,50 @@ def reference(size: int) -> DigitsReference:
     return DigitsReference(size)
 
 
+@functools.lru_cache(maxsize=4)
+def _confidence_weights(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(W 10 x 64, b 10): the reference classifier, a multinomial logistic regression, as plain arrays.
+
+    Fitted once per machine (with the digits' features as float32: so are its weights) and kept in its cache folder (keyed by scikit-learn's version,
+    which the fit depends on), so that every later sampler actor loads two small arrays
+    instead of importing scikit-learn and fitting again.
+    """
+    from importlib.metadata import version
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raygen"
+    path = cache / f"digits-reference-{size}-sklearn-{version('scikit-learn')}.npz"
+    try:
+        with np.load(path) as saved:
+            return saved["coef"], saved["intercept"]
+    except (OSError, KeyError, ValueError):
+        pass
+    model = reference(size).model
+    weights = model.coef_, model.intercept_  # (in the dtype it was fitted in: probabilities follow it)
+    try:  # written whole or not at all: actors starting together may race here
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, coef=weights[0], intercept=weights[1])
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: fit again next time
+        pass
+    return weights
+
+
+def confidence_probabilities(features: np.ndarray, size: int) -> np.ndarray:
+    """The reference classifier's class probabilities (N x 10) for 8x8 features (N x 64): scikit-learn's
+    predict_proba, the same arithmetic in the same dtypes (its decision function, then its softmax)."""
+    coef, intercept = _confidence_weights(size)
+    probs = features @ coef.T + intercept  # N x 10
+    probs -= probs.max(axis=1).reshape((-1, 1))
+    np.exp(probs, probs)
+    probs /= probs.sum(axis=1).reshape((-1, 1))
+    return probs
+
+
 def digits_confidence(images: np.ndarray, labels: np.ndarray | None, size: int) -> np.ndarray:
     """Per row (float64 B): the reference classifier's probability of the row's label (conditional
     models), else of its most likely class; rounded to 4 places, so that it is the same in every process."""
-    probs = reference(size).model.predict_proba(digit_features(images))  # B x 10
+    probs = confidence_probabilities(digit_features(images), size)  # B x 10
     chosen = probs[np.arange(len(probs)), labels] if labels is not None else probs.max(axis=1)
     return np.round(chosen, 4)
 

@@ -48,7 +48,7 @@ class Sampler:
 def row_figures(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
     """A dataset row's figures (digits models; {} otherwise): how sure the reference classifier is of the
     sample, how near it is to a training digit, whether that is a copy (see gen_jobs.families.dcgan.quality)."""
-    from gen_jobs.families.dcgan.quality import digits_confidence, scorable, train_distances  # (scikit-learn)
+    from gen_jobs.families.dcgan.quality import digits_confidence, scorable, train_distances
 
     if not scorable(recipe):
         return {}
