@@ -105,13 +105,18 @@ def write_card(out: str, manifest: Manifest, quality: dict | None, log=print) ->
     return written
 
 
+def data_files(manifest: Manifest) -> str:
+    """The pattern of the dataset's shards inside its folder (its data files, nothing else)."""
+    return "part-*.parquet" if manifest.key_layout == "flat" else "*/part-*.parquet"
+
+
 def front_matter(manifest: Manifest, total_bytes: int) -> dict:
     """The HuggingFace dataset card metadata: features from the shards' own HF schema, rows, configs."""
     data = {
         "pretty_name": f"raygen {manifest.family}: {manifest.recipe.get('name', manifest.family)}",
         "tags": ["synthetic", "raygen", manifest.family],
         "size_categories": [size_category(manifest.num_rows)],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "part-*.parquet"}]}],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files(manifest)}]}],
         "dataset_info": {
             "splits": [{"name": "train", "num_bytes": total_bytes, "num_examples": manifest.num_rows}],
             "dataset_size": total_bytes,
@@ -175,7 +180,7 @@ def readme(out: str, manifest: Manifest, quality: dict, meanings: dict[str, str]
     lines = ["---", yaml.safe_dump(front_matter(manifest, total_bytes), sort_keys=False).rstrip(), "---", "",
              f"# {name}: {manifest.num_rows:,} synthetic rows", "",
              f"Made by raygen from a `{manifest.family}` checkpoint: "
-             f"{manifest.num_rows:,} rows in {len(manifest.shards)} Parquet shards (`part-*.parquet`), "
+             f"{manifest.num_rows:,} rows in {len(manifest.shards)} Parquet shards (`{data_files(manifest)}`), "
              f"{total_bytes / 1e6:,.1f} MB. Every row is a pure function of (checkpoint, recipe, seed, row id): "
              "`raygen verify` checks the shards against `_manifest.json`.", "", "## Health", ""]
     if not quality:
@@ -228,7 +233,7 @@ def readme(out: str, manifest: Manifest, quality: dict, meanings: dict[str, str]
         lines.append(f"- command (the same bytes, with any --workers): `{command}`")
     lines += ["", "<details><summary>recipe</summary>", "", "```json", json.dumps(manifest.recipe, indent=2), "```", "",
               "</details>", "", "## Use", "", "```python", "from datasets import load_dataset", "",
-              f"ds = load_dataset(\"parquet\", data_files=\"{storage.join(out, 'part-*.parquet')}\", split=\"train\")",
+              f"ds = load_dataset(\"parquet\", data_files=\"{storage.join(out, data_files(manifest))}\", split=\"train\")",
               "```", "", "Figures again, on more rows or after a change: `raygen quality "
               f"{out}`.", ""]
     return "\n".join(lines)

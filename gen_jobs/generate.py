@@ -7,18 +7,21 @@
         [--image-column COL] [--styles uniform|K[,K...]]      (style: the same as --input-column, --labels)
         [--audio [--sample-rate HZ] [--soundfont SF2]]       (music: an `audio` WAV column)
         [--wait-for-training SECONDS]    (start before the model finished training: wait for it)
+        [--spread-keys]                  (shards under OUT/00/ .. OUT/ff/: S3 request rates per prefix)
     python -m gen_jobs.generate ...        # the same, for `ray job submit`
 
 Pipeline: shard ids -> actor pool of W ShardWriters, each holding the family's
 Sampler (row ids -> seeds (+ the shard's slice of prompts or input images,
 gen_jobs.rows) -> samples in the recipe's fixed micro-batches ->
-encoded columns (PNG for images) -> Parquet bytes -> atomic write) ->
-quality figures -> `_manifest.json` written last.
+encoded columns (PNG for images) -> Parquet row groups of ~64 MiB streamed to an
+atomic writer, storage.AtomicWriter) -> quality figures -> `_manifest.json`
+written last (past 1,000 shards with its shard list, `_shards.parquet`, which
+the driver also rewrites every 30 s while the run goes on: ProgressRecord).
 
 Row i is a pure function of (checkpoint, recipe, base seed, i), so any number of
 workers, first try or resumed, writes the same bytes. --resume regenerates only
-shards that are missing or differ from the size the manifest records (one listing;
-see shards_to_write).
+shards that are missing or differ from the size the manifest (or an unfinished
+run's shard list) records (one listing; see shards_to_write).
 
 Safety: the run holds --out's lease (gen_jobs.lease) from start to end; it
 touches only files gen_jobs.output_folder proves are raygen's; the driver pins
@@ -59,7 +62,6 @@ from gen_jobs.manifest import (
     schema_description,
     sha256,
     shard_list_bytes,
-    shard_name,
 )
 from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
 from gen_jobs.gate import check_columns, counts, gated, parse_filter
@@ -95,6 +97,7 @@ class GenerateArgs(StrictModel):
     max_attempts: int | None = Field(None, ge=1, le=1000)
     card: bool = True  # --no-card: no README.md / quality.json / pictures at the end (gen_jobs.card)
     wait_for_training: float = Field(0, ge=0, le=7 * 24 * 3600)  # seconds to wait for the checkpoint's training to finish
+    spread_keys: bool = False  # shards under 256 folders (S3 prefixes) 00/ .. ff/ instead of all in --out
 
     def shaping_arguments(self) -> list[str]:
         """The `raygen generate` arguments that shape the rows, as a command line's words (the card's provenance).
@@ -190,6 +193,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--wait-for-training", type=float, default=0, metavar="SECONDS",
                    help="wait up to SECONDS for --checkpoint to hold a finished training's model (its last epoch), "
                         "so a job can be started before its model is trained (default: 0, no wait)")
+    p.add_argument("--spread-keys", action="store_true",
+                   help="put shard k under folder k mod 256 (OUT/00/ .. OUT/ff/): on S3 each prefix has its own "
+                        "request rate, so a very large cluster writing or reading the shards is not throttled")
     p.add_argument("--resume", action="store_true", help="complete an interrupted or damaged dataset")
     p.add_argument("--overwrite", action="store_true", help="replace whatever dataset is at --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -370,7 +376,7 @@ def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, 
                 input_cache: dict | None = None) -> ShardEntry:
     """Write shard k as it is sampled, row group by row group, atomically (storage.AtomicWriter)."""
     tag = identity.shard_tag(k)
-    with storage.AtomicWriter(storage.join(out, shard_name(k))) as sink:
+    with storage.AtomicWriter(storage.join(out, identity.shard_name(k))) as sink:
         writer = None
         for group in row_groups(shard_batches(sampler, to_table, identity, k, micro_batch, input_cache)):
             if writer is None:  # the schema, with HuggingFace's features and raygen's tag, from the first rows
@@ -379,7 +385,8 @@ def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, 
             writer.write_table(group.replace_schema_metadata(schema.metadata), row_group_size=len(group))
         writer.close()
     ids = identity.shard_ids(k)
-    return ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=sink.sha256, bytes=sink.size)
+    return ShardEntry(file=identity.shard_name(k), first_id=ids.start, rows=len(ids), sha256=sink.sha256,
+                      bytes=sink.size)
 
 
 # ---------------------------------------------------------------- the dataset
@@ -424,6 +431,7 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
         gate=parse_filter(args.filter, args.max_attempts or 4) if args.filter else None,
         device_kind="cuda" if args.gpu else "cpu",
         torch_version=torch.__version__,
+        key_layout="spread" if args.spread_keys else "flat",
     )
     return identity, recipe.generate.batch_size
 
@@ -478,7 +486,7 @@ def shards_to_write(identity: DatasetIdentity, out: str, recorded: list[ShardEnt
     expected = {e.file: e for e in recorded}
     todo, good, to_read = [], {}, []
     for k in range(identity.num_shards):
-        name = shard_name(k)
+        name = identity.shard_name(k)
         entry = expected.get(name)
         if name not in sizes:
             todo.append(k)
@@ -491,12 +499,12 @@ def shards_to_write(identity: DatasetIdentity, out: str, recorded: list[ShardEnt
             to_read.append(k)
 
     for k, report in read_reports(out, identity, to_read).items():
-        entry = expected.get(shard_name(k))
+        entry = expected.get(identity.shard_name(k))
         if entry is not None and entry.sha256 == report.sha256:  # recorded before sizes were
             good[k] = entry.model_copy(update={"bytes": report.bytes})
         elif entry is None and report.problem is None:  # no record: the shard proved it is this dataset's
             ids = identity.shard_ids(k)
-            good[k] = ShardEntry(file=shard_name(k), first_id=ids.start, rows=len(ids), sha256=report.sha256,
+            good[k] = ShardEntry(file=identity.shard_name(k), first_id=ids.start, rows=len(ids), sha256=report.sha256,
                                  bytes=report.bytes)
         else:
             todo.append(k)

@@ -2,7 +2,9 @@
 
 A dataset folder (local or s3://) holds:
 
-    part-00000.parquet ...  shard k: rows k*R .. (k+1)*R-1, in id order
+    part-00000.parquet ...  shard k: rows k*R .. (k+1)*R-1, in id order; with
+                            --spread-keys under one of 256 folders, 00/ .. ff/
+                            (k mod 256): 00/part-00000.parquet, 01/part-00001.parquet
     _manifest.json          written last: what made the data, and every shard's
                             file, first id, row count, sha256 and size
     _shards.parquet         with more than INLINE_SHARDS shards: the shard list, one row
@@ -44,10 +46,33 @@ PENDING = "_pending.json"
 LEASE = "_lease.json"
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 SHARD_TAG = b"raygen"
+# --spread-keys: shard k lies under folder k mod 256 (two hex digits), so that consecutive shards,
+# written and read together, fall under different S3 prefixes (each prefix has its own request rate).
+SPREAD_FOLDERS = 256
+SPREAD_FOLDER = re.compile(r"^[0-9a-f]{2}$")
+SHARD_PATH = re.compile(r"^(?:[0-9a-f]{2}/)?part-(\d{5,})\.parquet$")  # a shard's path in either layout
 
 
-def shard_name(k: int) -> str:
-    return f"part-{k:05d}.parquet"
+def shard_name(k: int, key_layout: str = "flat") -> str:
+    """Shard k's path inside the dataset folder: `part-k.parquet`, or under its folder when spread."""
+    name = f"part-{k:05d}.parquet"
+    return name if key_layout == "flat" else f"{k % SPREAD_FOLDERS:02x}/{name}"
+
+
+def dataset_files(out: str) -> dict[str, int | None]:
+    """{path inside `out`: size (None: a symbolic link)} of the files directly in it and in its
+    two-hex-digit folders (the spread layout's), from one listing (S3) or one per folder (local)."""
+    base = out.rstrip("/")
+    if storage.is_s3(out):
+        found = storage.list_entries(out, recursive=True)
+    else:
+        found = storage.list_entries(out)
+        for folder in storage.list_folders(out):
+            if SPREAD_FOLDER.match(folder):
+                found.update(storage.list_entries(storage.join(out, folder)))
+    files = {uri[len(base) + 1:]: size for uri, size in found.items()}
+    return {path: size for path, size in files.items()
+            if "/" not in path or (path.count("/") == 1 and SPREAD_FOLDER.match(path.split("/")[0]))}
 
 
 class DatasetIdentity(BaseModel):
@@ -72,6 +97,7 @@ class DatasetIdentity(BaseModel):
     noise_version: str = NOISE_VERSION
     device_kind: Literal["cpu", "cuda"] = "cpu"
     torch_version: str
+    key_layout: Literal["flat", "spread"] = "flat"  # where shards lie (raygen generate --spread-keys), not their bytes
 
     def differences(self, other: "DatasetIdentity") -> list[str]:
         """What differs between the two, in words (the checkpoint's and input's locations do not count)."""
@@ -89,11 +115,14 @@ class DatasetIdentity(BaseModel):
             out.append(f"device (made on {other.device_kind}, resuming on {self.device_kind})")
         if self.torch_version != other.torch_version:
             out.append(f"torch version (made with {other.torch_version}, now {self.torch_version})")
+        if self.key_layout != other.key_layout:
+            out.append(f"key layout (made {other.key_layout}, now {self.key_layout}: "
+                       f"{'give' if other.key_layout == 'spread' else 'leave out'} --spread-keys)")
         return out
 
     def digest(self) -> str:
         """sha256 of what makes the bytes (locations left out: moving a checkpoint or input changes nothing)."""
-        data = self.model_dump(mode="json", exclude={"checkpoint"})
+        data = self.model_dump(mode="json", exclude={"checkpoint", "key_layout"})  # (where shards lie: not bytes)
         data["source"].pop("uri", None)
         if data["gate"] is None:  # datasets without a filter keep the digests they always had
             del data["gate"]
@@ -107,6 +136,10 @@ class DatasetIdentity(BaseModel):
         """One line for people: how the rows were made."""
         return (f"{self.family}, checkpoint sha256 {self.checkpoint_sha256[:12]}, seed {self.seed}, rows from {self.source.kind}, "
                 f"noise {self.noise_version}, made on {self.device_kind} with torch {self.torch_version}")
+
+    def shard_name(self, k: int) -> str:
+        """Shard k's path inside the dataset folder, in this dataset's key layout."""
+        return shard_name(k, self.key_layout)
 
     @property
     def num_shards(self) -> int:

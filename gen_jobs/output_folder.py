@@ -3,7 +3,8 @@
     used by gen_jobs.generate, under the folder's lease (gen_jobs.lease)
 
 raygen deletes or replaces only files it can prove are its own:
-  - shards: exactly named `part-NNNNN.parquet`, a regular file (never a link),
+  - shards: exactly named `part-NNNNN.parquet` (directly in the folder, or in a two-hex-digit
+    folder of the --spread-keys layout), a regular file (never a link),
     whose name this folder's manifest or pending record lists, or whose Parquet
     footer carries raygen's tag (a listed shard that is damaged is still
     raygen's, and is rewritten);
@@ -29,13 +30,14 @@ from gen_jobs.manifest import (
     MANIFEST,
     PENDING,
     SHARD_LIST,
-    SHARD_PATTERN,
+    SHARD_PATH,
+    SPREAD_FOLDER,
     DamagedStateFile,
     DatasetIdentity,
     Manifest,
+    dataset_files,
     read_manifest,
     read_pending,
-    shard_name,
     shard_tag,
 )
 
@@ -43,6 +45,12 @@ from gen_jobs.manifest import (
 TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_shards\.parquet|_pending\.json|_lease\.json|_card\.json|README\.md"
                        r"|quality\.json|card-samples\.png|card-training\.png)\.[0-9a-f]{32}\.(tmp|stale)$")
 STATE_FILES = (MANIFEST, SHARD_LIST, PENDING, LEASE, CARD_RECORD)
+
+
+def _is_temporary(path: str) -> bool:
+    """A temporary of raygen's: directly in the folder, or a shard's in a spread layout's folder."""
+    folder, _, name = path.rpartition("/")
+    return bool(TEMPORARY.match(name)) and (not folder or name.startswith(".part-"))
 
 
 @dataclass
@@ -60,15 +68,15 @@ def survey(out: str, recorded: set[str]) -> Survey:
     """Sort the files directly in `out`; `recorded`: the shard names its state files list."""
     result = Survey()
     card_record = card.recorded(out)
-    for uri, size in storage.list_entries(out).items():
-        name = uri.rstrip("/").rsplit("/", 1)[-1]
+    for name, size in dataset_files(out).items():  # name: the path inside `out` (a spread shard's has a folder)
+        uri = storage.join(out, name)
         if size is None:
             result.foreign.append(f"{name} (a symbolic link)")
         elif name in STATE_FILES:
             continue
-        elif TEMPORARY.match(name):
+        elif _is_temporary(name):
             result.temporaries.append(uri)
-        elif SHARD_PATTERN.match(name) and (name in recorded or shard_tag(uri) is not None):
+        elif SHARD_PATH.match(name) and (name in recorded or shard_tag(uri) is not None):
             result.shards[name] = uri
             result.sizes[name] = size
         elif name in card.CARD_FILES and card.is_raygens(out, name, card_record):
@@ -103,7 +111,7 @@ def read_state(out: str) -> State:
         pending = None
         damaged.append(e)
     if pending is not None:
-        recorded |= {shard_name(k) for k in range(pending.num_shards)}
+        recorded |= {pending.shard_name(k) for k in range(pending.num_shards)}
     previous = manifest.identity() if manifest is not None else pending
     return State(manifest, previous, damaged, recorded)
 
@@ -128,6 +136,7 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
         for uri in [*found.temporaries, *found.shards.values(), *found.card, storage.join(out, card.CARD_RECORD),
                     storage.join(out, MANIFEST), storage.join(out, SHARD_LIST), storage.join(out, PENDING)]:
             storage.delete_file(uri)
+        storage.remove_empty_folders(out, SPREAD_FOLDER)  # a spread layout's folders, once raygen's files are gone
         abort_stale_uploads(out, log)
         return None, Survey()
     for problem in state.damaged:
@@ -152,6 +161,6 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
 
 def abort_stale_uploads(out: str, log=print) -> None:
     """S3: abort the unfinished multipart uploads of shards a dead run left (S3 keeps, and bills, their parts)."""
-    aborted = storage.abort_stale_uploads(out, SHARD_PATTERN)
+    aborted = storage.abort_stale_uploads(out, SHARD_PATH)
     if aborted:
         log(f"aborted {aborted} unfinished upload(s) of shards that an earlier run left in {out}")

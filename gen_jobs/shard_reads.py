@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gen_jobs import storage
-from gen_jobs.manifest import SHARD_TAG, DatasetIdentity, schema_description, sha256, shard_name
+from gen_jobs.manifest import SHARD_TAG, DatasetIdentity, schema_description, sha256
 from gen_jobs.row_seed import row_seeds
 
 READERS_PER_PROCESS = 16  # shard reads in flight in one process
@@ -68,7 +68,7 @@ def identity_problem(table: pa.Table, identity: DatasetIdentity, k: int, digest:
 
 def read_report(out: str, identity: DatasetIdentity, k: int, digest: str | None = None) -> ShardReport:
     """Read shard k of the dataset at `out` once: its size, checksum, schema and whether it is this dataset's."""
-    data = storage.read_bytes(storage.join(out, shard_name(k)))
+    data = storage.read_bytes(storage.join(out, identity.shard_name(k)))
     try:
         table = pq.read_table(io.BytesIO(data), columns=["id", "seed"])
         fields = schema_description(pq.read_schema(io.BytesIO(data)))["fields"]

@@ -311,7 +311,7 @@ class AtomicWriter(io.RawIOBase):
 
 
 def abort_stale_uploads(uri: str, names: re.Pattern) -> int:
-    """Abort the incomplete S3 multipart uploads directly under a prefix whose file names match `names`.
+    """Abort the incomplete S3 multipart uploads under a prefix whose paths in it match `names`.
 
     For a run that holds the folder's lease: any such upload was begun by a run that died
     (AtomicWriter aborts its own on an error), and S3 bills its parts until it is aborted.
@@ -324,8 +324,8 @@ def abort_stale_uploads(uri: str, names: re.Pattern) -> int:
     client, aborted = s3_client(), 0
     for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
         for upload in page.get("Uploads", []):
-            name = upload["Key"][len(prefix):]
-            if "/" not in name and names.match(name):
+            name = upload["Key"][len(prefix):]  # the path inside the folder
+            if names.match(name):
                 client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted += 1
     return aborted
@@ -433,11 +433,11 @@ def _stamp(info: pafs.FileInfo) -> str:
     return f"{info.size}:{info.mtime_ns}"
 
 
-def list_entries(uri: str) -> dict[str, int | None]:
-    """{URI: size in bytes} of what lies directly in a folder/prefix, in name order, from one listing
-    (S3: paginated by pyarrow); a symbolic link is listed (not followed) with size None."""
+def list_entries(uri: str, recursive: bool = False) -> dict[str, int | None]:
+    """{URI: size in bytes} of the files in a folder/prefix (`recursive`: and below it), in name order,
+    from one listing (S3: paginated by pyarrow); a symbolic link is listed (not followed) with size None."""
     if is_s3(uri):
-        return {_uri(i, uri): i.size for i in sorted(_file_infos(uri, recursive=False), key=lambda i: i.path)}
+        return {_uri(i, uri): i.size for i in sorted(_file_infos(uri, recursive), key=lambda i: i.path)}
     path = resolve(uri)[1]
     try:
         entries = list(os.scandir(path))
@@ -449,7 +449,20 @@ def list_entries(uri: str) -> dict[str, int | None]:
             found[os.path.join(path, entry.name)] = None
         elif entry.is_file(follow_symlinks=False):
             found[os.path.join(path, entry.name)] = entry.stat(follow_symlinks=False).st_size
+        elif recursive and entry.is_dir(follow_symlinks=False):
+            found.update(list_entries(os.path.join(path, entry.name), recursive=True))
     return found
+
+
+def list_folders(uri: str) -> list[str]:
+    """Names of the folders directly in a local folder (not links to folders), sorted; [] for S3,
+    whose folders are only key prefixes (list_entries(recursive=True) sees what lies in them)."""
+    if is_s3(uri):
+        return []
+    try:
+        return sorted(e.name for e in os.scandir(resolve(uri)[1]) if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:
@@ -473,6 +486,16 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
         with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
     return local
+
+
+def remove_empty_folders(uri: str, names: re.Pattern) -> None:
+    """Remove the empty local folders directly in `uri` whose names match (S3 has no folders to remove)."""
+    for name in list_folders(uri):
+        if names.match(name):
+            try:
+                os.rmdir(os.path.join(resolve(uri)[1], name))
+            except OSError:  # not empty: something of the user's, or a file raygen keeps
+                pass
 
 
 def remove_tree(uri: str) -> None:

@@ -25,7 +25,7 @@ import sys
 from gen_jobs import storage
 from gen_jobs.cli_args import ArgumentParser, run_main
 from gen_jobs.errors import UserError
-from gen_jobs.manifest import MANIFEST, SHARD_PATTERN, Manifest, ShardEntry, read_manifest
+from gen_jobs.manifest import MANIFEST, SHARD_PATH, Manifest, ShardEntry, dataset_files, read_manifest
 from gen_jobs.shard_reads import ShardReport, read_reports
 
 
@@ -35,8 +35,7 @@ def problems(out: str, deep: bool = True) -> tuple[list[str], str]:
     `deep`: also read every shard (checksum, tag, schema, ids, seeds); else the listing alone.
     """
     manifest = read_manifest(out)
-    sizes = {uri.rsplit("/", 1)[-1]: size for uri, size in storage.list_entries(out).items()}
-    shard_sizes = {name: size for name, size in sizes.items() if SHARD_PATTERN.match(name)}
+    shard_sizes = {name: size for name, size in dataset_files(out).items() if SHARD_PATH.match(name)}
     if manifest is None:
         hint = " (an unfinished run: complete it with raygen generate ... --resume)" if shard_sizes else ""
         raise UserError(f"no {MANIFEST} in {out}: not a raygen dataset, or not finished{hint}")
@@ -60,7 +59,7 @@ def problems(out: str, deep: bool = True) -> tuple[list[str], str]:
         bad.append(f"{name}: stray file not in the manifest")
     unsized = sum(entry.bytes is None for entry in manifest.shards)
     if deep or unsized:  # a manifest from before sizes were recorded can only be checked by reading
-        entries = {int(SHARD_PATTERN.match(e.file).group(1)): e for e in present if deep or e.bytes is None}
+        entries = {int(SHARD_PATH.match(e.file).group(1)): e for e in present if deep or e.bytes is None}
         reports = read_reports(out, manifest.identity(), list(entries))
         bad += [line for k, entry in entries.items() if (line := judge(entry, reports[k], manifest))]
     checked = "checksums, tags, ids and seeds match" if deep else "every shard present with its recorded size"

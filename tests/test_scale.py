@@ -133,7 +133,11 @@ def test_a_dataset_of_over_1000_shards_keeps_its_shard_list_beside_a_small_manif
     header = json.loads((out / MANIFEST).read_text())
     assert "shards" not in header and header["shard_list"]["shards"] == num_shards
     assert read_manifest(str(out)).shards == manifest.shards
-    assert problems(str(out))[0] == []  # --deep: every shard read, on the Ray cluster
+    assert problems(str(out))[0] == []  # --deep: every shard read, by Ray tasks of 256 shards each
+    from ray.util.state import list_tasks
+
+    readers = list_tasks(filters=[("func_or_class_name", "=", "_read_chunk")], raise_on_missing_output=False)
+    assert len(readers) >= -(-num_shards // 256)  # (their states reach the state API a little later)
     assert ray.data.read_parquet(str(out)).count() == 2 * num_shards  # the shard list is not read as data
     rows = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))  # through the card's config
     assert rows.num_rows == 2 * num_shards
@@ -163,7 +167,7 @@ def test_a_shard_is_written_row_group_by_row_group_with_the_same_rows(random_che
     identity, micro_batch = plan(args, log=lambda _: None)
     family = families.get(identity.family)
     sampler = family.load("sampler")(random_checkpoint, "cpu", family.load("recipe").model_validate(identity.recipe))
-    whole = generating.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "whole"), 0, 16)
+    generating.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "whole"), 0, 16)
     monkeypatch.setattr(generating, "ROW_GROUP_BYTES", 20_000)  # a few micro-batches of 16 rows a group
     cut = generating.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "cut"), 0, 16)
     whole_file, cut_file = pq.ParquetFile(tmp_path / "whole" / shard_name(0)), pq.ParquetFile(tmp_path / "cut" / shard_name(0))
@@ -172,3 +176,35 @@ def test_a_shard_is_written_row_group_by_row_group_with_the_same_rows(random_che
     assert cut_file.read().equals(whole_file.read())  # the same rows, tag and schema
     assert cut_file.schema_arrow.metadata == whole_file.schema_arrow.metadata
     assert (cut.bytes, cut.rows) == ((tmp_path / "cut" / shard_name(0)).stat().st_size, 200)
+
+
+def test_spread_keys_put_shard_k_under_folder_k_mod_256_where_every_reader_finds_it(ray_cluster, random_checkpoint,
+                                                                                    s3_server, tmp_path):
+    import datasets
+
+    from gen_jobs.errors import UserError
+
+    out = tmp_path / "spread"
+    args = GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=60, rows_per_shard=20, spread_keys=True)
+    manifest = generate(args, log=lambda _: None)
+    paths = ["00/part-00000.parquet", "01/part-00001.parquet", "02/part-00002.parquet"]
+    assert [e.file for e in manifest.shards] == paths
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet")) == paths
+    assert problems(str(out))[0] == []
+    assert datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf")).num_rows == 60  # the card's config
+    said = []
+    generate(args.model_copy(update={"resume": True}), log=said.append)
+    assert said[-1] == f"{out}: all 3 shards present and intact; nothing to do"
+
+    (out / "01" / "part-00001.parquet").rename(out / "01" / "part-00009.parquet")
+    assert problems(str(out), deep=False)[0] == ["01/part-00001.parquet: missing",
+                                                 "01/part-00009.parquet: stray file not in the manifest"]
+    with pytest.raises(UserError, match="key layout \\(made spread, now flat: give --spread-keys\\)"):
+        generate(args.model_copy(update={"resume": True, "spread_keys": False}), log=lambda _: None)
+    flat = generate(args.model_copy(update={"overwrite": True, "spread_keys": False}), log=lambda _: None)
+    assert [e.file for e in flat.shards] == [shard_name(k) for k in range(3)]
+    assert not any(p.is_dir() for p in out.iterdir())  # the spread layout's folders went with its shards
+
+    s3 = "s3://raygen/spread-keys"
+    manifest = generate(args.model_copy(update={"out": s3, "num_samples": 40}), log=lambda _: None)
+    assert [e.file for e in manifest.shards] == paths[:2] and problems(s3)[0] == []
