@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -242,13 +243,16 @@ def reference(size: int) -> DigitsReference:
 def _confidence_weights(size: int) -> tuple[np.ndarray, np.ndarray]:
     """(W 10 x 64, b 10): the reference classifier, a multinomial logistic regression, as plain arrays.
 
-    Fitted once per machine (with the digits' features as float32: so are its weights) and kept in its cache folder (keyed by scikit-learn's version,
-    which the fit depends on), so that every later sampler actor loads two small arrays
-    instead of importing scikit-learn and fitting again.
+    Fitted once per machine (on float32 features: so are its weights) and kept in its cache
+    folder, keyed by scikit-learn's version (the fit depends on it), so that every later
+    sampler actor loads two small arrays instead of importing scikit-learn and fitting again.
     """
     from importlib.metadata import version
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raygen"
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raygen"
+    except RuntimeError:  # no home folder: a cache beside the other temporary files
+        cache = Path(tempfile.gettempdir()) / "raygen-cache"
     path = cache / f"digits-reference-{size}-sklearn-{version('scikit-learn')}.npz"
     try:
         with np.load(path) as saved:
