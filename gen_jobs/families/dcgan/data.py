@@ -42,10 +42,14 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     Read from scikit-learn's own data file, as its load_digits does, without importing
     scikit-learn (over a second, which every sampler actor would pay before its first shard).
     """
+    import gzip
     import importlib.util
 
     package = importlib.util.find_spec("sklearn").submodule_search_locations[0]
-    data = np.loadtxt(os.path.join(package, "datasets", "data", "digits.csv.gz"), delimiter=",")
+    # Opened here, not by name: np.loadtxt resolves a name against the working directory, which a
+    # `ray job submit` driver's may no longer have.
+    with gzip.open(os.path.join(package, "datasets", "data", "digits.csv.gz"), "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
     images = np.round(data[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
     return images, data[:, -1].astype(np.int64)
 
