@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -159,12 +158,13 @@ def read_files(uri: str) -> dict[str, bytes]:
     Generation pins the checkpoint this way, so Ray Train's num_to_keep (or a
     user) deleting the folder while a job runs cannot change or break the job.
     """
-    root = uri.rstrip("/")
     files = {}
-    for path in storage.list_files(root, recursive=True):
-        relative = path[len(root) + 1:] if storage.is_s3(root) else os.path.relpath(path, storage.resolve(root)[1])
+    for relative, size in storage.list_relative(uri, recursive=True).items():
+        if size is None:  # a symbolic link: never followed out of the checkpoint's folder
+            raise UserError(f"{storage.join(uri, relative)} is a symbolic link; a checkpoint is read only from its "
+                            "own files: copy the file into the checkpoint folder instead of linking it")
         if relative.split("/")[-1] not in TRAINING_ONLY:
-            files[relative] = storage.read_bytes(path)
+            files[relative] = storage.read_bytes(storage.join(uri, relative))
     return files
 
 

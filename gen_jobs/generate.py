@@ -459,12 +459,12 @@ def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
         if family.rows_from != "prompts":
             raise UserError(f"--prompts needs a model that continues prompts (text, music); {ckpt} is a "
                             f"{family.name} model")
-        return plan_prompts(args.prompts, args.prompt_column, args.samples_per_prompt, family.prompt_files)
+        return plan_prompts(storage.absolute(args.prompts), args.prompt_column, args.samples_per_prompt, family.prompt_files)
     if args.input:
         if family.rows_from != "images":
             raise UserError(f"--input needs a model that transforms images (style transfer); {ckpt} is a "
                             f"{family.name} model")
-        return plan_images(args.input, args.input_column, args.samples_per_input)
+        return plan_images(storage.absolute(args.input), args.input_column, args.samples_per_input)
     if family.rows_from == "images":
         raise UserError(f"a {family.name} model makes rows from input images: pass --input URI instead of --num-samples")
     return RowSource()
@@ -605,7 +605,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
             ShardWriter,
             fn_constructor_kwargs={
                 "identity": identity.model_dump(mode="json"),
-                "out": args.out,
+                "out": storage.absolute(args.out),  # the workers' working directory may not be this one
                 "micro_batch": micro_batch,
                 "device": "cuda" if args.gpu else "cpu",
                 "checkpoint_files": pinned,

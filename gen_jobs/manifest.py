@@ -62,15 +62,13 @@ def shard_name(k: int, key_layout: str = "flat") -> str:
 def dataset_files(out: str) -> dict[str, int | None]:
     """{path inside `out`: size (None: a symbolic link)} of the files directly in it and in its
     two-hex-digit folders (the spread layout's), from one listing (S3) or one per folder (local)."""
-    base = out.rstrip("/")
     if storage.is_s3(out):
-        found = storage.list_entries(out, recursive=True)
+        files = storage.list_relative(out, recursive=True)
     else:
-        found = storage.list_entries(out)
+        files = storage.list_relative(out)
         for folder in storage.list_folders(out):
             if SPREAD_FOLDER.match(folder):
-                found.update(storage.list_entries(storage.join(out, folder)))
-    files = {uri[len(base) + 1:]: size for uri, size in found.items()}
+                files.update({f"{folder}/{name}": size for name, size in storage.list_relative(storage.join(out, folder)).items()})
     return {path: size for path, size in files.items()
             if "/" not in path or (path.count("/") == 1 and SPREAD_FOLDER.match(path.split("/")[0]))}
 

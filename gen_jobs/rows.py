@@ -108,18 +108,20 @@ def prompt_file(prompts_uri: str, name: str) -> str:
     if storage.is_s3(name) or os.path.isabs(name):
         return name
     folder = prompts_uri.rsplit("/", 1)[0] if "/" in prompts_uri else "."
-    return storage.join(folder, name)
+    if storage.is_s3(folder):
+        return storage.join(folder, name)
+    return os.path.normpath(os.path.join(folder, name))  # the user's own file: `../primers/a.mid` is theirs to name
 
 
 def plan_images(uri: str, column: str, samples_per_input: int) -> RowSource:
     """An image source: a folder/prefix of image files, or Parquet file(s) with an image column."""
-    stamps = input_listing(uri)  # taken before the reads: a later write changes a file's stamp
-    files = list(stamps)
+    entries = _input_entries(uri)  # stamps taken before the reads: a later write changes a file's stamp
+    stamps = {f: stamp for f, (_, stamp) in entries.items()}
     digest = hashlib.sha256()
     count = 0
-    for f in files:
+    for f, (name, _) in entries.items():
         data = storage.read_bytes(f)
-        digest.update(f"{_relative(uri, f)}\0{len(data)}\0".encode())
+        digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
         if f.endswith(".parquet"):
             schema = pq.read_schema(io.BytesIO(data))
@@ -141,25 +143,25 @@ def input_files(uri: str) -> list[str]:
 
 def input_listing(uri: str) -> dict[str, str | None]:
     """{file: stamp} of an image input, in source order (see `input_files`), from one listing."""
+    return {f: stamp for f, (_, stamp) in _input_entries(uri).items()}
+
+
+def _input_entries(uri: str) -> dict[str, tuple[str, str | None]]:
+    """{file URI: (its name inside the input folder, stamp)} of an image input, in source order."""
     if not storage.exists(uri):
         raise UserError(f"input {uri} does not exist: give a folder of images, a Parquet file or folder, or an s3:// prefix")
     if not storage.is_dir(uri):
         if not uri.endswith((".parquet", *IMAGE_SUFFIXES)):
             raise UserError(f"input {uri} is neither Parquet nor an image ({', '.join(IMAGE_SUFFIXES)})")
-        return dict(zip([uri], storage.stamps([uri])))
-    listing = storage.list_stamped(uri, recursive=True)
-    files = list(listing)
-    parquet = [f for f in files if f.endswith(".parquet")]
-    images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+        return {uri: (uri.rstrip("/").rsplit("/", 1)[-1], storage.stamps([uri])[0])}
+    listing = storage.list_stamped(uri, recursive=True)  # {name inside uri: stamp}
+    parquet = [name for name in listing if name.endswith(".parquet")]
+    images = [name for name in listing if name.lower().endswith(IMAGE_SUFFIXES)]
     if parquet and images:
         raise UserError(f"{uri} mixes Parquet files and image files; give one kind of input")
     if not parquet and not images:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or Parquet files under {uri}")
-    return {f: listing[f] for f in sorted(parquet or images)}
-
-
-def _relative(root: str, uri: str) -> str:
-    return uri[len(root.rstrip("/")) + 1:] if uri != root else uri.rsplit("/", 1)[-1]
+    return {storage.join(uri, name): (name, listing[name]) for name in sorted(parquet or images)}
 
 
 def jsonl_column(uri: str, data: bytes, column: str, setting: str) -> list[str | None]:

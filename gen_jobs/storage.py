@@ -136,7 +136,25 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute(uri: str) -> str:
+    """The one normal form of a URI, for work that may run in another process or folder (Ray workers):
+    local paths absolute with `~` expanded and no trailing slash; S3 without a trailing slash.
+    Messages keep the form the user typed."""
+    if is_s3(uri):
+        return uri.rstrip("/")
+    return resolve(uri)[1]
+
+
 def join(uri: str, *names: str) -> str:
+    """The URI of `names` inside the folder `uri`, in `uri`'s form (relative stays relative).
+
+    Each name is a relative path that stays inside the folder: an absolute name or a `..`
+    part (a name read from a file a user or an attacker wrote) is refused for every scheme.
+    """
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if name.startswith(("/", "\\")) or ".." in parts or "\\" in name or os.path.isabs(name):
+            raise UserError(f"{name!r} is not a name inside {uri}: it must be a relative path without '..'")
     if is_s3(uri):
         return posixpath.join(uri.rstrip("/"), *names)
     return str(Path(uri).expanduser().joinpath(*names))
@@ -392,28 +410,38 @@ def s3_client():
     return _s3_client(*_s3_settings())
 
 
-def _file_infos(uri: str, recursive: bool) -> list[pafs.FileInfo]:
-    """The files (not folders) under a folder/prefix, from one listing (S3: paginated by pyarrow); [] if absent."""
+def _inside(folder: str, path: str) -> str:
+    """`path`'s name relative to `folder`, both as a filesystem lists them (no slicing by another string's length)."""
+    relative = PurePosixPath(path).relative_to(PurePosixPath(folder))
+    if not relative.parts or ".." in relative.parts:
+        raise UserError(f"{path!r} is not inside {folder!r}")
+    return relative.as_posix()
+
+
+def _listed(uri: str, recursive: bool) -> list[tuple[str, pafs.FileInfo]]:
+    """(name relative to the folder, info) of each file (not folder) under a folder/prefix, by name;
+    [] if absent. One listing (S3: paginated by pyarrow)."""
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
-    return [i for i in infos if i.type == pafs.FileType.File]
-
-
-def _uri(info: pafs.FileInfo, like: str) -> str:
-    """The URI of a listed file, in the scheme of the folder `like` it was listed from."""
-    return f"s3://{info.path}" if is_s3(like) else info.path
+    return sorted(((_inside(path, i.path), i) for i in infos if i.type == pafs.FileType.File), key=lambda p: p[0])
 
 
 def list_files(uri: str, recursive: bool = False) -> list[str]:
-    """URIs of the files under a folder/prefix, sorted; [] if it does not exist."""
-    return sorted(_uri(i, uri) for i in _file_infos(uri, recursive))
+    """URIs of the files under a folder/prefix, sorted, each `join(uri, name)`: in the form the
+    folder was given (a relative folder lists relative paths); [] if it does not exist."""
+    return [join(uri, name) for name, _ in _listed(uri, recursive)]
+
+
+def list_names(uri: str, recursive: bool = False) -> list[str]:
+    """Names (paths relative to the folder, `/`-separated) of the files under a folder/prefix, sorted."""
+    return [name for name, _ in _listed(uri, recursive)]
 
 
 def list_stamped(uri: str, recursive: bool = False) -> dict[str, str]:
-    """{file URI: stamp} for the files under a folder/prefix, from one listing (see `stamps`)."""
-    return {_uri(i, uri): _stamp(i) for i in _file_infos(uri, recursive)}
+    """{name inside the folder: stamp} for the files under a folder/prefix, from one listing (see `stamps`)."""
+    return {name: _stamp(info) for name, info in _listed(uri, recursive)}
 
 
 def stamps(uris: list[str]) -> list[str | None]:
@@ -433,25 +461,34 @@ def _stamp(info: pafs.FileInfo) -> str:
     return f"{info.size}:{info.mtime_ns}"
 
 
-def list_entries(uri: str, recursive: bool = False) -> dict[str, int | None]:
-    """{URI: size in bytes} of the files in a folder/prefix (`recursive`: and below it), in name order,
-    from one listing (S3: paginated by pyarrow); a symbolic link is listed (not followed) with size None."""
+def list_relative(uri: str, recursive: bool = False) -> dict[str, int | None]:
+    """{name relative to the folder: size in bytes} of the files in a folder/prefix (`recursive`: and
+    below it), by name, from one listing. Local: a symbolic link is listed, not followed, with size
+    None, and a linked folder is never entered; so the names are the folder's own, however the
+    folder was written (`out/d`, `./out/d/`, `~/d`, an absolute path)."""
     if is_s3(uri):
-        return {_uri(i, uri): i.size for i in sorted(_file_infos(uri, recursive), key=lambda i: i.path)}
-    path = resolve(uri)[1]
+        return {name: info.size for name, info in _listed(uri, recursive)}
+    return dict(sorted(_local_entries(resolve(uri)[1], "", recursive)))
+
+
+def _local_entries(path: str, prefix: str, recursive: bool):
+    """(name, size) of the entries under a local folder, names starting with `prefix`; links not followed."""
     try:
         entries = list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
-        return {}
-    found = {}
-    for entry in sorted(entries, key=lambda e: e.name):
+        return
+    for entry in entries:
         if entry.is_symlink():
-            found[os.path.join(path, entry.name)] = None
+            yield prefix + entry.name, None
         elif entry.is_file(follow_symlinks=False):
-            found[os.path.join(path, entry.name)] = entry.stat(follow_symlinks=False).st_size
+            yield prefix + entry.name, entry.stat(follow_symlinks=False).st_size
         elif recursive and entry.is_dir(follow_symlinks=False):
-            found.update(list_entries(os.path.join(path, entry.name), recursive=True))
-    return found
+            yield from _local_entries(entry.path, f"{prefix}{entry.name}/", True)
+
+
+def list_entries(uri: str, recursive: bool = False) -> dict[str, int | None]:
+    """{URI: size} of `list_relative`'s files, each URI `join(uri, name)`."""
+    return {join(uri, name): size for name, size in list_relative(uri, recursive).items()}
 
 
 def list_folders(uri: str) -> list[str]:
@@ -477,11 +514,12 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
     for info in infos:
         if info.type != pafs.FileType.File:
             continue
-        relative = PurePosixPath(info.path[len(path.rstrip("/")) + 1:])
-        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        try:
+            relative = _inside(path, info.path)
+        except UserError:
             raise UserError(f"{uri} holds an object named {info.path!r}, which would land outside the download "
-                            "folder; refusing to copy it")
-        target = local.joinpath(*relative.parts)
+                            "folder; refusing to copy it") from None
+        target = local.joinpath(*PurePosixPath(relative).parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)

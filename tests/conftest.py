@@ -270,14 +270,14 @@ def http(server):
         yield c
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
-    """Run the `raygen` console script; returns the CompletedProcess."""
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | str = REPO):
+    """Run the `raygen` console script in `cwd`; returns the CompletedProcess."""
     return subprocess.run(
         [str(BIN / "raygen"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPO,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
     )
 

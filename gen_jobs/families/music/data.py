@@ -171,11 +171,11 @@ def _user_corpus(uri: str) -> Corpus:
     if not storage.exists(uri):
         raise UserError(f"music corpus {uri} does not exist: give a folder or s3:// prefix of MIDI or MusicXML files, "
                         f"or {BACH}")
-    files = [uri] if not storage.is_dir(uri) else storage.list_files(uri, recursive=True)
-    files = [f for f in files if f.lower().endswith(MIDI_SUFFIXES + SCORE_SUFFIXES)]
+    folder = storage.is_dir(uri)
+    names = storage.list_names(uri, recursive=True) if folder else [uri.rstrip("/").rsplit("/", 1)[-1]]
     corpus = Corpus([], [])
-    for f in sorted(files):
-        name = f[len(uri.rstrip("/")) + 1:] or f.rsplit("/", 1)[-1]
+    for name in sorted(n for n in names if n.lower().endswith(MIDI_SUFFIXES + SCORE_SUFFIXES)):
+        f = storage.join(uri, name) if folder else uri
         try:
             corpus.midi.append(parse_file(f, storage.read_bytes(f)))
             corpus.names.append(name)
