@@ -106,7 +106,7 @@ raygen local cluster: a head (no work) + $WORKERS worker node(s) of $WORKER_CPUS
   token             $STATE/auth_token
   logs              $STATE/logs/
 use it:
-  source $STATE/env      # RAY_ADDRESS=$DASHBOARD, token authentication
+  source $STATE/env      # RAY_ADDRESS=$GCS (raygen), RAY_API_SERVER_ADDRESS=$DASHBOARD (ray job submit), token
   ray job submit --working-dir $ROOT -- python -m gen_jobs.generate --checkpoint $ROOT/out/runs/dcgan_digits \\
       --out $ROOT/out/local/digits --num-samples 10000 --workers $(( WORKERS > 0 ? WORKERS : 1 ))
   (a job runs in a copy of --working-dir without what .gitignore lists, such as out/: give it absolute paths)
@@ -176,7 +176,9 @@ DASHBOARD=http://127.0.0.1:$dashboard
 CLIENT=$client
 VARS
     cat > "$STATE/env" <<VARS
-export RAY_ADDRESS=http://127.0.0.1:$dashboard RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$STATE/auth_token
+# RAY_ADDRESS: the GCS, which raygen's commands (ray.init) join; RAY_API_SERVER_ADDRESS: the dashboard,
+# which `ray job submit` and `ray list` use before RAY_ADDRESS.
+export RAY_ADDRESS=127.0.0.1:$gcs RAY_API_SERVER_ADDRESS=http://127.0.0.1:$dashboard RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$STATE/auth_token
 VARS
     wait_for_nodes 1 "http://127.0.0.1:$dashboard"
 

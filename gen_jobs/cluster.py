@@ -21,6 +21,10 @@ def connect() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
+    if address.startswith(("http://", "https://")):
+        raise UserError(f"RAY_ADDRESS is {address}, a dashboard address (what `ray job submit` takes); raygen joins "
+                        "a cluster at its GCS address: export RAY_ADDRESS=HOST:6379 (the address `ray start --head` "
+                        "prints) and give `ray job submit` the dashboard as RAY_API_SERVER_ADDRESS or --address")
     try:
         ray.init(address=address, logging_level="INFO" if verbose() else "ERROR", configure_logging=True)
         quiet_ray()  # raygen's own lines only, unless --verbose (gen_jobs.console)

@@ -151,16 +151,18 @@ def test_local_sh_up_two_workers_takes_a_ray_job_submit_then_down_leaves_no_trac
         assert sorted(n["is_head_node"] for n in listed if n["state"] == "ALIVE") == [False, False, True]
         assert {n["node_ip"] for n in listed} == {"127.0.0.1"}, "every node on loopback"
 
-        job = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", where["DASHBOARD"], "--working-dir", ".", "--",
-             "python", "-m", "gen_jobs.generate", "--checkpoint", str(run), "--out", str(out),
-             "--num-samples", "200", "--rows-per-shard", "100", "--workers", "2"],
-            cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
-        )
+        # The README's steps as written: source the env file, then raygen's own commands join the cluster
+        # (RAY_ADDRESS: the GCS) and `ray job submit` needs no --address (RAY_API_SERVER_ADDRESS: the dashboard).
+        readme_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_A")}
+        steps = (f"source {state}/env && raygen generate --checkpoint {run} --out {tmp_path}/joined --num-samples 40 "
+                 f"--workers 2 && ray job submit --working-dir . -- python -m gen_jobs.generate --checkpoint {run} "
+                 f"--out {out} --num-samples 200 --rows-per-shard 100 --workers 2")
+        job = subprocess.run(["bash", "-c", steps], cwd=REPO, capture_output=True, text=True,
+                             env={**readme_env, "PATH": f"{BIN}:{os.environ['PATH']}"}, timeout=400)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout
         assert f"checkpoint: {run}/checkpoint_000000 (the newest in {run})" in job.stdout
-        assert problems(str(out))[0] == []
+        assert problems(str(out))[0] == [] and problems(str(tmp_path / "joined"))[0] == []
     finally:
         pids = [int(p.read_text()) for p in state.glob("*.pid")]
         down = local_sh("down", state=state)
@@ -178,3 +180,11 @@ def test_local_sh_up_two_workers_takes_a_ray_job_submit_then_down_leaves_no_trac
                            env=env, timeout=180)
     assert local.returncode == 0, local.stderr[-3000:]
     assert problems(str(tmp_path / "local"))[0] == []
+
+
+def test_a_dashboard_address_in_ray_address_is_one_line_saying_what_to_set(tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    said = subprocess.run([str(BIN / "raygen"), "train", "dcgan_digits", "--storage", str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert said.returncode != 0 and "Traceback" not in said.stderr
+    assert said.stderr.strip().splitlines()[-1].startswith("error: RAY_ADDRESS is http://127.0.0.1:8265, a dashboard")
