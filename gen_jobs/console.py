@@ -36,6 +36,9 @@ LOG_LEVEL_VARIABLE = "RAYGEN_LOG_LEVEL"
 # Lines Ray's C++ core prints on the driver's own stderr that mean nothing to a user (Ray issue 53727:
 # every Ray Data actor pool and Ray Train controller logs it at error level).
 NATIVE_NOISE = re.compile(r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store")
+# Error notices Ray's raylet sends every driver that are part of an orderly stop, not a failure:
+# Serve's controller is killed while its graceful_shutdown task is in flight (`serve.shutdown()`).
+SHUTDOWN_NOISE = re.compile(r"Task ServeController\.graceful_shutdown failed")
 # Ray's autoscaler notices worth a user's attention, in raygen's words.
 WAITING = re.compile(r"resource request cannot be scheduled|cannot be scheduled right now", re.IGNORECASE)
 
@@ -195,6 +198,31 @@ def quiet_libraries() -> None:
                 except ValueError:  # the old stream is closed and cannot be flushed
                     handler.stream = sys.stderr
     logging.getLogger("ray").setLevel(logging.ERROR)
+    # Records of Ray's libraries propagate to the "ray" logger's own stderr handler whatever its level
+    # ("Dataset ... execution finished" from a Ray Data thread): the handler itself is turned down too.
+    for handler in logging.getLogger("ray").handlers:
+        handler.setLevel(logging.ERROR)
+    # Serve's driver-side notices ("Started Serve in namespace ...") have a logger and handler of their own.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    _drop_shutdown_notices()
+
+
+def _drop_shutdown_notices() -> None:
+    """The raylet's error notices reach the driver through `ray._private.worker.print_to_stdstream`,
+    which the error-listener thread looks up at each call: wrap it to drop SHUTDOWN_NOISE."""
+    from ray._private import worker
+
+    printer = worker.print_to_stdstream
+    if getattr(printer, "raygen_filter", False):
+        return
+
+    def filtered(data, ignore_prefix: bool):
+        lines = [line for line in data.get("lines", []) if not SHUTDOWN_NOISE.search(line)]
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix)
+
+    filtered.raygen_filter = True
+    worker.print_to_stdstream = filtered
 
 
 class _NativeStderrFilter:

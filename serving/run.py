@@ -19,6 +19,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -99,35 +100,104 @@ def load_config(args: ServeArgs) -> tuple[dict, int | None]:
             raise UserError(f"{args.config} is not valid YAML: {e}") from e
         from serving.config import read_config
 
-        data = read_config(document, args.config).model_dump()
+        data = read_config(document, args.config).model_dump(exclude_unset=True)  # unset num_cpus: shared out
         if isinstance(document, dict):
             port = (document.get("http_options") or {}).get("port")
     return data, port
 
 
-def serve_until_stopped(config, host: str, port: int) -> None:
+def share_cpus(config, cluster_cpus: float):
+    """`config` with each model whose num_cpus was not chosen given an equal share of the cluster's CPUs
+    (at most 1 per replica), so that every replica of the default `raygen serve` fits the machine
+    it runs on (four demo models on 2 CPUs: 0.5 each) instead of waiting for CPUs that never come."""
+    unset = [m for m in config.models if "num_cpus" not in m.model_fields_set]
+    if not unset:
+        return config
+    chosen = sum(m.num_cpus * max(1, m.autoscaling.min_replicas) for m in config.models if m not in unset)
+    replicas = sum(max(1, m.autoscaling.min_replicas) for m in unset)
+    share = min(1.0, max(0.1, int((cluster_cpus - chosen) / replicas * 10) / 10))  # tenths: Serve's own granularity
+    models = [m.model_copy(update={"num_cpus": share}) if m in unset else m for m in config.models]
+    return config.model_copy(update={"models": models})
+
+
+def _state(status) -> str:
+    return str(getattr(status, "value", status))
+
+
+def unplaced(status, config, resources: dict) -> list[str]:
+    """One line per model that the cluster has no room for: what its replicas need, what the cluster
+    has, what to change. A replica that is only slow to load says nothing: a line needs the app to ask
+    for more than the cluster has, or Serve to report the model's replicas as not yet scheduled."""
+    app = status.applications.get("raygen")
+    demand = sum(m.num_cpus * max(1, m.autoscaling.min_replicas) for m in config.models)
+    lines = []
+    for model in config.models:
+        deployment = app.deployments.get(f"model-{model.name}") if app else None
+        if deployment is None or _state(deployment.status) == "HEALTHY":
+            continue
+        if demand <= resources.get("CPU", 0) and "to be scheduled" not in (deployment.message or ""):
+            continue
+        needs = f"{model.num_cpus:g} CPU" + (" and 1 GPU" if model.gpu else "")
+        lines.append(f"model {model.name} is not placed: a replica needs {needs}, the models need {demand:g} CPUs in "
+                     f"all and the cluster has {resources.get('CPU', 0):g} ({resources.get('GPU', 0):g} GPUs): "
+                     "lower num_cpus in a Serve config, serve fewer models, or add nodes")
+    return lines
+
+
+def serve_until_stopped(config, host: str, port: int, log=print, placement_wait_s: float = 15.0) -> None:
+    """Deploy, say when every model answers, and stop on SIGINT/SIGTERM at any point (also while deploying)."""
+    import ray
     from ray import serve
+    from ray.serve.api import RunTarget
 
     from gen_jobs.cluster import connect
     from serving.app import build_app
 
     app = build_app(config)  # checks every checkpoint before Ray starts
     connect()
+    shared = share_cpus(config, ray.cluster_resources().get("CPU", 1.0))
+    if shared != config:
+        config, app = shared, build_app(shared)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
         signal.signal(sig, lambda *_: stop.set())
     quiet = {"log_level": "WARNING"}  # per-request access lines stay in Ray's log folder, not on the console
     serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     try:
-        serve.run(app, name="raygen", route_prefix="/", blocking=False, logging_config=quiet)
+        # Not Serve's blocking wait: it would wait forever, deaf to Ctrl-C, for a replica that cannot be placed.
+        serve.run_many([RunTarget(target=app, name="raygen", route_prefix="/", logging_config=quiet)],
+                       wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+        if not wait_until_running(config, stop, log, placement_wait_s):
+            return
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"serving on http://{shown}:{port}", flush=True)
-        print(f"playground: http://{shown}:{port}/ (open it in a browser)", flush=True)
-        print(f"models: {', '.join(m.name for m in config.models)}; Ctrl-C stops", flush=True)
+        log(f"serving on http://{shown}:{port}")
+        log(f"playground: http://{shown}:{port}/ (open it in a browser)")
+        log(f"models: {', '.join(f'{m.name} ({m.num_cpus:g} CPU)' for m in config.models)}; Ctrl-C stops")
         stop.wait()
     finally:
-        print("stopping Serve", flush=True)
+        log("stopping Serve")
         serve.shutdown()
+
+
+def wait_until_running(config, stop: threading.Event, log, placement_wait_s: float) -> bool:
+    """Wait for the app to run; say in words what keeps a replica from being placed. False if stopped first."""
+    import ray
+    from ray import serve
+
+    started, said = time.monotonic(), False
+    while not stop.wait(0.5):
+        status = serve.status()
+        app = status.applications.get("raygen")
+        state = _state(app.status) if app else "NOT_STARTED"
+        if state == "RUNNING":
+            return True
+        if state == "DEPLOY_FAILED":
+            raise UserError(f"the Serve app failed to deploy: {app.message.strip()[:2000]}")
+        if not said and time.monotonic() - started > placement_wait_s:
+            for line in unplaced(status, config, ray.cluster_resources()):
+                log(f"waiting: {line}")
+                said = True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,11 +206,11 @@ def main(argv: list[str] | None = None) -> int:
 
         args = validate_args(ServeArgs, vars(parser().parse_args(argv)))
         data, config_port = load_config(args)
-        data["models"] += [parse_model(spec) for spec in args.model]
+        data.setdefault("models", []).extend(parse_model(spec) for spec in args.model)
         if not data["models"]:
             data["models"] = demo_models()
         config = read_config(data, "the serve arguments")
-        serve_until_stopped(config, args.host, args.port or config_port or 8000)
+        serve_until_stopped(config, args.host, args.port or config_port or 8000, log=lambda line: print(line, flush=True))
         return 0
 
     return run_main(body)

@@ -77,3 +77,38 @@ def test_raygen_serve_answers_then_stops_cleanly(ray_cluster, checkpoint):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_models_without_num_cpus_share_the_cluster_and_chosen_ones_keep_theirs():
+    from serving.run import share_cpus
+
+    config = read_config({"models": [{"name": n, "checkpoint": "x"} for n in "abcd"]}, "test")
+    assert [m.num_cpus for m in share_cpus(config, 2.0).models] == [0.5] * 4  # the demo's four on 2 CPUs
+    assert [m.num_cpus for m in share_cpus(config, 16.0).models] == [1.0] * 4  # at most 1 CPU a replica
+    chosen = read_config({"models": [{"name": "a", "checkpoint": "x", "num_cpus": 1}, {"name": "b", "checkpoint": "x"},
+                                      {"name": "c", "checkpoint": "x"}]}, "test")
+    assert [m.num_cpus for m in share_cpus(chosen, 2.0).models] == [1.0, 0.5, 0.5]
+
+
+def test_a_model_that_cannot_be_placed_is_said_in_words_and_ctrl_c_stops_the_wait(ray_cluster, checkpoint, tmp_path):
+    # Three replicas of 1 CPU each on the session's 2-CPU cluster: one can never be placed.
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": n, "checkpoint": checkpoint, "num_cpus": 1} for n in "abc"]}))
+    process = subprocess.Popen([str(BIN / "raygen"), "serve", "serve.yaml", "--port", str(free_port())], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
+    try:
+        lines, deadline = [], time.monotonic() + 120
+        while not any("is not placed" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            lines.append(process.stdout.readline())
+        said = "".join(lines)
+        assert "needs 1 CPU, the models need 3 CPUs in all and the cluster has 2" in said
+        assert "lower num_cpus in a Serve config" in said and "serving on" not in said
+        process.send_signal(signal.SIGINT)  # Ctrl-C while Serve still waits for the replica
+        assert process.wait(timeout=60) == 0
+        rest = process.stdout.read()
+        assert "stopping Serve" in rest and "graceful_shutdown" not in rest and "Started Serve" not in said + rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
