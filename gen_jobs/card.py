@@ -35,7 +35,9 @@ CARD_FILES = (README, QUALITY, SAMPLES_PICTURE, TRAINING_PICTURE)
 # What the shared figures mean (each family's own come from its `figures`).
 SHARED_FIGURES = {
     "duplicates.rows": "rows the duplicate figures rest on",
-    "duplicates.blank": "rows with nothing to compare (empty text, a blank image): not counted as copies",
+    "duplicates.blank": "rows with nothing to compare (empty text, a blank image): not counted as copies. A text "
+                        "model writes an empty text when its end-of-text token comes first; the row keeps its place "
+                        "(row i is a pure function of i): drop such rows when reading if they are not wanted",
     "duplicates.exact_duplicates": "rows that repeat an earlier row byte for byte (sha256 of the row's content)",
     "duplicates.exact_share": "exact_duplicates / rows",
     "duplicates.near_duplicates": "rows within a hair of an earlier row (see method); `examples` in quality.json "

@@ -91,10 +91,10 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
     if demo.input:  # a family that transforms images: every input in every style
         source = load_attribute(demo.input)(args.out)
         per_input = recipe.row_classes() or 1
-        log(f"[{family} 2/3] transforming the images in {source} ({per_input} outputs each, one per label) "
+        log(f"[{family} 2/3] transforming the images in {source} ({per_input} outputs each, one per style) "
             f"with {args.workers} Ray Data workers")
         job = GenerateArgs(checkpoint=ckpt, out=dataset, input=source, samples_per_input=per_input,
-                           labels=",".join(str(k) for k in range(per_input)), workers=args.workers)
+                           styles=",".join(str(k) for k in range(per_input)), workers=args.workers)
     else:
         log(f"[{family} 2/3] generating {num_samples:,} samples with {args.workers} Ray Data workers")
         job = GenerateArgs(checkpoint=ckpt, out=dataset, num_samples=num_samples, workers=args.workers)
@@ -140,14 +140,22 @@ def report(result: dict) -> None:
     print(f"  card:        {storage.join(result['dataset'], 'README.md')}  (health, samples, figures, training curves)")
     if "grid" in result:
         print(f"  sample grid: {result['grid']}  (one row per label 0-9)")
-    for text in result.get("examples", []):
-        print(f"  sample:      {text[:160]!r}")
+    for n, text in enumerate(result.get("examples", []), start=1):
+        print(f"  sample {n}:    " + "\n               ".join(sample_lines(text)))
     for uri in result.get("files", []):
         print(f"  example:     {uri}")
     print(f"  quality:     {result['quality'].get('summary', 'n/a')}")
     for warning in result["quality"].get("warnings", []):
         print(f"  warning:     {warning}")
     print(f"  time:        train {t['train']:.0f} s, generate and score {t['generate']:.0f} s")
+
+
+def sample_lines(text: str, width: int = 100, lines: int = 4) -> list[str]:
+    """A text sample as a person reads it: its own lines (blank ones dropped), each cut to `width`, at most `lines`."""
+    shown = [line.rstrip()[:width] for line in text.splitlines() if line.strip()]
+    if not shown:
+        return ["(empty: the model ended the text at once)"]
+    return shown[:lines] + (["..."] if len(shown) > lines else [])
 
 
 def open_first(results: list[dict]) -> str:

@@ -641,7 +641,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease, args.shaping_arguments())
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
-    log(f"wrote {written_rows:,} rows in {len(todo)} shards to {args.out} in {seconds:.1f} s")
+    log(f"wrote {written_rows:,} rows in {len(todo)} shard{'' if len(todo) == 1 else 's'} to {args.out} in {seconds:.1f} s")
     if result.gate_counts:
         c = result.gate_counts
         log(f"filter {identity.gate.describe()}: {c['accepted_first_try']:,} of {c['requested']:,} rows passed at the "

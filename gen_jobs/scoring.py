@@ -30,6 +30,8 @@ def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry], max_ro
         quality["duplicates"] = duplicates
         warnings += duplicate_warnings(duplicates)
         quality["summary"] += f", duplicates {duplicates['exact_share']:.1%} (near {duplicates['near_share']:.1%})"
+        if duplicates["blank"]:  # e.g. texts the model ended at once: kept, since row i is a pure function of i
+            quality["summary"] += f", blank rows {duplicates['blank']:,} of {duplicates['rows']:,}"
     if "copy" in table.column_names:  # memorisation: rows the family flags as copies of its training data
         known = pc.drop_null(table.column("copy")).to_numpy(zero_copy_only=False).astype(bool)  # (null: not known)
         quality["training_copies"] = {"rows": int(len(known)), "flagged": int(known.sum()),

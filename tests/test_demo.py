@@ -70,4 +70,4 @@ def test_style_demo_stylises_held_out_photos_in_each_styles_palette(ray_cluster,
     assert all(s["colour_shift"] > 0.2 for s in quality["per_style"].values()), quality["per_style"]
     assert quality["style_loss_ratio"] < 0.6, quality["summary"]
     grid = Image.open(result["files"][0])
-    assert grid.size == (3 * 128, 6 * 128)  # before, flower, retina; six photos
+    assert grid.size == (3 * 160, 6 * 160 + 30)  # input, flower, retina, under their titles; six photos

@@ -122,7 +122,8 @@ async def _serve(gateway: Gateway, body: SamplingFields, num_prompts: int):
 
 
 def describe(sampler) -> dict:
-    return {"context_length": sampler.context, "default_max_tokens": sampler.sampling.max_new_tokens}
+    return {"context_length": sampler.context, "default_max_tokens": sampler.sampling.max_new_tokens,
+            "default_temperature": sampler.sampling.temperature}
 
 
 def prompts_of(sampler, request: SamplingFields) -> list[str | None]:

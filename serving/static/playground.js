@@ -164,6 +164,7 @@ const PANELS = {
     const form = $(panel, "form");
     const stop = $(panel, ".stop");
     form.max_tokens.value = Math.min(info.default_max_tokens, info.limits.max_tokens);
+    form.temperature.value = info.default_temperature;  // the recipe's, as the API uses when none is sent
     let controller = null;
     stop.addEventListener("click", () => controller && controller.abort());
     form.addEventListener("submit", async (event) => {

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 
@@ -17,8 +16,9 @@ PIXELS_PER_SECOND = 48
 COUNT = 3
 
 
-def piano_roll(midi: bytes) -> np.ndarray:
-    """uint8 image (pitch rows, high at the top; time columns): notes bright on dark, a line every octave."""
+def piano_roll(midi: bytes) -> tuple[np.ndarray, int, float]:
+    """(uint8 image: one row per pitch, high at the top, PIXELS_PER_SECOND columns a second; notes bright
+    on dark, a line at every C), its lowest pitch, the seconds it spans."""
     import symusic
 
     from gen_jobs.families.music.analysis import Notes
@@ -34,13 +34,17 @@ def piano_roll(midi: bytes) -> np.ndarray:
         start = int(onset * PIXELS_PER_SECOND)
         end = max(start + 1, int((onset + duration) * PIXELS_PER_SECOND) - 1)  # a gap shows repeated notes
         roll[high - pitch, start:end] = 230
-    return np.repeat(roll, 4, axis=0)  # 4 pixels a semitone: readable at 1:1
+    return roll, low, width / PIXELS_PER_SECOND
+
+
+def piano_rolls_png(midis: list[bytes], ids: list[int]) -> bytes:
+    from gen_jobs.figures import piano_rolls_png as draw
+
+    return draw([piano_roll(m) for m in midis], [f"piece {i}" for i in ids])
 
 
 def write_examples(dataset: str, out: str, name: str) -> list[str]:
     """OUT/<name>_<k>.mid and .wav for the first COUNT pieces, and OUT/<name>_piano_roll.png of the first."""
-    from PIL import Image
-
     from gen_jobs.families.music.analysis import Notes
     from gen_jobs.families.music.audio import find_soundfont, render_wav
     from gen_jobs.manifest import read_manifest, read_shards
@@ -58,26 +62,19 @@ def write_examples(dataset: str, out: str, name: str) -> list[str]:
                          find_soundfont(audio.get("soundfont")))  # an installed General MIDI SoundFont if any
         storage.write_bytes_atomic(base + ".wav", wav)
         written += [base + ".mid", base + ".wav"]
-    buf = io.BytesIO()
-    Image.fromarray(piano_roll(table.column("midi")[0].as_py())).save(buf, format="PNG")
     roll = storage.join(out, f"{name}_piano_roll.png")
-    storage.write_bytes_atomic(roll, buf.getvalue())
+    storage.write_bytes_atomic(roll, piano_rolls_png([table.column("midi")[0].as_py()], table.column("id").to_pylist()[:1]))
     return written + [roll]
 
 
 def preview(dataset: str, manifest) -> Preview:
     """Piano rolls of the first COUNT pieces, one above the other (pitch up, time to the right)."""
-    from gen_jobs.images import png_bytes
     from gen_jobs.manifest import read_shards
 
-    table = read_shards(dataset, manifest.shards, ["midi"], max_rows=COUNT)
-    rolls = [piano_roll(m) for m in table.column("midi").to_pylist()[:COUNT] if m]
-    if not rolls:
+    table = read_shards(dataset, manifest.shards, ["id", "midi"], max_rows=COUNT)
+    shown = [(i, m) for i, m in zip(table.column("id").to_pylist(), table.column("midi").to_pylist())][:COUNT]
+    shown = [(i, m) for i, m in shown if m]
+    if not shown:
         return Preview()
-    width = max(r.shape[1] for r in rolls)
-    gap = np.full((6, width), 120, dtype=np.uint8)
-    stacked = []
-    for roll in rolls:
-        stacked += [np.pad(roll, ((0, 0), (0, width - roll.shape[1])), constant_values=24), gap]
-    return Preview(png_bytes(np.concatenate(stacked[:-1])),
-                   f"piano rolls of the first {len(rolls)} pieces: pitch up, time to the right, a line at every C")
+    return Preview(piano_rolls_png([m for _, m in shown], [i for i, _ in shown]),
+                   f"piano rolls of the first {len(shown)} pieces: time in seconds, pitch up (a line at every C)")

@@ -21,24 +21,24 @@ def before_after(dataset: str, manifest) -> bytes | None:
     """PNG: ROWS inputs (left) and the dataset's outputs in each style (right); None when no input has all."""
     from PIL import Image
 
-    from gen_jobs.images import png_bytes
+    from gen_jobs.figures import titled_grid_png
     from gen_jobs.manifest import read_shards
 
-    styles = len(manifest.recipe["styles"])
+    names = [style["name"] for style in manifest.recipe["styles"]]
     table = read_shards(dataset, manifest.shards, ["source", "style", "image", "status"])
     by_source: dict[str, dict[int, bytes]] = {}
     for source, style, cell, status in zip(*(table.column(c).to_pylist() for c in ("source", "style", "image", "status"))):
         if status == "ok":
             by_source.setdefault(source, {})[style] = cell["bytes"]
-    complete = [s for s, got in by_source.items() if len(got) == styles][:ROWS]
+    complete = [s for s, got in by_source.items() if len(got) == len(names)][:ROWS]
     rows = []
     for source in complete:
         if not storage.exists(source):  # an input moved away since: its row cannot show the before
             continue
         before = Image.open(io.BytesIO(storage.read_bytes(source))).convert("RGB")
-        cells = [before] + [Image.open(io.BytesIO(by_source[source][k])).convert("RGB") for k in range(styles)]
-        rows.append(np.concatenate([np.asarray(c.resize((CELL, CELL))) for c in cells], axis=1))
-    return png_bytes(np.concatenate(rows, axis=0)) if rows else None
+        cells = [before] + [Image.open(io.BytesIO(by_source[source][k])).convert("RGB") for k in range(len(names))]
+        rows.append([np.asarray(c.resize((CELL, CELL))) for c in cells])
+    return titled_grid_png(rows, ["input", *(f"style {k}: {name}" for k, name in enumerate(names))]) if rows else None
 
 
 def write_examples(dataset: str, out: str, name: str) -> list[str]:

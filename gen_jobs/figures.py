@@ -1,0 +1,70 @@
+"""Pictures a person reads without a legend: piano rolls with time and pitch axes, image grids with column titles.
+
+Drawn with matplotlib's Agg backend (no display on a cluster), PNG bytes out, no timestamps in
+the file (the same rows give the same bytes).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def note_name(pitch: int) -> str:
+    """MIDI pitch -> scientific pitch name (60 -> C4)."""
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
+def piano_rolls_png(rolls: list[tuple[np.ndarray, int, float]], titles: list[str]) -> bytes:
+    """One panel per roll: (image (pitches, time columns), its lowest pitch, seconds it spans).
+
+    Time in seconds along the bottom, pitch names (every C) up the side.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rolls), 1, figsize=(9, 2.2 * len(rolls)), squeeze=False)
+    for ax, (roll, low, seconds), title in zip(axes[:, 0], rolls, titles):
+        high = low + roll.shape[0] - 1
+        ax.imshow(roll, cmap="gray", vmin=0, vmax=255, aspect="auto", interpolation="nearest",
+                  extent=(0, seconds, low - 0.5, high + 0.5))
+        cs = [p for p in range(low, high + 1) if p % 12 == 0] or [low]
+        ax.set_yticks(cs, [note_name(p) for p in cs])
+        ax.set_ylabel("pitch", fontsize=8)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+    axes[-1, 0].set_xlabel("seconds", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def titled_grid_png(rows: list[list[np.ndarray]], column_titles: list[str]) -> bytes:
+    """A grid of RGB pictures (uint8 (H, W, 3)), one row per list, each column headed by its title."""
+    plt = _pyplot()
+    columns = len(column_titles)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 1.6 * len(rows) + 0.3), squeeze=False)
+    for r, pictures in enumerate(rows):
+        for c, picture in enumerate(pictures):
+            axes[r, c].imshow(picture, interpolation="nearest")
+            axes[r, c].axis("off")
+    for c, title in enumerate(column_titles):
+        axes[0, c].set_title(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    return _png(fig)
