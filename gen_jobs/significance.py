@@ -64,3 +64,18 @@ def mean_below(values: Sequence[float] | np.ndarray, goal: float) -> bool:
         return True
     statistic = (values.mean() - goal) / (spread / math.sqrt(n))
     return float(t.cdf(statistic, n - 1)) < SIGNIFICANCE
+
+
+# One-sided normal quantile at SIGNIFICANCE (scipy.stats.norm.isf(1e-3)).
+Z_SIGNIFICANT = 3.090232306167813
+
+
+def below_reference(value: float, expected: float, spread: float, ratio: float) -> bool:
+    """Whether `value` is significantly below `ratio` x what the reference data give at the same size.
+
+    For figures that depend on how many rows are scored (k-NN coverage and recall): `expected` and
+    `spread` are the mean and standard deviation of the figure over draws of as many real rows. A
+    healthy model is not real data, so the bar is a share (`ratio`) of the real figure, less the draws'
+    spread at SIGNIFICANCE.
+    """
+    return value < ratio * expected - Z_SIGNIFICANT * spread

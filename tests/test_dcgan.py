@@ -126,6 +126,30 @@ def test_collapse_warnings_know_how_many_rows_they_rest_on():
     assert any(w.startswith("samples often miss their label") and w.endswith("in 400 rows") for w in warned)
 
 
+def test_coverage_is_judged_against_as_many_real_digits_of_the_classes_asked_for():
+    from gen_jobs.families.dcgan.data import digits_arrays
+    from gen_jobs.families.dcgan.quality import DigitsReference
+    from gen_jobs.images import resize_uint8
+
+    raw, labels = digits_arrays()
+    images = resize_uint8(raw, 32)
+    reference = DigitsReference()
+    pool = reference.pool_rows  # real digits the figures' reference half has not seen: a healthy generator
+    collapse = [w for w in reference.score(images[pool][:600], tstr=True).warnings() if "neighbourhoods" in w]
+    assert collapse == []
+    small = reference.score(images[pool][:100], tstr=True)
+    assert small.coverage < 0.5 and small.coverage_expected < 0.5  # coverage at 100 rows is low for real digits too
+    assert not any("neighbourhoods" in w for w in small.warnings())
+    # A generator that draws one class (unconditional) does collapse, and the warning says against what
+    threes = images[labels == 3]
+    stuck = reference.score(np.concatenate([threes, threes])[:300], tstr=True)
+    warned = [w for w in stuck.warnings() if "neighbourhoods" in w]
+    assert warned and f"where as many real digits cover {stuck.coverage_expected:.0%}" in warned[0]
+    # ... while rows that asked for threes (--labels 3) are compared with the real threes only
+    asked = reference.score(threes[:150], labels=np.full(150, 3), tstr=True)
+    assert asked.coverage > 0.5 and not any("neighbourhoods" in w for w in asked.warnings())
+
+
 def test_row_confidence_is_the_reference_classifiers_without_importing_scikit_learn(tmp_path):
     """A sampler actor scores its rows from cached weights: the same numbers, over a second sooner."""
     script = """

@@ -236,3 +236,29 @@ def test_a_piece_that_copies_the_corpus_is_flagged_and_its_primer_is_not_counted
     copied = columns["copied_tokens"].to_pylist()
     assert copied[0] == 0 and copied[1] >= 150 > recipe.quality.copy_tokens and copied[2] < 8 + 8
     assert columns["copy"].to_pylist() == [False, True, False]
+
+
+def test_pieces_stuck_on_one_pitch_warn_while_chorales_do_not_at_any_number_of_rows():
+    from gen_jobs.families.music.quality import score_pieces
+
+    recipe = load_recipe("music_chorales")
+    tokenizer = build_tokenizer(recipe.tokenizer)
+    corpus = load_corpus(recipe.data).midi
+    reference, held_out = corpus[:60], corpus[200:]
+
+    def one_pitch(seconds: int = 16) -> bytes:
+        score = symusic.Score(480)
+        track = symusic.Track()
+        for beat in range(seconds * 2):
+            track.notes.append(symusic.Note(beat * 240, 200, 60, 80))
+        score.tracks.append(track)
+        return score.dumps_midi()
+
+    for rows in (10, 60):  # held-out chorales stand in for a healthy model: no warning at either size
+        pieces = (held_out * 2)[:rows]
+        said = score_pieces(pieces, [encode(tokenizer, m) for m in pieces], reference, tokenizer, 256)
+        assert not any("pitch classes" in w for w in said["warnings"]), said["summary"]
+    stuck = [one_pitch()] * 30
+    said = score_pieces(stuck, [encode(tokenizer, m) for m in stuck], reference, tokenizer, 256)
+    assert any(w.startswith("the pieces' pitch classes are further from the corpus's than random tokens'")
+               and w.endswith("few pitches; train longer or raise the temperature") for w in said["warnings"])

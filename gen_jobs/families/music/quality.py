@@ -6,7 +6,8 @@ Each figure is given for the generated pieces, the corpus itself and a
 baseline of uniformly random tokens decoded the same way, so the numbers mean
 something. Goal (default recipe): in-key share >= 0.9x the corpus's; below it is a
 warning when the pieces' in-key shares are significantly below it (`gen_jobs.significance`).
-Unplayable pieces are always a warning: that is a fact about the rows, not an estimate.
+Pitch classes further from the corpus's than random tokens' are a warning when resampling the pieces
+does not explain it. Unplayable pieces are always a warning: that is a fact about the rows, not an estimate.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from gen_jobs.families.music.analysis import Notes, describe
 from gen_jobs.memorisation import CorpusWindows, windows
-from gen_jobs.significance import in_rows, mean_below
+from gen_jobs.significance import Z_SIGNIFICANT, in_rows, mean_below
 
 MIN_NOTES = 8
 IN_KEY_GOAL = 0.9  # of the corpus's own in-key share
@@ -72,13 +73,29 @@ def playable(midi: bytes) -> bool:
     return sum(1 for track in f.tracks for m in track if m.type == "note_on" and m.velocity > 0) >= MIN_NOTES
 
 
+def resampled_distance_spread(piece_counts: np.ndarray, reference: np.ndarray, resamples: int = 200) -> float:
+    """Standard deviation of the pitch-class distance to `reference` when the pieces (rows of per-piece
+    pitch-class counts, pieces x 12) are resampled with replacement: how much the figure rests on which pieces."""
+    if len(piece_counts) < 2:
+        return float("inf")  # one piece: no honest spread, so no warning rests on it
+    generator = np.random.default_rng(0)
+    distances = []
+    for _ in range(resamples):
+        hist = piece_counts[generator.integers(0, len(piece_counts), len(piece_counts))].sum(axis=0)
+        if hist.sum():
+            distances.append(0.5 * float(np.abs(hist / hist.sum() - reference).sum()))
+    return float(np.std(distances)) if len(distances) > 1 else float("inf")
+
+
 def figures(scores: list, token_lists: list[list[int]], corpus_grams: set | None) -> dict[str, float]:
     """Averaged per-piece figures, the aggregate pitch-class histogram and the copied 8-gram share."""
     notes = [Notes.of(s) for s in scores]
     per_piece = [describe(n) for n in notes if len(n)]
     out = {k: round(float(np.mean([p[k] for p in per_piece])), 4) if per_piece else 0.0 for k in FIGURES}
     out["_in_key_per_piece"] = [p["in_key_share"] for p in per_piece]
-    hist = sum((n.pitch_classes() * max(len(n), 1) for n in notes), np.zeros(12))
+    per_piece_counts = np.array([n.pitch_classes() * max(len(n), 1) for n in notes]).reshape(len(notes), 12)
+    out["_piece_pitch_counts"] = per_piece_counts  # pieces x 12: what the pitch-class test resamples
+    hist = per_piece_counts.sum(axis=0)
     out["_pitch_classes"] = hist / hist.sum() if hist.sum() else hist
     if corpus_grams is not None:
         grams = [g for ids in token_lists for g in windows(ids, SPAN)]
@@ -105,6 +122,9 @@ def score_pieces(midi: list[bytes], token_lists: list[list[int]], corpus_midi: l
     reference = corpus["_pitch_classes"]
     for f in (generated, corpus, baseline):
         f["pitch_class_distance"] = round(0.5 * float(np.abs(f.pop("_pitch_classes") - reference).sum()), 4)
+    pitch_spread = resampled_distance_spread(generated.pop("_piece_pitch_counts"), reference)
+    for f in (corpus, baseline):
+        f.pop("_piece_pitch_counts")
     in_key_per_piece = generated.pop("_in_key_per_piece")
     for f in (corpus, baseline):
         f.pop("_in_key_per_piece")
@@ -119,6 +139,13 @@ def score_pieces(midi: list[bytes], token_lists: list[list[int]], corpus_midi: l
         warnings.append(f"in-key share {generated['in_key_share']:.3f} is {ratio:.2f}x the corpus's "
                         f"{corpus['in_key_share']:.3f} (goal >= {IN_KEY_GOAL}x{in_rows(len(midi))}): "
                         "train longer or lower the temperature")
+    # Pitch classes no closer to the chorales' than random tokens' (a model stuck on a few pitches), beyond
+    # what resampling these pieces moves the distance by: the same test at any number of rows.
+    distance, random_distance = generated["pitch_class_distance"], baseline["pitch_class_distance"]
+    if distance - Z_SIGNIFICANT * pitch_spread > random_distance:
+        warnings.append(f"the pieces' pitch classes are further from the corpus's than random tokens' (distance "
+                        f"{distance:.3f}, random {random_distance:.3f}{in_rows(len(midi))}): the model is stuck on "
+                        "a few pitches; train longer or raise the temperature")
     summary = (f"{share:.0%} playable, in-key {generated['in_key_share']:.3f} (corpus {corpus['in_key_share']:.3f}, "
                f"random {baseline['in_key_share']:.3f}), pitch-class distance {generated['pitch_class_distance']:.3f} "
                f"(random {baseline['pitch_class_distance']:.3f}), copied 8-grams {generated['copied_8gram_share']:.3f} "
