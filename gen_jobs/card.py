@@ -54,12 +54,12 @@ NOT_FIGURES = {"summary", "warnings", "examples"}
 
 def recorded(out: str) -> dict[str, str]:
     """{card file name: sha256} of what raygen last wrote into `out` ({} when it wrote no card)."""
-    uri = storage.join(out, CARD_RECORD)
-    if not storage.exists(uri):
-        return {}
     try:
-        files = json.loads(storage.read_bytes(uri)).get("files", {})
-    except (ValueError, AttributeError):
+        raw = storage.read_small_file(storage.join(out, CARD_RECORD), 1 << 20, "card record")
+        files = json.loads(raw).get("files", {}) if raw is not None else {}
+    except (ValueError, AttributeError, UserError):  # damaged or not raygen's: it records no card of raygen's
+        return {}
+    if not isinstance(files, dict):
         return {}
     return {name: digest for name, digest in files.items() if name in CARD_FILES}
 

@@ -289,10 +289,14 @@ def check_shared_folder(out: str, run_id: str) -> None:
     if storage.is_s3(out):
         return
     lease = storage.join(out, LEASE)
-    try:
-        seen = json.loads(storage.read_bytes(lease)).get("run_id") if storage.exists(lease) else None
-    except ValueError:
-        seen = None
+    for _ in range(5):  # the driver's heartbeat moves the lease aside for a moment while it renews it
+        try:
+            seen = json.loads(storage.read_bytes(lease)).get("run_id") if storage.exists(lease) else None
+        except (ValueError, UserError):
+            seen = None
+        if seen == run_id:
+            return
+        time.sleep(0.2)
     if seen != run_id:
         raise UserError(f"--out {out} is not shared with node {socket.gethostname()}: on a cluster of several "
                         "machines give a folder every node mounts (NFS) or an s3:// URI")

@@ -42,14 +42,29 @@ class LeaseRecord(BaseModel):
     pid: int
     started: float
     heartbeat: float
+    machine: str = ""  # this_machine() of the holder: hostname, boot and PID namespace ("" from older runs)
 
     def stale(self, now: float) -> bool:
         if now - self.heartbeat > EXPIRES_S:
             return True
-        return self.host == socket.gethostname() and not _process_alive(self.pid)
+        # A pid means the same process only on the same boot of the same machine, in the same PID
+        # namespace: containers can share a hostname, and each has its own pid 1, 2, ...
+        return bool(self.machine) and self.machine == this_machine() and not _process_alive(self.pid)
 
     def describe(self, now: float) -> str:
         return f"run {self.run_id[:8]} (pid {self.pid} on {self.host}, last heartbeat {now - self.heartbeat:.0f} s ago)"
+
+
+def this_machine() -> str:
+    """Where a pid is meaningful: hostname, boot id and PID namespace (Linux); hostname alone elsewhere."""
+    parts = [socket.gethostname()]
+    for probe in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                  lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            parts.append(probe())
+        except OSError:
+            parts.append("?")
+    return "/".join(parts)
 
 
 def _process_alive(pid: int) -> bool:
@@ -75,9 +90,10 @@ class Lease:
         self.take_over = take_over
         now = time.time()
         self.record = LeaseRecord(run_id=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
-                                  started=now, heartbeat=now)
+                                  started=now, heartbeat=now, machine=this_machine())
         self._store = _S3Lease(self.uri) if storage.is_s3(out) else _LocalLease(self.uri)
         self._stop = threading.Event()
+        self._renewing = threading.Lock()  # a renewal moves the file aside for a moment: assert_held waits it out
         self._thread: threading.Thread | None = None
         self.lost: str | None = None  # why the lease was lost, once it is
 
@@ -112,7 +128,8 @@ class Lease:
 
     def assert_held(self) -> None:
         """Raise LeaseLost if this run no longer holds the lease (checked before the manifest is written)."""
-        current, _ = self._store.read()
+        with self._renewing:
+            current, _ = self._store.read()
         if self.lost is None and (current is None or current.run_id != self.run_id):
             self.lost = "the lease file was replaced"
         if self.lost is not None:
@@ -125,7 +142,7 @@ class Lease:
             self._thread.join()
             self._thread = None
         if self.lost is None:
-            self._store.delete()
+            self._store.delete(self.run_id)  # only this run's own lease
 
     def _bytes(self) -> bytes:
         return self.record.model_dump_json().encode()
@@ -138,7 +155,8 @@ class Lease:
         while not self._stop.wait(HEARTBEAT_S):
             self.record.heartbeat = time.time()
             try:
-                ok = self._store.renew(self.run_id, self._bytes())
+                with self._renewing:
+                    ok = self._store.renew(self.run_id, self._bytes())
             except Exception:  # storage unreachable for a moment (OSError, botocore errors): try again at the next beat
                 continue
             if not ok:
@@ -147,52 +165,79 @@ class Lease:
 
 
 class _LocalLease:
-    """A lease file on a local (or shared POSIX) file system."""
+    """A lease file on a local (or shared POSIX) file system, changed only by atomic renames and links.
+
+    A new lease is written whole to a temporary file of a random name (O_EXCL | O_NOFOLLOW), then
+    hard-linked into place: the link fails if a lease exists (create-if-absent), and no reader ever
+    sees a half-written lease. Renewing, taking over and releasing first rename the current lease
+    aside (one racer wins a rename), check that it is the one expected, and put it back otherwise:
+    a compare-and-swap, never a read-then-replace.
+    """
 
     def __init__(self, uri: str):
         self.path = Path(storage.resolve(uri)[1])
 
     def create(self, data: bytes) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp, f = storage.create_temporary(self.path)
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+            with f:
+                f.write(data)
+            os.link(tmp, self.path, follow_symlinks=False)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def read(self) -> tuple[LeaseRecord | None, object]:
         try:
-            raw = self.path.read_bytes()
+            raw = _read_small(self.path)
         except FileNotFoundError:
             return None, None
         return _parse(raw), raw
 
-    def replace(self, token: object, data: bytes) -> bool:
-        """Take over a stale lease: rename it aside (only one racer can), then create ours."""
+    def _take_aside(self, expected) -> bool:
+        """Move the lease away if `expected(bytes)` holds for it; else leave it (or put it back) as it was."""
         aside = self.path.with_name(f".{LEASE}.{uuid.uuid4().hex}.stale")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
-            return self.create(data)
-        if aside.read_bytes() != token:  # it changed between our read and the rename: not what we judged stale
-            os.rename(aside, self.path)
             return False
-        aside.unlink()
-        return self.create(data)
+        try:
+            if expected(_read_small(aside)):
+                return True
+            try:  # not the one expected: put it back, unless a new lease appeared meanwhile
+                os.link(aside, self.path, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            return False
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def replace(self, token: object, data: bytes) -> bool:
+        """Take over a stale lease (`token`: its bytes as judged), then create ours."""
+        if not self.path.exists() and not self.path.is_symlink():
+            return self.create(data)
+        return self._take_aside(lambda raw: raw == token) and self.create(data)
 
     def renew(self, run_id: str, data: bytes) -> bool:
-        current, _ = self.read()
-        if current is None or current.run_id != run_id:
-            return False
-        tmp = self.path.with_name(f".{LEASE}.{run_id}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.path)
-        return True
+        return self._take_aside(lambda raw: _owned_by(raw, run_id)) and self.create(data)
 
-    def delete(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def delete(self, run_id: str) -> None:
+        self._take_aside(lambda raw: _owned_by(raw, run_id))
+
+
+def _read_small(path: Path, limit: int = 64 * 1024) -> bytes:
+    """A state file's bytes, read without following a link and at most `limit` of them."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit)
+
+
+def _owned_by(raw: bytes, run_id: str) -> bool:
+    record = _parse(raw)
+    return record is not None and record.run_id == run_id
 
 
 class _S3Lease:
@@ -235,7 +280,7 @@ class _S3Lease:
     def renew(self, run_id: str, data: bytes) -> bool:
         return self._put(data, IfMatch=self.etag)
 
-    def delete(self) -> None:
+    def delete(self, run_id: str) -> None:
         from botocore.exceptions import ClientError
 
         try:

@@ -29,7 +29,7 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gen_jobs import __version__, storage
 from gen_jobs.errors import UserError
@@ -149,7 +149,7 @@ class DatasetIdentity(BaseModel):
 
 
 class ShardEntry(BaseModel):
-    file: str
+    file: str = Field(pattern=SHARD_PATH.pattern)  # a name read from a file is never a path out of the dataset
     first_id: int
     rows: int
     sha256: str
@@ -176,9 +176,10 @@ class Manifest(DatasetIdentity):
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, shards: list["ShardEntry"] | None = None) -> "Manifest":
-        """The manifest a document describes; `shards`: its shard list, when the document names a file for it."""
-        data = json.loads(raw)
+    def from_json(cls, raw: bytes | dict, shards: list["ShardEntry"] | None = None) -> "Manifest":
+        """The manifest a document (JSON, or already parsed) describes; `shards`: its shard list, when the
+        document names a file for it."""
+        data = dict(json.loads(raw) if isinstance(raw, (bytes, str)) else raw)
         data["schema_"] = data.pop("schema", {})
         if shards is None:
             return cls.model_validate(data)
@@ -223,21 +224,36 @@ def _damaged(uri: str, raw: bytes, error: Exception, what: str) -> DamagedStateF
     recorded = {}
     if isinstance(data, dict) and isinstance(data.get("shards"), list):  # what it still says of its shards
         recorded = {e["file"]: e["sha256"] for e in data["shards"]
-                    if isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str)}
+                    if isinstance(e, dict) and isinstance(e.get("file"), str) and SHARD_PATH.match(e["file"])
+                    and isinstance(e.get("sha256"), str)}
     return DamagedStateFile(f"{uri} is not a valid raygen {what}: {why}", recorded)
 
 
 def read_manifest(out: str) -> Manifest | None:
     """The dataset's manifest, None if there is none; DamagedStateFile (a UserError) if it cannot be read."""
     uri = storage.join(out, MANIFEST)
-    if not storage.exists(uri):
+    raw = _read_state_file(uri, "manifest")
+    if raw is None:
         return None
-    raw = storage.read_bytes(uri)
     try:
-        named = json.loads(raw).get("shard_list")
-        return Manifest.from_json(raw, _listed_shards(out, named) if named is not None else None)
+        data = json.loads(raw)
+        named = data.get("shard_list")
+        return Manifest.from_json(data, _listed_shards(out, named) if named is not None else None)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _damaged(uri, raw, e, "manifest") from e
+
+
+# Past INLINE_SHARDS a manifest is a small header: 1,000 inline shard entries are ~200 KB.
+STATE_FILE_LIMIT = 16 * 2**20
+SHARD_LIST_LIMIT = 1 * 2**30  # ~40 bytes a shard: room for 25M shards
+
+
+def _read_state_file(uri: str, what: str, limit: int = STATE_FILE_LIMIT) -> bytes | None:
+    """A state file's bytes (None: none there), bounded and never through a link; anything else is damage."""
+    try:
+        return storage.read_small_file(uri, limit, what)
+    except UserError as e:
+        raise DamagedStateFile(str(e), {}) from e
 
 
 def _listed_shards(out: str, named: dict) -> list[ShardEntry]:
@@ -245,9 +261,9 @@ def _listed_shards(out: str, named: dict) -> list[ShardEntry]:
     if named.get("file") != SHARD_LIST:
         raise ValueError(f"its shard list is {named.get('file')!r}, not {SHARD_LIST}")
     uri = storage.join(out, SHARD_LIST)
-    if not storage.exists(uri):
+    raw = _read_state_file(uri, "shard list", SHARD_LIST_LIMIT)
+    if raw is None:
         raise ValueError(f"its shard list {SHARD_LIST} is missing")
-    raw = storage.read_bytes(uri)
     if sha256(raw) != named.get("sha256"):
         raise ValueError(f"its shard list {SHARD_LIST} does not match the sha256 it records (replaced or damaged)")
     return read_shard_list(raw)[1]
@@ -285,6 +301,12 @@ def read_shard_list(raw: bytes) -> tuple[str, list[ShardEntry]]:
         columns = [table.column(name).to_pylist() for name in ("file", "first_id", "rows", "sha256", "bytes")]
     except (pa.ArrowException, OSError, KeyError, TypeError) as e:
         raise ValueError(f"not a raygen shard list ({str(e).splitlines()[0][:200]})") from e
+    strange = next((f for f in columns[0] if not isinstance(f, str) or not SHARD_PATH.match(f)), None)
+    if strange is not None or len(columns[0]) != len(set(columns[0])):
+        raise ValueError(f"not a raygen shard list (it names {strange!r}, which is not a shard's name)" if strange
+                         is not None else "not a raygen shard list (it names a shard twice)")
+    # model_construct: the names are checked above; the rest is raygen's own checksummed file, not validated
+    # a million times over
     return digest, [ShardEntry.model_construct(file=f, first_id=i, rows=r, sha256=h, bytes=b)
                     for f, i, r, h, b in zip(*columns)]
 
@@ -307,13 +329,22 @@ def recorded_progress(out: str, identity: DatasetIdentity) -> list[ShardEntry]:
 
 def read_pending(out: str) -> DatasetIdentity | None:
     uri = storage.join(out, PENDING)
-    if not storage.exists(uri):
+    raw = _read_state_file(uri, "pending record")
+    if raw is None:
         return None
-    raw = storage.read_bytes(uri)
     try:
         return DatasetIdentity.model_validate_json(raw)
     except ValueError as e:
         raise _damaged(uri, raw, e, "pending record") from e
+
+
+def decode_tag(metadata: dict | None) -> dict | None:
+    """The `raygen` tag of Parquet key-value metadata (a footer's, a schema's); None if it has none."""
+    try:
+        tag = json.loads((metadata or {})[SHARD_TAG])
+    except (KeyError, ValueError):
+        return None
+    return tag if isinstance(tag, dict) else None
 
 
 def shard_tag(uri: str) -> dict | None:
@@ -324,11 +355,9 @@ def shard_tag(uri: str) -> dict | None:
         return None
     fs, path = storage.resolve(uri)
     try:
-        meta = pq.read_metadata(path, filesystem=fs).metadata or {}
-        tag = json.loads(meta[SHARD_TAG])
-    except (OSError, ValueError, KeyError):
+        return decode_tag(pq.read_metadata(path, filesystem=fs).metadata)
+    except (OSError, ValueError):
         return None
-    return tag if isinstance(tag, dict) else None
 
 
 def read_shards(out: str, entries: list[ShardEntry], columns: list[str] | None = None,

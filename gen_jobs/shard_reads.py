@@ -19,7 +19,6 @@ expect (a manifest's checksum, the dataset's identity).
 from __future__ import annotations
 
 import io
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gen_jobs import storage
-from gen_jobs.manifest import SHARD_TAG, DatasetIdentity, schema_description, sha256
+from gen_jobs.manifest import DatasetIdentity, decode_tag, schema_description, sha256
 from gen_jobs.row_seed import row_seeds
 
 READERS_PER_PROCESS = 16  # shard reads in flight in one process
@@ -52,7 +51,7 @@ def identity_problem(table: pa.Table, identity: DatasetIdentity, k: int, digest:
 
     `digest`: identity.digest(), when the caller has it (it costs a JSON dump of the recipe).
     """
-    tag = json.loads((table.schema.metadata or {}).get(SHARD_TAG, b"null"))
+    tag = decode_tag(table.schema.metadata)
     if tag != {"dataset": digest or identity.digest(), "shard": k}:
         return f"its raygen tag says {tag}, not this dataset's shard"
     expected = identity.shard_ids(k)

@@ -23,6 +23,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Annotated
@@ -188,30 +189,49 @@ def read_bytes(uri: str) -> bytes:
         raise UserError(f"{uri} does not exist") from e
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write `data` so that `uri` is either absent, its old content, or all of `data`.
-
-    Local: write a hidden temporary file in the same folder, then rename it over
-    the target (atomic on POSIX; a symbolic link at the target is replaced, not
-    followed). S3: one PUT (boto3), atomic by itself: the object is visible only
-    once whole, and there is no multipart upload to leave behind on failure.
-    """
+def read_small_file(uri: str, limit: int, what: str) -> bytes | None:
+    """A state file's bytes (a manifest, a record), None if there is none. Never follows a local symbolic
+    link nor reads past `limit` bytes: a link, a folder, a device or a file over the limit under a state
+    file's name is a UserError saying which, not a read of whatever it points at."""
     fs, path = resolve(uri)
-    if is_s3(uri):
-        bucket, _, key = path.partition("/")
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not is_s3(uri):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as e:  # ELOOP: a symbolic link; EISDIR and the like
+            raise UserError(f"{uri} is not a {what} raygen wrote: {'a symbolic link' if os.path.islink(path) else e.strerror}; "
+                            "move it away") from e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a device, a pipe
+            os.close(fd)
+            raise UserError(f"{uri} is not a {what} raygen wrote: not a regular file; move it away")
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(limit + 1)
+    else:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        if info.type != pafs.FileType.File or info.size > limit:
+            raise UserError(f"{uri} is not a {what} raygen wrote: {'a folder' if info.type != pafs.FileType.File else 'too large'}")
+        data = read_bytes(uri)
+    if len(data) > limit:
+        raise UserError(f"{uri} is not a {what} raygen wrote: over {limit:,} bytes; move it away")
+    return data
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write `data` so that `uri` is either absent, its old content, or all of `data` (see AtomicWriter:
+    local, a temporary file renamed over the target; S3, one PUT up to S3_PART_BYTES)."""
+    with AtomicWriter(uri) as f:
+        f.write(data)
+
+
+def create_temporary(target: Path) -> tuple[Path, io.BufferedWriter]:
+    """A new hidden file beside `target`, named at random and created with O_EXCL | O_NOFOLLOW: never an
+    existing file, nor a symbolic link someone planted under a name they could guess."""
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return tmp, os.fdopen(fd, "wb")
 
 
 # S3 parts of a streamed write: a shard up to this size is one PUT; a larger one is a multipart
@@ -247,8 +267,7 @@ class AtomicWriter(io.RawIOBase):
             target = Path(resolve(uri)[1])
             target.parent.mkdir(parents=True, exist_ok=True)
             self._target = target
-            self._tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-            self._file = open(self._tmp, "wb")
+            self._tmp, self._file = create_temporary(target)
 
     @property
     def sha256(self) -> str:

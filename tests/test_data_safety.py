@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 from gen_jobs import storage
 from gen_jobs.errors import UserError
-from gen_jobs.lease import Lease
+from gen_jobs.lease import Lease, LeaseRecord, this_machine
 from gen_jobs.verify import problems
 from test_cli_errors import error_of
 from test_verify import make_dataset
@@ -149,7 +149,7 @@ def test_a_dead_runs_lease_is_taken_over_by_resume_only(capsys, random_checkpoin
     make_dataset(random_checkpoint, str(out))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     record = {"run_id": "ab" * 16, "host": os.uname().nodename, "pid": int(dead.stdout), "started": time.time(),
-              "heartbeat": time.time()}
+              "heartbeat": time.time(), "machine": this_machine()}
     (out / "_lease.json").write_text(json.dumps(record))
     err = error_of(capsys, generate_args(random_checkpoint, out))
     assert "holds the unfinished work of run abababab" in err and "pass --resume" in err
@@ -157,6 +157,35 @@ def test_a_dead_runs_lease_is_taken_over_by_resume_only(capsys, random_checkpoin
 
     assert raygen(generate_args(random_checkpoint, out, "--resume")) == 0  # all shards intact: nothing to write
     assert not (out / "_lease.json").exists()
+
+
+def test_a_lease_of_another_container_with_the_same_hostname_waits_for_its_expiry(tmp_path):
+    now = time.time()
+    # pid 999999 is not running here, but the lease names another boot / PID namespace: that pid means nothing here
+    other = LeaseRecord(run_id="cd" * 16, host=os.uname().nodename, pid=999_999, started=now, heartbeat=now,
+                        machine=f"{os.uname().nodename}/another-boot/pid:[4026531836]")
+    assert not other.stale(now) and other.stale(now + 61)
+    assert other.model_copy(update={"machine": this_machine()}).stale(now)  # here: a dead pid is dead at once
+
+
+def test_the_heartbeat_never_writes_through_a_planted_link_and_release_removes_only_its_own_lease(tmp_path):
+    import gen_jobs.lease as lease_module
+
+    out = tmp_path / "data"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    with Lease(str(out)) as lease:
+        # the old heartbeat wrote to a name anyone could read from _lease.json: plant a link there
+        (out / f"._lease.json.{lease.run_id}.tmp").symlink_to(victim)
+        assert lease_module._LocalLease(str(out / "_lease.json")).renew(lease.run_id, lease._bytes())
+        assert victim.read_text() == "precious"
+        assert json.loads((out / "_lease.json").read_text())["run_id"] == lease.run_id
+        # another run took the folder over meanwhile: this run's release leaves that lease alone
+        theirs = json.loads((out / "_lease.json").read_text()) | {"run_id": "ef" * 16}
+        (out / "_lease.json").write_text(json.dumps(theirs))
+        lease.lost = None
+    assert json.loads((out / "_lease.json").read_text())["run_id"] == "ef" * 16
+    assert victim.read_text() == "precious"
 
 
 def test_two_runs_started_together_get_the_lease_once(random_checkpoint, tmp_path):
@@ -240,3 +269,53 @@ def test_the_newest_checkpoint_of_a_run_skips_one_still_uploading(random_checkpo
     (run / "checkpoint_2026-01-02_00-00-00.000000").mkdir()
     (run / "checkpoint_2026-01-02_00-00-00.000000" / "model.safetensors").write_bytes(b"half")  # the rest not there yet
     assert latest(str(run)).endswith("checkpoint_2026-01-01_00-00-00.000000")
+
+
+# ---------------------------------------------------------------- names and state files read from a dataset folder
+
+
+def test_shard_names_in_a_manifest_never_reach_outside_the_dataset(random_checkpoint, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "data"
+    make_dataset(random_checkpoint, str(out))
+    private = tmp_path / "outside" / "private.parquet"
+    private.parent.mkdir()
+    pq.write_table(pa.table({"id": [0], "secret": ["do not copy me"]}), private)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    for name in ("../outside/private.parquet", str(private)):
+        manifest["shards"][0]["file"] = name
+        (out / "_manifest.json").write_text(json.dumps(manifest))
+        monkeypatch.chdir(tmp_path)
+        for command in (["verify", "data"], ["quality", "data"]):
+            assert "_manifest.json is not a valid raygen manifest" in error_of(capsys, command)
+        assert not (out / "README.md").exists()
+    with pytest.raises(UserError, match="not a name inside"):
+        storage.join("s3://bucket/ds", "/etc/passwd")
+    with pytest.raises(UserError, match="not a name inside"):
+        storage.join(str(out), "../outside/private.parquet")
+
+
+@pytest.mark.parametrize("plant", ["link to /dev/zero", "folder", "huge"])
+def test_a_state_file_that_is_not_a_file_raygen_wrote_is_one_error_line(random_checkpoint, tmp_path, plant, capsys,
+                                                                        monkeypatch):
+    out = tmp_path / "data"
+    make_dataset(random_checkpoint, str(out))
+    state = out / "_manifest.json"
+    state.unlink()
+    if plant == "link to /dev/zero":
+        state.symlink_to("/dev/zero")  # read whole, it never ends
+    elif plant == "folder":
+        state.mkdir()
+    else:
+        state.write_bytes(b" " * (17 * 2**20))
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    assert "_manifest.json is not a" in error_of(capsys, ["verify", "data"]) and time.monotonic() - started < 30
+
+
+def test_a_shard_that_is_not_parquet_is_named_by_verify_deep(random_checkpoint, tmp_path):
+    out = tmp_path / "data"
+    make_dataset(random_checkpoint, str(out))
+    size = (out / "part-00001.parquet").stat().st_size
+    (out / "part-00001.parquet").write_bytes(b"x" * size)  # the recorded size, not Parquet
+    bad, _ = problems(str(out), deep=True)
+    assert bad == ["part-00001.parquet: sha256 mismatch (corrupt or modified)"]
