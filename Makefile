@@ -1,11 +1,12 @@
 # make demo: install into .venv and run the embedded demo.
-# make test: install with the test extra into .venv and run the whole suite.
+# make test: install with the test extra into .venv and run the whole suite (what CI runs).
+# make check: the fast tier of that suite, for contributors' inner loop.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test install install-test browser bench clean
+.PHONY: demo test check install install-test browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,10 @@ browser:
 
 test: install-test browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The inner loop: unit tests only (no Ray cluster, no training, no servers), in about 3 minutes.
+check: install-test
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not ray and not slow"
 
 bench: install-test
 	$(BIN)/python bench/generate_throughput.py

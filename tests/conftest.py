@@ -39,6 +39,14 @@ RAY_WORKER_PORTS = range(10002, 20000)
 TINY = ["model.width=8", "train.epochs=1", "train.batch_size=64", "train.quality_samples=100", "generate.batch_size=64"]
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tiers: a test that needs the session's Ray cluster (directly or through a fixture built on it:
+    a trained checkpoint, the Serve app) is marked `ray`; `make check` runs what is neither `ray` nor `slow`."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 def free_port() -> int:
     """A free loopback TCP port outside Ray's worker-port range."""
     while True:
