@@ -52,8 +52,14 @@ class GuardConfig(StrictModel):
                             "log it, stop training, or roll back with lower learning rates")
 
 
+# A run's or recipe's name becomes one folder name (OUT/runs/<name>): letters, digits, _ . -, not starting
+# with a dot, so never "..", a hidden name or a path.
+SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
+
+
 class RecipeBase(StrictModel):
-    name: str = Field(description="short name, used for run and output folder names")
+    name: str = Field(pattern=SAFE_NAME, description="short name, used for run and output folder names: letters, "
+                                                     "digits, _ . - (not starting with a dot)")
     family: str = Field(description="model family, a key of gen_jobs.families.REGISTRY")
     generate: GenerateDefaults = GenerateDefaults()
 

@@ -176,7 +176,9 @@ def jsonl_column(uri: str, data: bytes, column: str, setting: str) -> list[str |
     except UnicodeDecodeError as e:
         raise UserError(f"{uri} is not UTF-8 text (byte {e.start}); save it as UTF-8 JSONL") from e
     values = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" alone (JSON Lines): str.splitlines would also cut at U+2028 and other separators
+    # that a JSON string may hold raw.
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -21,7 +21,7 @@ from gen_jobs import storage
 from gen_jobs.console import progress
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError, user_error_in
-from gen_jobs.recipes import RecipeBase, StrictModel, load_recipe
+from gen_jobs.recipes import SAFE_NAME, RecipeBase, StrictModel, load_recipe
 from gen_jobs.storage import Uri
 
 DEFAULT_STORAGE = "./out/runs"
@@ -30,7 +30,7 @@ DEFAULT_STORAGE = "./out/runs"
 class TrainArgs(StrictModel):
     recipe: str
     storage: Uri = DEFAULT_STORAGE
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(None, pattern=SAFE_NAME)  # one folder under --storage, never a path out of it
     workers: int = Field(2, gt=0, le=1024)
     gpu: bool = False
     set: list[str] = []

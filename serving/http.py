@@ -36,6 +36,7 @@ class Gateway(Protocol):
     models: dict
     limits: Limits
     created: int
+    api_key_sha256: str | None  # None: a keyless server
 
     def authorized(self, header: str | None) -> bool: ...
 
@@ -66,8 +67,25 @@ def describe_validation(error: RequestValidationError) -> ApiError:
         return ApiError(400, f"{field} is required", param=field)
     if problem.get("type") == "extra_forbidden":
         return ApiError(400, f"{field} is not a field of this request", param=field)
-    got = problem.get("input")
-    return ApiError(400, f"{field}: {message} (got {got!r})" if field else message, param=field)
+    return ApiError(400, f"{field}: {message} (got {quoted(problem.get('input'))})" if field else message, param=field)
+
+
+QUOTE_CHARS = 200  # an error quotes this much of a bad value: a 900 KB value is not echoed back
+
+
+def quoted(value) -> str:
+    """repr(value), cut to QUOTE_CHARS characters with how much was left out."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text):,} characters)"
+
+
+def foreign_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a request's Origin header names a page of another origin than this server (Host)."""
+    if not origin:
+        return False
+    from urllib.parse import urlparse
+
+    return origin == "null" or urlparse(origin).netloc.lower() != (host or "").lower()
 
 
 def http_app(gateway: Gateway) -> FastAPI:
@@ -81,6 +99,13 @@ def http_app(gateway: Gateway) -> FastAPI:
         path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/"))
         if path not in OPEN_PATHS and not gateway.authorized(request.headers.get("authorization")):
             return error_response(ApiError(401, "a valid API key is required: send `Authorization: Bearer <key>`"))
+        if request.method == "POST" and gateway.api_key_sha256 is None and \
+                foreign_origin(request.headers.get("origin"), request.headers.get("host")):
+            # A web page elsewhere may send a "simple" form post here without a CORS preflight, and a keyless
+            # server would run it; browsers always name the page's origin, other clients none. (With a key,
+            # such a post has no key: a browser never adds one by itself.)
+            return error_response(ApiError(403, "this server does not take requests from web pages of another "
+                                                "origin; call it from its own playground or from a program"))
         if request.method == "POST":
             length = request.headers.get("content-length")
             if length is None or not length.isdigit():
@@ -112,7 +137,7 @@ def http_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "models": sorted(gateway.models)}
+        return {"status": "ok"}  # no model names: this route needs no key (GET /v1/models lists them, with it)
 
     @app.get("/v1/models")
     async def list_models():

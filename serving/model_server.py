@@ -39,6 +39,32 @@ def split_rows(batch: dict[str, np.ndarray], size: int) -> list[dict[str, np.nda
     return [{key: col[i: i + size] for key, col in batch.items()} for i in range(0, n, size)]
 
 
+CANCELLED_KEPT = 4096  # far more than the requests one replica's batches hold at once (max_ongoing_requests)
+
+
+class RecentIds:
+    """A set of request ids that keeps the newest `limit` of them."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._ids: dict[str, None] = {}  # insertion-ordered
+
+    def add(self, request_id: str) -> None:
+        self._ids.pop(request_id, None)
+        self._ids[request_id] = None
+        while len(self._ids) > self.limit:
+            del self._ids[next(iter(self._ids))]
+
+    def discard(self, request_id: str) -> None:
+        self._ids.pop(request_id, None)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 @serve.deployment
 class ModelServer:
     def __init__(self, name: str, family: str, checkpoint_uri: str, gpu: bool, max_batch_size: int,
@@ -51,7 +77,9 @@ class ModelServer:
         self.sampler = families.get(family).load("sampler")(checkpoint_uri, "cuda" if gpu else "cpu")
         self.weights_sha256 = weights_sha256(checkpoint_uri)
         self.max_batch_size = max_batch_size
-        self.cancelled: set[str] = set()  # streaming requests whose client went away while their rows decode
+        # Streaming requests whose client went away while their rows decode. An id is dropped when its rows
+        # end; one cancelled before its rows reached a batch never is, hence the bound (oldest out first).
+        self.cancelled = RecentIds(CANCELLED_KEPT)
         self.rows_cancelled = 0  # rows ended early because nobody was listening any more
         for batched in (self._sample, self._sample_steps):
             batched.set_max_batch_size(max_batch_size)

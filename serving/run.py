@@ -1,6 +1,6 @@
 """Serve models over HTTP on this machine (or the cluster in RAY_ADDRESS) until Ctrl-C.
 
-    raygen serve [CONFIG] [--model NAME=CHECKPOINT_URI ...] [--host 127.0.0.1] [--port 8000]
+    raygen serve [CONFIG] [--model NAME=CHECKPOINT_URI ...] [--host 127.0.0.1] [--port 8000] [--allow-no-key]
     python -m serving.run ...
 
 With no CONFIG and no --model it serves the demo recipes' newest checkpoints
@@ -38,6 +38,7 @@ class ServeArgs(StrictModel):
     model: list[str] = []
     host: str = "127.0.0.1"
     port: int | None = Field(None, gt=0, lt=65536)
+    allow_no_key: bool = False
 
 
 def parser() -> ArgumentParser:
@@ -46,6 +47,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT_URI", help="serve a checkpoint as NAME")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, help="HTTP port (default: the config's, else 8000)")
+    p.add_argument("--allow-no-key", action="store_true",
+                   help="serve a non-loopback --host without an API key (RAYGEN_API_KEY): anyone who reaches it may use it")
     return p
 
 
@@ -144,6 +147,21 @@ def unplaced(status, config, resources: dict) -> list[str]:
     return lines
 
 
+def refuse_open_server(args: ServeArgs, config) -> None:
+    """A server other machines can reach needs an API key, unless --allow-no-key says otherwise."""
+    import ipaddress
+    import os
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        loopback = False
+    if not loopback and not os.environ.get(config.api_key_env) and not args.allow_no_key:
+        raise UserError(f"--host {args.host} serves other machines, and no API key is set: export "
+                        f"{config.api_key_env}=<a secret> (clients send Authorization: Bearer <it>), or pass "
+                        "--allow-no-key if anyone who reaches this port may use the models")
+
+
 def serve_until_stopped(config, host: str, port: int, log=print, placement_wait_s: float = 15.0) -> None:
     """Deploy, say when every model answers, and stop on SIGINT/SIGTERM at any point (also while deploying)."""
     import ray
@@ -210,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if not data["models"]:
             data["models"] = demo_models()
         config = read_config(data, "the serve arguments")
+        refuse_open_server(args, config)
         serve_until_stopped(config, args.host, args.port or config_port or 8000, log=lambda line: print(line, flush=True))
         return 0
 

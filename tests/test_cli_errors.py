@@ -44,6 +44,9 @@ def test_unknown_command():
         (["train", "dcgan_digits", "--workers", "0"], "argument 'workers'"),
         (["train", "dcgan_digits", "--storage", "ftp://x/y"], "unsupported URI scheme 'ftp'"),
         (["train", "dcgan_digits", "--set", "data.source=/nonexistent/images"], "training data /nonexistent/images does not exist"),
+        (["train", "dcgan_digits", "--name", ".."], "argument 'name'"),  # a run folder outside --storage
+        (["train", "dcgan_digits", "--name", "a/b"], "argument 'name'"),
+        (["train", "dcgan_digits", "--set", "name=../../elsewhere/run"], "'name': String should match pattern"),
     ],
 )
 def test_train_bad_input(capsys, argv, needle):

@@ -99,3 +99,10 @@ def test_a_shard_refuses_an_input_that_changed_after_planning(tmp_path):
     assert list(read_inputs(source, 1, 3, cache)) == [_png(1), _png(2)]  # only the files a shard reads are checked
     with pytest.raises(UserError, match=r"3.png changed or went away"):
         read_inputs(source, 2, 4, cache)
+
+
+def test_a_jsonl_line_holding_a_raw_line_separator_is_one_record():
+    from gen_jobs.rows import jsonl_column
+
+    data = '{"prompt": "one\u2028two"}\r\n{"prompt": null}\n'.encode()  # U+2028 raw inside the string, CRLF endings
+    assert jsonl_column("p.jsonl", data, "prompt", "--prompt-column") == ["one\u2028two", None]

@@ -230,7 +230,11 @@ def test_api_key_is_required(server, http):
     wrong = httpx.post(f"{server}/v1/images/generations", json={"model": "digits"}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
     assert "nope" not in wrong.text and API_KEY not in wrong.text  # keys are never echoed
-    assert httpx.get(f"{server}/healthz").status_code == 200  # liveness probes need no key
+    open_probe = httpx.get(f"{server}/healthz")  # liveness probes need no key, so it names no model
+    assert open_probe.status_code == 200 and open_probe.json() == {"status": "ok"}
+    huge = http.post("/v1/images/generations", json={"model": "digits", "n": "A" * 15_000})  # (under the body limit)
+    assert huge.status_code == 400 and len(huge.content) < 1_000  # the bad value is quoted, not echoed whole
+    assert "(15,002 characters)" in huge.json()["error"]["message"]
     assert httpx.get(f"{server}/docs").status_code == 401  # the API's own docs follow the key too
     assert httpx.get(f"{server}/openapi.json").status_code == 401
     models = http.get("/v1/models")
@@ -344,3 +348,14 @@ def test_a_killed_replica_fails_requests_fast_and_service_returns(http):
         assert time.monotonic() < deadline, "the model did not come back"
         time.sleep(1)
     assert http.get("/healthz").json()["status"] == "ok"
+
+
+def test_the_cancelled_ids_a_replica_keeps_are_bounded():
+    from serving.model_server import RecentIds
+
+    kept = RecentIds(3)
+    for n in range(10):
+        kept.add(f"r{n}")
+    assert len(kept) == 3 and "r9" in kept and "r6" not in kept
+    kept.discard("r9")
+    assert "r9" not in kept and len(kept) == 2

@@ -112,3 +112,33 @@ def test_a_model_that_cannot_be_placed_is_said_in_words_and_ctrl_c_stops_the_wai
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_server_for_other_machines_needs_a_key_or_says_it_does_not(capsys, monkeypatch):
+    from test_cli_errors import error_of
+
+    monkeypatch.delenv("RAYGEN_API_KEY", raising=False)
+    said = error_of(capsys, ["serve", "--host", "0.0.0.0", "--model", "digits=out/runs/dcgan_digits"])
+    assert "--host 0.0.0.0 serves other machines, and no API key is set: export RAYGEN_API_KEY" in said
+    assert "--allow-no-key" in said
+
+
+def test_a_keyless_server_refuses_posts_from_pages_of_another_origin():
+    from fastapi.testclient import TestClient
+
+    from serving.config import Limits
+    from serving.http import http_app
+
+    class Keyless:  # the gateway's side the guard reads: no key, no models
+        models, limits, created, api_key_sha256 = {}, Limits(), 0, None
+
+        def authorized(self, header):
+            return True
+
+    client = TestClient(http_app(Keyless()), base_url="http://127.0.0.1:8000")
+    form = {"model": (None, "styles"), "prompt": (None, "0")}
+    foreign = client.post("/v1/images/edits", files=form, headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and "another origin" in foreign.json()["error"]["message"]
+    own = client.post("/v1/images/edits", files=form, headers={"Origin": "http://127.0.0.1:8000"})
+    program = client.post("/v1/images/edits", files=form)  # no Origin: a program, not a page
+    assert own.status_code != 403 and program.status_code != 403
