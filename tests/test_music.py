@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import wave
 
 import mido
@@ -262,3 +263,35 @@ def test_pieces_stuck_on_one_pitch_warn_while_chorales_do_not_at_any_number_of_r
     said = score_pieces(stuck, [encode(tokenizer, m) for m in stuck], reference, tokenizer, 256)
     assert any(w.startswith("the pieces' pitch classes are further from the corpus's than random tokens'")
                and w.endswith("few pitches; train longer or raise the temperature") for w in said["warnings"])
+
+
+def test_music21s_pickle_cache_is_never_loaded_nor_written(tmp_path):
+    """A pickle planted under the name music21 would compute for a corpus piece must not run."""
+    import gzip
+    import pickle
+
+    from music21 import corpus as m21corpus
+    from music21.converter import PickleFilter
+
+    from gen_jobs.families.music.data import corpus_piece, parse_primer
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    source = m21corpus.getWork("bach/bwv269")
+    _, _, planted = PickleFilter(source).status()
+    if planted is None:
+        pytest.skip("music21 has no writable scratch folder here: it caches nothing")
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    before = set(planted.parent.iterdir())
+    try:
+        planted.write_bytes(gzip.compress(pickle.dumps(Payload())))
+        assert corpus_piece("bach/bwv269")[:4] == b"MThd"
+        assert parse_primer(source.read_bytes() if source.suffix != ".mxl" else source.read_bytes())[:4] == b"MThd"
+        assert not marker.exists()
+        assert set(planted.parent.iterdir()) - before == {planted}, "no pickle left behind by a primer"
+    finally:
+        planted.unlink(missing_ok=True)

@@ -106,7 +106,7 @@ def _chorale_midi(name: str) -> bytes | str:
     try:
         from music21 import corpus
 
-        return music21_to_midi(corpus.parse(name))
+        return music21_to_midi(corpus.parse(name, forceSource=True))  # never music21's pickle cache (see parse_file)
     except Exception as e:  # noqa: BLE001 - any parse failure is a skipped piece, reported by name
         return f"{type(e).__name__}: {e}"
 
@@ -192,7 +192,7 @@ def corpus_piece(name: str) -> bytes:
     from music21 import corpus
 
     try:
-        return music21_to_midi(corpus.parse(name))
+        return music21_to_midi(corpus.parse(name, forceSource=True))  # never music21's pickle cache (see parse_file)
     except Exception as e:  # noqa: BLE001 - music21 raises its own types for unknown names
         raise UserError(f"{CORPUS_PREFIX}{name} is not a piece of music21's bundled corpus ({type(e).__name__}); "
                         f"use e.g. {CORPUS_PREFIX}bach/bwv269") from e
@@ -222,7 +222,9 @@ def parse_file(name: str, data: bytes) -> bytes:
             path = Path(folder) / ("score" + Path(name).suffix.lower())
             path.write_bytes(data)
             try:
-                midi = music21_to_midi(converter.parse(str(path)))
+                # forceSource: music21 would otherwise load a pickle from its shared scratch folder (code anyone
+                # who can write there chose) and leave one behind for every primer.
+                midi = music21_to_midi(converter.parse(str(path), forceSource=True))
             except Exception as e:  # noqa: BLE001 - music21 raises many types for malformed scores
                 raise UserError(f"not a MusicXML score ({type(e).__name__}: {e})") from e
     if symusic.Score.from_midi(midi).note_num() == 0:
