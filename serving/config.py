@@ -61,6 +61,8 @@ class Limits(StrictModel):
     max_tokens: int = Field(512, gt=0, description="new tokens per text sample (also capped by the model's context)")
     max_body_bytes: int = Field(1_000_000, gt=0, description="request body size; beyond it: 413")
     max_image_pixels: int = Field(1024 * 1024, gt=0, description="width x height of one returned image")
+    max_prompt_chars: int = Field(32_000, gt=0, description="characters of a request's prompts (or chat messages) "
+                                                           "together, checked before anything tokenises them")
 
 
 class Ingress(StrictModel):

@@ -158,6 +158,6 @@ def http_app(gateway: Gateway) -> FastAPI:
 
 async def _model_card(gateway: Gateway, served) -> dict:
     # The request limits ride along so a client (the playground) can offer values the server accepts.
-    limits = {"max_n": gateway.limits.max_n, "max_tokens": gateway.limits.max_tokens}
+    limits = gateway.limits.model_dump()  # every limit a request meets, so a client knows them before it asks
     return {"id": served.name, "object": "model", "created": gateway.created, "owned_by": "raygen",
             "raygen": {**await gateway.describe(served), "limits": limits}}

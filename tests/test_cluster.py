@@ -94,6 +94,7 @@ def test_local_sh_never_takes_over_a_folder_it_did_not_make(tmp_path):
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "a user's file"
 
 
+@pytest.mark.slow  # starts Ray, a process or a training of its own: not in `make check`
 def test_local_sh_up_that_fails_leaves_nothing_running(tmp_path):
     state = tmp_path / "state"
     result = local_sh("up", "1", state=state, RAYGEN_OBJECT_STORE_MB="1")  # below Ray's minimum: the head refuses to start

@@ -150,6 +150,7 @@ def test_coverage_is_judged_against_as_many_real_digits_of_the_classes_asked_for
     assert asked.coverage > 0.5 and not any("neighbourhoods" in w for w in asked.warnings())
 
 
+@pytest.mark.slow  # starts Ray, a process or a training of its own: not in `make check`
 def test_row_confidence_is_the_reference_classifiers_without_importing_scikit_learn(tmp_path):
     """A sampler actor scores its rows from cached weights: the same numbers, over a second sooner."""
     script = """

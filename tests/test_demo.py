@@ -44,7 +44,9 @@ class DemoRun:
         return json.loads((self.folder / dataset / "quality.json").read_text())
 
     def checkpoint(self, recipe: str) -> str:
-        return str(max((self.folder / "runs" / recipe).glob("checkpoint_*")))
+        from gen_jobs.checkpoint import latest
+
+        return latest(str(self.folder / "runs" / recipe))  # the run's newest checkpoint, as raygen picks it
 
 
 @pytest.fixture(scope="module")

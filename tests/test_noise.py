@@ -148,6 +148,7 @@ def test_text_decoding_draws_its_uniforms_from_the_row_seed():
     assert together[1].tokens == expected
 
 
+@pytest.mark.slow  # starts Ray, a process or a training of its own: not in `make check`
 def test_resume_refuses_a_dataset_made_on_another_device_or_noise(random_checkpoint, tmp_path):
     from conftest import run_cli
 

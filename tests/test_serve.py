@@ -359,3 +359,17 @@ def test_the_cancelled_ids_a_replica_keeps_are_bounded():
     assert len(kept) == 3 and "r9" in kept and "r6" not in kept
     kept.discard("r9")
     assert "r9" not in kept and len(kept) == 2
+
+
+def test_a_prompt_over_the_character_limit_is_refused_before_it_is_tokenised(http):
+    limits = http.get("/v1/models").json()["data"][0]["raygen"]["limits"]
+    assert limits["max_prompt_chars"] == 5_000 and limits["max_body_bytes"] == 20_000  # every limit, shown
+    for path, body in [("/v1/completions", {"model": "pydoc", "prompt": "word " * 1_500}),
+                       ("/v1/chat/completions", {"model": "pydoc", "messages": [{"role": "user", "content": "x" * 3_000},
+                                                                               {"role": "user", "content": "y" * 3_000}]})]:
+        refused = http.post(path, json=body)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "context_length_exceeded" and "at most 5,000 a request" in error["message"]
+    fits = http.post("/v1/completions", json={"model": "pydoc", "prompt": "word " * 600, "max_tokens": 4})
+    assert fits.status_code == 400 and "tokens) plus max_tokens" in fits.json()["error"]["message"]  # the model's own limit

@@ -141,6 +141,7 @@ def test_vgg19_weights_load_by_torchvision_names_and_wrong_ones_name_the_layer(t
 # ---------------------------------------------------------------- training
 
 
+@pytest.mark.slow  # starts Ray, a process or a training of its own: not in `make check`
 def test_a_short_training_lowers_the_style_loss_and_records_the_loss_network(trained):
     folder, before, after = trained
     # Untrained, the network is the identity: held-out photos come out as they went in.
@@ -249,6 +250,7 @@ def test_a_parquet_input_with_an_image_column_names_rows_by_index(ray_cluster, s
     assert set(drawn) <= {0, 1} and manifest.labels is None
 
 
+@pytest.mark.slow  # starts Ray, a process or a training of its own: not in `make check`
 def test_style_job_errors_are_one_line(style_checkpoint, tmp_path):
     photos = photo_folder(tmp_path / "photos", count=1)
     for args, says in [

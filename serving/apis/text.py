@@ -30,7 +30,6 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import Field
 
-from gen_jobs.errors import UserError
 from serving.apis import MAX_SEED, MAX_TOP_K, HttpBody, choice_seed
 from serving.errors import ApiError
 
@@ -77,6 +76,9 @@ class CompletionRequest(SamplingFields):
             raise ApiError(400, "prompt is an empty list; pass at least one prompt (\"\" for none)", param="prompt")
         return prompts
 
+    def prompt_characters(self) -> int:
+        return sum(len(p) for p in self.prompt_list())
+
 
 class ChatMessage(HttpBody):
     role: Literal["system", "user", "assistant"]
@@ -87,6 +89,9 @@ class ChatMessage(HttpBody):
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="the newer name of max_tokens")
+
+    def prompt_characters(self) -> int:
+        return sum(len(m.content) for m in self.messages)
 
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -107,6 +112,11 @@ async def _serve(gateway: Gateway, body: SamplingFields, num_prompts: int):
     if body.n * num_prompts > limits.max_n:
         raise ApiError(400, f"n x prompts = {body.n * num_prompts}; this server allows at most {limits.max_n} choices "
                             "per request", param="n")
+    characters = body.prompt_characters()
+    if characters > limits.max_prompt_chars:  # checked before anything tokenises it
+        raise ApiError(400, f"the prompt has {characters:,} characters; this server accepts at most "
+                            f"{limits.max_prompt_chars:,} a request", param="messages" if num_prompts == 1 and
+                       isinstance(body, ChatRequest) else "prompt", code="context_length_exceeded")
     if body.max_tokens is not None and body.max_tokens > limits.max_tokens:
         raise ApiError(400, f"max_tokens {body.max_tokens} is above this server's limit of {limits.max_tokens}",
                        param="max_tokens")
@@ -151,11 +161,12 @@ def rows(sampler, request: SamplingFields) -> dict[str, np.ndarray]:
     if max_new >= sampler.context:
         raise ApiError(400, f"max_tokens {max_new} does not fit this model's context of {sampler.context} tokens",
                        param="max_tokens")
+    from gen_jobs.families.gpt.sampler import PromptTooLong  # (in the replica: the gateway never imports torch)
+
     try:
         sampler.encode_prompts(prompts, [max_new] * len(prompts), long_prompts="error")
-    except UserError:
-        lengths = [len(ids) for ids in sampler.encode_prompts(prompts, [1] * len(prompts), long_prompts="truncate_left")]
-        raise ApiError(400, f"this model's context is {sampler.context} tokens: the prompt ({max(lengths)} tokens) plus "
+    except PromptTooLong as e:  # (the prompt's length in tokens is in the error: it is not tokenised again)
+        raise ApiError(400, f"this model's context is {sampler.context} tokens: the prompt ({e.tokens} tokens) plus "
                             f"max_tokens ({max_new}) do not fit; shorten the prompt or lower max_tokens",
                        param="messages" if isinstance(request, ChatRequest) else "prompt",
                        code="context_length_exceeded") from None

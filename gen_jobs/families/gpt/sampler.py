@@ -28,6 +28,14 @@ from gen_jobs.families.gpt.recipe import Recipe
 ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop")  # optional per-row batch columns
 
 
+class PromptTooLong(UserError):
+    """A prompt that does not fit the context with its max_new_tokens; `tokens`: how many it has."""
+
+    def __init__(self, message: str, tokens: int):
+        super().__init__(message)
+        self.tokens = tokens
+
+
 class Sampler:
     """Checkpoint -> text. One instance per Ray Data actor or Serve replica.
 
@@ -84,10 +92,10 @@ class Sampler:
             ids = [self.eos] if prompt is None else self.tokenizer(prompt, add_special_tokens=False)["input_ids"] or [self.eos]
             if len(ids) > room:
                 if long_prompts == "error":
-                    raise UserError(
+                    raise PromptTooLong(
                         f"a prompt has {len(ids)} tokens; with max_new_tokens {max_new} the context of "
-                        f"{self.context} leaves room for {room}: shorten it or set sampling.long_prompts=truncate_left"
-                    )
+                        f"{self.context} leaves room for {room}: shorten it or set sampling.long_prompts=truncate_left",
+                        tokens=len(ids))
                 ids = ids[-room:]
             out.append(ids)
         return out
