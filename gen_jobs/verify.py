@@ -63,7 +63,8 @@ def problems(out: str, deep: bool = True) -> tuple[list[str], str]:
         reports = read_reports(out, manifest.identity(), list(entries))
         bad += [line for k, entry in entries.items() if (line := judge(entry, reports[k], manifest))]
     checked = "checksums, tags, ids and seeds match" if deep else "every shard present with its recorded size"
-    summary = (f"OK {out}: {len(manifest.shards)} shards, {manifest.num_rows:,} rows, ids 0..{manifest.num_rows - 1}, "
+    shards = f"{len(manifest.shards)} shard{'' if len(manifest.shards) == 1 else 's'}"
+    summary = (f"OK {out}: {shards}, {manifest.num_rows:,} rows, ids 0..{manifest.num_rows - 1}, "
                f"{checked}\n   made by: {manifest.identity().describe()}")
     return bad, summary
 
