@@ -263,7 +263,8 @@ class ShardWriter:
             entries = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
                                    self.input_cache) for k in batch["shard"]]
         except UserError as e:
-            entries, refused = [ShardEntry(file="", first_id=-1, rows=0, sha256="", bytes=0)], str(e)
+            # (a placeholder row of the batch's columns, never a manifest entry: the driver stops at `refused`)
+            entries, refused = [ShardEntry.model_construct(file="", first_id=-1, rows=0, sha256="", bytes=0)], str(e)
         else:
             refused = ""
         columns = {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}

@@ -154,7 +154,7 @@ def join(uri: str, *names: str) -> str:
     """
     for name in names:
         parts = PurePosixPath(name).parts
-        if name.startswith(("/", "\\")) or ".." in parts or "\\" in name or os.path.isabs(name):
+        if name.startswith("/") or ".." in parts or os.path.isabs(name):
             raise UserError(f"{name!r} is not a name inside {uri}: it must be a relative path without '..'")
     if is_s3(uri):
         return posixpath.join(uri.rstrip("/"), *names)
