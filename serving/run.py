@@ -118,7 +118,7 @@ def share_cpus(config, cluster_cpus: float):
         return config
     chosen = sum(m.num_cpus * max(1, m.autoscaling.min_replicas) for m in config.models if m not in unset)
     replicas = sum(max(1, m.autoscaling.min_replicas) for m in unset)
-    share = min(1.0, max(0.1, int((cluster_cpus - chosen) / replicas * 10) / 10))  # tenths: Serve's own granularity
+    share = min(1.0, max(0.1, int((cluster_cpus - chosen) / replicas * 10) / 10))  # rounded down to tenths: the shares fit
     models = [m.model_copy(update={"num_cpus": share}) if m in unset else m for m in config.models]
     return config.model_copy(update={"models": models})
 
