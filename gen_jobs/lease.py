@@ -33,6 +33,7 @@ from gen_jobs.errors import UserError
 
 LEASE = "_lease.json"
 HEARTBEAT_S = 10.0
+LEASE_LIMIT = 64 * 1024  # bytes: a lease record is ~200
 EXPIRES_S = 60.0
 
 
@@ -191,11 +192,8 @@ class _LocalLease:
             tmp.unlink(missing_ok=True)
 
     def read(self) -> tuple[LeaseRecord | None, object]:
-        try:
-            raw = _read_small(self.path)
-        except FileNotFoundError:
-            return None, None
-        return _parse(raw), raw
+        raw = storage.read_small_file(str(self.path), LEASE_LIMIT, "lease")
+        return (None, None) if raw is None else (_parse(raw), raw)
 
     def _take_aside(self, expected) -> bool:
         """Move the lease away if `expected(bytes)` holds for it; else leave it (or put it back) as it was."""
@@ -205,7 +203,8 @@ class _LocalLease:
         except FileNotFoundError:
             return False
         try:
-            if expected(_read_small(aside)):
+            raw = storage.read_small_file(str(aside), LEASE_LIMIT, "lease")
+            if raw is not None and expected(raw):
                 return True
             try:  # not the one expected: put it back, unless a new lease appeared meanwhile
                 os.link(aside, self.path, follow_symlinks=False)
@@ -226,13 +225,6 @@ class _LocalLease:
 
     def delete(self, run_id: str) -> None:
         self._take_aside(lambda raw: _owned_by(raw, run_id))
-
-
-def _read_small(path: Path, limit: int = 64 * 1024) -> bytes:
-    """A state file's bytes, read without following a link and at most `limit` of them."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as f:
-        return f.read(limit)
 
 
 def _owned_by(raw: bytes, run_id: str) -> bool:

@@ -38,7 +38,6 @@ class DemoRun:
     folder: Path  # out/demo-<stamp>
     stdout: str
     stderr: str
-    code: int
 
     def quality(self, dataset: str) -> dict:
         return json.loads((self.folder / dataset / "quality.json").read_text())
@@ -56,7 +55,7 @@ def demo(ray_cluster, tmp_path_factory) -> DemoRun:
                          env={**os.environ})
     found = re.search(r"everything is under (\S+)", run.stdout)
     assert run.returncode == 0 and found, run.stdout[-3000:] + run.stderr[-3000:]
-    return DemoRun(cwd, cwd / found.group(1), run.stdout, run.stderr, run.returncode)
+    return DemoRun(cwd, cwd / found.group(1), run.stdout, run.stderr)
 
 
 def shape(line: str) -> str:
