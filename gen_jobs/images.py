@@ -98,6 +98,33 @@ def decode_rgb(data: bytes | None, max_pixels: int, max_input_pixels: int) -> np
     return np.asarray(rgb, dtype=np.uint8)
 
 
+# Bytes per pixel PIL holds for an image of each mode once decoded (before the conversion to 8-bit RGB).
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+              "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4}
+
+
+def decoding_cost(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(pixels, bytes) that decoding an image file for decode_rgb(data, max_pixels) holds, from its header alone.
+
+    A large JPEG is decoded at 1/2, 1/4 or 1/8 scale (its draft mode), so it
+    costs what its reduced size does. BadImage if the header is unreadable.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            img.draft("RGB", _fit(width, height, max_pixels))  # (a no-op for formats other than JPEG)
+        width, height = img.size
+        mode = img.mode
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large to decode safely ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = str(e).split(" <_io.")[0][:120]
+        raise BadImage(f"not a readable image ({type(e).__name__}: {reason})") from None
+    per_pixel = 2 if mode.startswith("I;16") else MODE_BYTES.get(mode, 4)
+    return width * height, width * height * per_pixel
+
+
 def _fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     """The largest (w, h) of the same shape with w * h <= max_pixels (each at least 1)."""
     scale = (max_pixels / (width * height)) ** 0.5

@@ -12,6 +12,7 @@ model's replica, autoscaling, batching and back-pressure settings. The
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -82,9 +83,20 @@ class Gateway:
             self._descriptions[served.name] = await served.handle.describe.remote()
         return self._descriptions[served.name]
 
+    def timed_out(self) -> ApiError:
+        return ApiError(504, f"the model did not answer within {self.limits.request_timeout_s:g} s "
+                             "(limits.request_timeout_s); its rows were dropped: retry, or ask for less", code="timeout")
+
     async def call(self, served: ServedModel, request) -> dict:
+        response = served.handle.generate.remote(request)
         try:
-            result = await served.handle.generate.remote(request)
+            async with asyncio.timeout(self.limits.request_timeout_s) as deadline:
+                result = await response
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            response.cancel()  # the replica drops the request's rows
+            raise self.timed_out() from None
         except Exception as e:
             raise api_error(e) from e
         if isinstance(result, ApiError):
@@ -96,19 +108,34 @@ class Gateway:
         from fastapi.responses import StreamingResponse
 
         chunks = served.handle.options(stream=True).generate_stream.remote(request)
+        ends = asyncio.get_running_loop().time() + self.limits.request_timeout_s  # the whole stream's deadline
         try:
-            first = await chunks.__anext__()  # {} once the replica accepted the request, else its ApiError
+            async with asyncio.timeout_at(ends) as deadline:
+                first = await chunks.__anext__()  # {} once the replica accepted the request, else its ApiError
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            chunks.cancel()
+            raise self.timed_out() from None
         except Exception as e:
             raise api_error(e) from e
         if isinstance(first, ApiError):
             raise first
-        return StreamingResponse(_events(chunks), media_type="text/event-stream")
+        return StreamingResponse(_events(chunks, ends, self.timed_out()), media_type="text/event-stream")
 
 
-async def _events(chunks) -> AsyncIterator[str]:
+async def _events(chunks, ends: float, timed_out: ApiError) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
     finished = False
     try:
-        async for chunk in chunks:
+        while True:
+            try:  # (each wait is timed, not the generator's body: a deadline must not fire inside a yield)
+                chunk = await asyncio.wait_for(chunks.__anext__(), max(ends - loop.time(), 0))
+            except StopAsyncIteration:
+                break
+            except TimeoutError:  # mid-stream the status is sent already: the deadline is reported in the stream
+                yield f"data: {json.dumps(timed_out.body())}\n\n"
+                return  # (not finished: its rows are stopped below)
             yield f"data: {json.dumps(chunk)}\n\n"
         finished = True
     except Exception as e:  # mid-stream the status is sent already: report in the stream, as OpenAI does
@@ -116,7 +143,7 @@ async def _events(chunks) -> AsyncIterator[str]:
         yield f"data: {json.dumps(api_error(e).body())}\n\n"
         return
     finally:
-        if not finished:  # the client went away: stop its rows in the model's batch, freeing their slots
+        if not finished:  # the client went away, or the deadline passed: stop its rows in the model's batch
             chunks.cancel()
     yield "data: [DONE]\n\n"
 
@@ -164,7 +191,7 @@ def build_app(args: AppConfig) -> Application:
             max_queued_requests=spec.max_queued_requests,
         )
         handles[spec.name] = deployment.bind(spec.name, family, uri, spec.gpu, spec.batching.max_batch_size,
-                                             spec.batching.batch_wait_timeout_s)
+                                             spec.batching.batch_wait_timeout_s, config.limits.model_dump())
         models.append({"name": spec.name, "family": family})
     gateway = Gateway.options(
         num_replicas=config.ingress.num_replicas,

@@ -63,6 +63,21 @@ class Limits(StrictModel):
     max_image_pixels: int = Field(1024 * 1024, gt=0, description="width x height of one returned image")
     max_prompt_chars: int = Field(32_000, gt=0, description="characters of a request's prompts (or chat messages) "
                                                            "together, checked before anything tokenises them")
+    max_input_pixels: int = Field(4096 * 4096, gt=0, description="width x height of an uploaded image "
+                                                                "(/v1/images/edits), read from its header before decoding")
+    max_input_bytes: int = Field(64 * 2**20, gt=0, description="an uploaded image's decoded size: pixels x bytes per "
+                                                              "pixel of its mode (16-bit RGB: 6 bytes)")
+    max_primer_bytes: int = Field(2_000_000, gt=0, description="a music primer's size as XML, after inflating a "
+                                                              "compressed .mxl")
+    max_primer_elements: int = Field(10_000, gt=0, description="XML elements of a MusicXML primer (a Bach chorale: "
+                                                              "about 2,200)")
+    max_primer_notes: int = Field(4_000, gt=0, description="notes of a primer (MIDI or MusicXML)")
+    max_primer_parts: int = Field(16, gt=0, description="parts of a MusicXML primer")
+    max_primer_measures: int = Field(1_000, gt=0, description="measures of a MusicXML primer, all parts together")
+    primer_timeout_s: float = Field(5, gt=0, le=600, description="parsing one MusicXML primer (in a child process, "
+                                                                 "killed at the deadline)")
+    request_timeout_s: float = Field(60, gt=0, le=3600, description="a request's deadline, streams included: past it "
+                                                                  "its rows are dropped and the answer is a 504")
 
 
 class Ingress(StrictModel):

@@ -15,6 +15,7 @@ ERROR_TYPES = {
     411: "invalid_request_error",
     413: "invalid_request_error",
     503: "overloaded_error",
+    504: "timeout_error",
 }
 
 

@@ -3,6 +3,8 @@
 The same Sampler class writes the Ray Data shards, so a request and a dataset
 row with the same seed (and settings) get the same sample. Requests are
 validated and turned into sampler rows one by one (a bad request fails alone),
+their inputs parsed off the event loop within the server's limits (prompts
+tokenised, images decoded, primers parsed: once per request, whatever its n),
 then their rows are batched: up to `max_batch_size` rows, waiting at most
 `batch_wait_timeout_s` for a batch to fill. The sampler runs in a worker
 thread so the replica keeps accepting requests, and forming the next batch,
@@ -68,11 +70,13 @@ class RecentIds:
 @serve.deployment
 class ModelServer:
     def __init__(self, name: str, family: str, checkpoint_uri: str, gpu: bool, max_batch_size: int,
-                 batch_wait_timeout_s: float):
+                 batch_wait_timeout_s: float, limits: dict):
         from gen_jobs.checkpoint import weights_sha256
         from gen_jobs import families
+        from serving.config import Limits
 
         self.name, self.family = name, family
+        self.limits = Limits(**limits)
         self.api = api_module(family)
         self.sampler = families.get(family).load("sampler")(checkpoint_uri, "cuda" if gpu else "cpu")
         self.weights_sha256 = weights_sha256(checkpoint_uri)
@@ -97,7 +101,7 @@ class ModelServer:
     async def generate(self, request) -> dict | ApiError:
         # A client's mistake is returned, not raised: replica logs keep tracebacks for real failures.
         try:
-            rows = self.api.rows(self.sampler, request)
+            rows = await self.api.rows(self.sampler, request, self.limits)
         except ApiError as e:
             return e
         # A request larger than a batch goes in several (concurrent) pieces.
@@ -112,7 +116,7 @@ class ModelServer:
                 self.cancelled.add(request_id)
                 raise
         out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-        return self.api.respond(self.sampler, request, out, self.name)
+        return await asyncio.to_thread(self.api.respond, self.sampler, request, out, self.name)  # encoding files
 
     async def _decode(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A part's output columns, decoded step by step in `_sample_steps`' batches."""
@@ -123,7 +127,7 @@ class ModelServer:
 
     async def generate_stream(self, request) -> AsyncIterator[dict | ApiError]:
         try:
-            rows = self.api.rows(self.sampler, request)
+            rows = await self.api.rows(self.sampler, request, self.limits)
         except ApiError as e:
             yield e
             return

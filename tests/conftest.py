@@ -250,7 +250,7 @@ def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_chec
         {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.2, "max_ongoing_requests": 1,
          "max_queued_requests": 1, "batching": {"max_batch_size": 1}},
     ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512,
-               "max_prompt_chars": 5_000})
+               "max_prompt_chars": 5_000, "max_input_pixels": 1_000_000, "max_input_bytes": 3_000_000})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     try:

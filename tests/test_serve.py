@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import time
 
 import httpx
 import numpy as np
@@ -373,3 +374,67 @@ def test_a_prompt_over_the_character_limit_is_refused_before_it_is_tokenised(htt
         assert error["code"] == "context_length_exceeded" and "at most 5,000 a request" in error["message"]
     fits = http.post("/v1/completions", json={"model": "pydoc", "prompt": "word " * 600, "max_tokens": 4})
     assert fits.status_code == 400 and "tokens) plus max_tokens" in fits.json()["error"]["message"]  # the model's own limit
+
+
+def test_costly_inputs_are_refused_from_what_they_declare_while_ordinary_requests_go_on(http):
+    """The review's probes, scaled under the test server's 20 KB body limit: each is a 400 naming its limit, fast."""
+    from test_serve_inputs import HEAD, NOTE, TAIL, mxl
+
+    def png(image: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    primers = [mxl(HEAD + NOTE + b"<print/>" * 16_000 + TAIL), mxl(HEAD + b" " * 3_000_000 + TAIL)]
+    images = [png(Image.new("I;16", (1500, 1500))), png(Image.new("RGBA", (900, 900)))]  # 2.25 M pixels; 3.24 MB decoded
+    assert all(len(body) < 20_000 for body in primers + images)
+
+    async def mix() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=str(http.base_url), headers=http.headers, timeout=60) as c:
+            hostile = [c.post("/v1/music/generations", json={"model": "chorales", "primer": base64.b64encode(p).decode()})
+                       for p in primers]
+            hostile += [c.post("/v1/images/edits", files={"image": ("x.png", i, "image/png")},
+                               data={"model": "styles", "prompt": "retina", "n": "8"}) for i in images]
+            ordinary = [c.post("/v1/music/generations", json={"model": "chorales", "max_tokens": 8, "seed": s})
+                        for s in range(3)]
+            answers = await asyncio.gather(*hostile, *ordinary)
+        return answers[:len(hostile)], answers[len(hostile):]
+
+    hostile, ordinary = asyncio.run(mix())
+    says = ["limits.max_primer_elements", "limits.max_primer_bytes", "limits.max_input_pixels", "limits.max_input_bytes"]
+    for answer, limit in zip(hostile, says):
+        assert answer.status_code == 400 and limit in answer.json()["error"]["message"], answer.text
+        assert answer.elapsed.total_seconds() < 5
+    assert [a.status_code for a in ordinary] == [200] * 3
+    limits = http.get("/v1/models").json()["data"][0]["raygen"]["limits"]
+    assert limits["max_primer_elements"] == 10_000 and limits["request_timeout_s"] == 60  # the defaults, shown
+
+
+def test_a_request_past_its_deadline_is_a_504_and_its_work_stops(server, music_checkpoint):
+    """A MusicXML primer (parsed in a child process for over a second) against an app with a 0.5 s deadline."""
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import AppConfig
+    from test_serve_inputs import chorale_mxl, primer_children
+
+    config = AppConfig(models=[{"name": "chorales", "checkpoint": music_checkpoint, "num_cpus": 0.1}],
+                       limits={"request_timeout_s": 0.5})
+    serve.run(build_app(config), name="raygen-deadline", route_prefix="/deadline", blocking=False)
+    try:
+        base = server.rsplit("/raygen", 1)[0] + "/deadline"
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+            late = c.post("/v1/music/generations", json={"model": "chorales", "max_tokens": 8,
+                                                         "primer": base64.b64encode(chorale_mxl()).decode()})
+            assert late.status_code == 504, late.text
+            assert late.json()["error"]["type"] == "timeout_error" and late.json()["error"]["code"] == "timeout"
+            assert "limits.request_timeout_s" in late.json()["error"]["message"]
+            for _ in range(50):  # the child parsing the primer is killed with its request
+                if primer_children() == 0:
+                    break
+                time.sleep(0.1)
+            assert primer_children() == 0
+            answers = (c.post("/v1/music/generations", json={"model": "chorales", "max_tokens": 4}) for _ in range(5))
+            assert any(a.status_code == 200 for a in answers)  # (a cold replica may miss 0.5 s once)
+    finally:
+        serve.delete("raygen-deadline")

@@ -4,7 +4,8 @@ An API module holds its pydantic request schemas and
     KIND                          "text", "image", ...: what the routes check a model against
     add_routes(app, gateway)      its FastAPI routes (in the ingress)
     describe(sampler)             details listed by GET /v1/models (in the model's replica)
-    rows(sampler, request)        request -> the sampler's batch (in the replica; ApiError on bad input)
+    async rows(sampler, request, limits)   request -> the sampler's batch (in the replica; ApiError on bad
+                                  input; parsing and tokenising off the event loop, within `limits`)
     respond(sampler, request, out, model)   sampler output -> the response body
 and, for APIs that stream, a `Stream` class (text.Stream). Batching, limits,
 auth, errors and metrics are shared (serving.app, serving.model_server); a new

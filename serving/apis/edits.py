@@ -15,6 +15,7 @@ A part that is not an image is a 400 naming the `image` field.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import TYPE_CHECKING
@@ -28,8 +29,10 @@ from serving.errors import ApiError
 
 if TYPE_CHECKING:
     from serving.app import Gateway
+    from serving.config import Limits
 
 KIND = "image_edit"
+_decoding = asyncio.Semaphore(1)  # (bound to the replica's event loop at first use)
 FORM_FIELDS = ("model", "prompt", "n", "response_format", "size", "user", "style")
 
 
@@ -95,9 +98,9 @@ def describe(sampler) -> dict:
     return {"styles": [s.name for s in sampler.recipe.styles], "max_pixels": sampler.recipe.stylize.max_pixels}
 
 
-def rows(sampler, request: EditRequest) -> dict[str, np.ndarray]:
+async def rows(sampler, request: EditRequest, limits: Limits) -> dict[str, np.ndarray]:
     from gen_jobs.columns import object_column
-    from gen_jobs.images import BadImage, decode_rgb
+    from gen_jobs.images import BadImage, decode_rgb, decoding_cost
 
     recipe = sampler.recipe
     names = ", ".join(s.name for s in recipe.styles)
@@ -112,12 +115,23 @@ def rows(sampler, request: EditRequest) -> dict[str, np.ndarray]:
             raise ApiError(400, f"prompt {request.prompt[:60]!r} names no style of this model; use one of: {names} "
                                 "(or give style: its index)", param="prompt")
     try:
-        decode_rgb(request.image, recipe.stylize.max_pixels, recipe.stylize.max_input_pixels)
+        pixels, size = decoding_cost(request.image, recipe.stylize.max_pixels)  # the header only
+        if pixels > limits.max_input_pixels:
+            raise BadImage(f"decoding it takes {pixels:,} pixels; this server decodes at most {limits.max_input_pixels:,} "
+                           "(limits.max_input_pixels): shrink it first")
+        if size > limits.max_input_bytes:
+            raise BadImage(f"decoded it holds {size:,} bytes; this server decodes at most {limits.max_input_bytes:,} "
+                           "(limits.max_input_bytes): shrink it, or save it with 8 bits per channel")
+        # Decoded once, off the event loop, one image at a time per replica (a core's worth, not all of them);
+        # its n rows share the pixels.
+        async with _decoding:
+            image = await asyncio.to_thread(decode_rgb, request.image, recipe.stylize.max_pixels,
+                                            recipe.stylize.max_input_pixels)
     except BadImage as e:
         raise ApiError(400, f"image is not a usable picture: {e}", param="image") from None
     return {
         "seed": np.arange(request.n, dtype=np.int64),  # unused: the style is given, and stylising draws nothing
-        "input": object_column([request.image] * request.n),
+        "input": object_column([image] * request.n),
         "label": np.full(request.n, style, dtype=np.int64),
     }
 

@@ -27,6 +27,7 @@ from serving.errors import ApiError
 
 if TYPE_CHECKING:
     from serving.app import Gateway
+    from serving.config import Limits
 
 KIND = "image"
 
@@ -88,7 +89,7 @@ def describe(sampler) -> dict:
             "num_classes": cfg.num_classes if cfg.conditional else None}
 
 
-def rows(sampler, request: ImageRequest) -> dict[str, np.ndarray]:
+async def rows(sampler, request: ImageRequest, limits: Limits) -> dict[str, np.ndarray]:
     cfg = sampler.recipe.model
     if request.label is not None:
         if not cfg.conditional:

@@ -29,6 +29,7 @@ from serving.errors import ApiError
 
 if TYPE_CHECKING:
     from serving.app import Gateway
+    from serving.config import Limits
 
 KIND = "music"
 
@@ -39,7 +40,8 @@ class MusicRequest(HttpBody):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     max_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="new tokens per piece (REMI: ~2.5 per note)")
     response_format: Literal["midi", "wav"] = "midi"
-    primer: str | None = Field(None, description="a base64 standard MIDI file for the pieces to continue")
+    primer: str | None = Field(None, description="a base64 MIDI, MusicXML or .mxl file for the pieces to continue "
+                                                "(limits.max_primer_*)")
     user: str | None = None  # accepted for compatibility, unused
 
 
@@ -83,31 +85,33 @@ def describe(sampler) -> dict:
             "default_max_tokens": sampler.sampling.max_new_tokens, "sample_rate": sampler.recipe.audio.sample_rate}
 
 
-def rows(sampler, request: MusicRequest) -> dict[str, np.ndarray]:
+async def rows(sampler, request: MusicRequest, limits: Limits) -> dict[str, np.ndarray]:
+    import asyncio
+
     from gen_jobs.columns import object_column
     from gen_jobs.errors import UserError
-    from gen_jobs.families.music.data import parse_primer
+    from serving.primer import parse_primer
 
     max_tokens = request.max_tokens or sampler.sampling.max_new_tokens
     if max_tokens >= sampler.context:
         raise ApiError(400, f"max_tokens {max_tokens} must be below this model's context of {sampler.context} tokens",
                        param="max_tokens")
-    primer = None
+    prompt = [sampler.bos]
     if request.primer is not None:
         try:
-            primer = parse_primer(base64.b64decode(request.primer, validate=True))
+            primer = await parse_primer(base64.b64decode(request.primer, validate=True), limits)
         except (binascii.Error, ValueError):
             raise ApiError(400, "primer is not base64", param="primer") from None
         except UserError as e:
-            raise ApiError(400, f"primer is not a usable MIDI file: {e}", param="primer") from None
-        try:
-            sampler.prompt_ids([primer], [max_tokens])
+            raise ApiError(400, f"primer is not a usable MIDI or MusicXML file: {e}", param="primer") from None
+        try:  # tokenised once here; the sampler takes the ids
+            prompt = (await asyncio.to_thread(sampler.prompt_ids, [primer], [max_tokens]))[0]
         except UserError as e:
             raise ApiError(400, str(e), param="primer") from None
     return {
         "seed": np.array([choice_seed(request.seed, k) for k in range(request.n)], dtype=np.int64),
         "max_new_tokens": np.full(request.n, max_tokens, dtype=np.int64),
-        "prompt": object_column([primer] * request.n),
+        "prompt_ids": object_column([prompt] * request.n),
         "want_audio": np.full(request.n, request.response_format == "wav"),
     }
 

@@ -35,6 +35,7 @@ from serving.errors import ApiError
 
 if TYPE_CHECKING:
     from serving.app import Gateway
+    from serving.config import Limits
 
 KIND = "text"
 CHAT_STOP = "\nUser:"
@@ -151,20 +152,22 @@ def chat_prompt(tokenizer, messages: list[ChatMessage]) -> str:
     return "\n".join([*lines, "Assistant:"])
 
 
-def rows(sampler, request: SamplingFields) -> dict[str, np.ndarray]:
+async def rows(sampler, request: SamplingFields, limits: Limits) -> dict[str, np.ndarray]:
     """The sampler batch for a request: one row per (prompt, choice), with the request's settings."""
+    import asyncio
+
     from gen_jobs.columns import object_column
 
     s = sampler.sampling
-    prompts = prompts_of(sampler, request)
     max_new = request.max_tokens or s.max_new_tokens
     if max_new >= sampler.context:
         raise ApiError(400, f"max_tokens {max_new} does not fit this model's context of {sampler.context} tokens",
                        param="max_tokens")
     from gen_jobs.families.gpt.sampler import PromptTooLong  # (in the replica: the gateway never imports torch)
 
-    try:
-        sampler.encode_prompts(prompts, [max_new] * len(prompts), long_prompts="error")
+    prompts = prompts_of(sampler, request)
+    try:  # tokenised once, off the event loop; the sampler takes the ids
+        prompt_ids = await asyncio.to_thread(sampler.encode_prompts, prompts, [max_new] * len(prompts), "error")
     except PromptTooLong as e:  # (the prompt's length in tokens is in the error: it is not tokenised again)
         raise ApiError(400, f"this model's context is {sampler.context} tokens: the prompt ({e.tokens} tokens) plus "
                             f"max_tokens ({max_new}) do not fit; shorten the prompt or lower max_tokens",
@@ -177,6 +180,7 @@ def rows(sampler, request: SamplingFields) -> dict[str, np.ndarray]:
     return {
         "seed": np.array([choice_seed(request.seed, k) for k in range(count)], dtype=np.int64),
         "prompt": object_column([p for p in prompts for _ in range(request.n)]),
+        "prompt_ids": object_column([ids for ids in prompt_ids for _ in range(request.n)]),
         "max_new_tokens": np.full(count, max_new, dtype=np.int64),
         "temperature": np.full(count, s.temperature if request.temperature is None else request.temperature),
         "top_k": np.full(count, s.top_k if request.top_k is None else request.top_k, dtype=np.int64),

@@ -39,8 +39,8 @@ class PromptTooLong(UserError):
 class Sampler:
     """Checkpoint -> text. One instance per Ray Data actor or Serve replica.
 
-    __call__ maps a batch {"seed": int64 B, optional "prompt": str-or-None B, other
-    columns passed through} to the same batch plus "prompt", "text",
+    __call__ maps a batch {"seed": int64 B, optional "prompt": str-or-None B (and optionally
+    "prompt_ids": its token ids, from encode_prompts), other columns passed through} to the same batch plus "prompt", "text",
     "num_prompt_tokens", "num_tokens", "perplexity" (of the new tokens under the model) and
     "finish_reason" ("stop" or "length").
     A batch may carry per-row sampling settings in the columns ROW_SETTINGS
@@ -151,14 +151,17 @@ class Sampler:
     def stream(self, batch: dict[str, np.ndarray]) -> Iterator[list[Decoding]]:
         """Decode a batch, yielding its rows' state after every step (the same objects, updated)."""
         settings = self.row_settings(batch)
-        prompt_ids = self.encode_prompts(self._prompts(batch), settings["max_new_tokens"])
+        if "prompt_ids" in batch:  # tokenised already (Serve does it once per request, when it checks the length)
+            prompt_ids = [list(ids) for ids in batch["prompt_ids"]]
+        else:
+            prompt_ids = self.encode_prompts(self._prompts(batch), settings["max_new_tokens"])
         return self.decode_steps(prompt_ids, np.asarray(batch["seed"]), settings)
 
     def output(self, batch: dict[str, np.ndarray], rows: list[Decoding]) -> dict[str, np.ndarray]:
         """The output columns of a decoded batch (`rows`: the last state `stream` yielded)."""
         texts, reasons = zip(*(self.final_text(row) for row in rows)) if rows else ((), ())
         return {
-            **batch,
+            **{key: column for key, column in batch.items() if key != "prompt_ids"},
             "prompt": np.array(self._prompts(batch), dtype=object),
             "text": np.array(texts, dtype=object),
             "num_prompt_tokens": np.array([row.prompt_tokens for row in rows], dtype=np.int64),

@@ -36,8 +36,9 @@ ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p")  # optional p
 class Sampler:
     """Checkpoint -> pieces. One instance per Ray Data actor or Serve replica.
 
-    __call__ maps {"seed": int64 B, optional "prompt": primer (see above) or None B, other columns
-    passed through} to the same batch plus "midi", "num_notes", "duration_s", "key",
+    __call__ maps {"seed": int64 B, optional "prompt": primer (see above) or None B, or instead
+    "prompt_ids": each row's BOS and primer tokens (from prompt_ids), other columns passed through}
+    to the same batch plus "midi", "num_notes", "duration_s", "key",
     "tokens", "finish_reason", and "audio" (WAV bytes) when the recipe's audio is on
     (or the batch has a true "want_audio" column, as Serve's wav answers do).
     """
@@ -104,9 +105,12 @@ class Sampler:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         settings = self.row_settings(batch)
-        primers = [None if p is None or isinstance(p, float) else p  # (NaN: a null from pandas)
-                   for p in (batch["prompt"] if "prompt" in batch else [None] * len(batch["seed"]))]
-        prompts = self.prompt_ids(primers, settings["max_new_tokens"])
+        if "prompt_ids" in batch:  # tokenised already (Serve does it once per request, not once per row)
+            prompts = [list(ids) for ids in batch["prompt_ids"]]
+        else:
+            primers = [None if p is None or isinstance(p, float) else p  # (NaN: a null from pandas)
+                       for p in (batch["prompt"] if "prompt" in batch else [None] * len(batch["seed"]))]
+            prompts = self.prompt_ids(primers, settings["max_new_tokens"])
         rows = None
         for rows in decode_steps(self.model, prompts, np.asarray(batch["seed"]), settings, eos=self.eos,
                                  pad=self.pad, stream=seeding.MUSIC):
@@ -132,7 +136,7 @@ class Sampler:
             wanted = self.recipe.audio.enabled or (want_audio is not None and bool(want_audio[i]))
             audio.append(render_wav(data, notes, self.recipe.audio.sample_rate, self.soundfont) if wanted else None)
         out = {
-            **{k: v for k, v in batch.items() if k not in ("prompt", "want_audio")},
+            **{k: v for k, v in batch.items() if k not in ("prompt", "prompt_ids", "want_audio")},
             "midi": _objects(midi),
             "num_notes": np.array(notes_count, dtype=np.int64),
             "duration_s": np.array(seconds, dtype=np.float64),

@@ -38,8 +38,8 @@ JUDGED_PIXELS = 256 * 256  # the losses are measured on the images shrunk to at 
 class Sampler:
     """Checkpoint -> stylised images. One instance per Ray Data actor or Serve replica.
 
-    __call__ maps {"seed": int64 B, "input": image file bytes (or None) B, optional "label":
-    style index B (-1: draw from the seed), other columns passed through} to the same batch
+    __call__ maps {"seed": int64 B, "input": image file bytes or decode_rgb's uint8 H x W x 3 (or None) B,
+    optional "label": style index B (-1: draw from the seed), other columns passed through} to the same batch
     (without "input") plus "style", "status", "image" (uint8 H x W x 3, or None) and the figures.
     """
 
@@ -76,7 +76,10 @@ class Sampler:
             try:
                 if data is None:
                     raise BadImage("no image (the input's cell is null)")
-                before = decode_rgb(bytes(data), limits.max_pixels, limits.max_input_pixels)
+                if isinstance(data, np.ndarray):  # decoded already (Serve: once per request, for its n rows)
+                    before = data
+                else:
+                    before = decode_rgb(bytes(data), limits.max_pixels, limits.max_input_pixels)
             except BadImage as e:
                 images.append(None)
                 status.append(f"error: {e}")
