@@ -10,7 +10,8 @@ raygen deletes or replaces only files it can prove are its own:
     raygen's, and is rewritten);
   - its temporaries (`.part-NNNNN.parquet.<32 hex>.tmp`, the same for state files) and lease leftovers;
   - on S3, unfinished multipart uploads of shards (a run killed while streaming a large shard);
-  - its state files (`_manifest.json`, `_shards.parquet`, `_pending.json`, `_lease.json`, `_card.json`);
+  - its state files (`_manifest.json`, `_shards.parquet`, `_pending.json`, `_lease.json`, `_card.json`), when
+    their content is raygen's (raygens_state_file) or they lie among raygen's shards;
   - its dataset card (README.md, quality.json, card-*.png: gen_jobs.card), only while each
     file's bytes are the ones `_card.json` records: a card file edited since is the user's.
 Anything else is the user's: a folder holding such files is refused, even
@@ -19,6 +20,7 @@ with --overwrite, and nothing in it is touched.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -30,14 +32,17 @@ from gen_jobs.manifest import (
     MANIFEST,
     PENDING,
     SHARD_LIST,
+    SHARD_LIST_LIMIT,
     SHARD_PATH,
     SPREAD_FOLDER,
+    STATE_FILE_LIMIT,
     DamagedStateFile,
     DatasetIdentity,
     Manifest,
     dataset_files,
     read_manifest,
     read_pending,
+    read_shard_list,
     shard_tag,
 )
 
@@ -64,16 +69,48 @@ class Survey:
     foreign: list[str] = field(default_factory=list)  # names of everything else
 
 
+def raygens_state_file(uri: str, name: str) -> bool:
+    """Whether a state file's content is one raygen writes (of any version), read bounded and never through a link.
+
+    What a file says of itself is the proof raygen has: its JSON identity fields
+    (family and seed), its shard list's tag, its card record's shape.
+    """
+    try:
+        raw = storage.read_small_file(uri, SHARD_LIST_LIMIT if name == SHARD_LIST else STATE_FILE_LIMIT, name)
+    except UserError:  # a link, a folder, past the bound
+        return False
+    if raw is None:
+        return True  # gone since the listing: nothing of anyone's to delete
+    if name == SHARD_LIST:
+        try:
+            read_shard_list(raw)
+        except ValueError:
+            return False
+        return True
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    if name == CARD_RECORD:
+        return isinstance(data.get("files"), dict)
+    if name == LEASE:
+        return "run_id" in data
+    return "family" in data and "seed" in data  # a manifest or pending record, however damaged its values
+
+
 def survey(out: str, recorded: set[str]) -> Survey:
     """Sort the files directly in `out`; `recorded`: the shard names its state files list."""
     result = Survey()
     card_record = card.recorded(out)
+    state_files = []
     for name, size in dataset_files(out).items():  # name: the path inside `out` (a spread shard's has a folder)
         uri = storage.join(out, name)
         if size is None:
             result.foreign.append(f"{name} (a symbolic link)")
         elif name in STATE_FILES:
-            continue
+            state_files.append(name)
         elif _is_temporary(name):
             result.temporaries.append(uri)
         elif SHARD_PATH.match(name) and (name in recorded or shard_tag(uri) is not None):
@@ -85,6 +122,11 @@ def survey(out: str, recorded: set[str]) -> Survey:
             result.foreign.append(f"{name} (edited since raygen wrote it)")
         else:
             result.foreign.append(name)
+    # A state file is raygen's when it says so, or when it lies among raygen's own shards (damaged in place:
+    # raygen's writes are atomic, but a disk or an editor is not).
+    for name in state_files:
+        if not result.shards and not raygens_state_file(storage.join(out, name), name):
+            result.foreign.append(f"{name} (not written by raygen)")
     return result
 
 
@@ -123,15 +165,15 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
     Raises UserError, touching nothing, when the request does not fit the folder.
     """
     state = read_state(out)
-    if state.damaged and not (resume or overwrite):
-        raise UserError(f"{state.damaged[0]}; pass --resume to rebuild it from the shards (each one is checked) "
-                        "or --overwrite to start again")
     found = survey(out, state.recorded)
-    if found.foreign:
+    if found.foreign:  # (first: no other message may suggest --overwrite for such a folder)
         shown = ", ".join(found.foreign[:5]) + (f" and {len(found.foreign) - 5} more" if len(found.foreign) > 5 else "")
         raise UserError(f"{out} holds files that are not raygen's ({shown}); raygen writes a dataset only into a "
                         f"folder of its own and never deletes what is not its own: choose an empty --out "
                         f"(for example {storage.join(out, 'dataset')})")
+    if state.damaged and not (resume or overwrite):
+        raise UserError(f"{state.damaged[0]}; pass --resume to rebuild it from the shards (each one is checked) "
+                        "or --overwrite to start again")
     if overwrite:
         for uri in [*found.temporaries, *found.shards.values(), *found.card, storage.join(out, card.CARD_RECORD),
                     storage.join(out, MANIFEST), storage.join(out, SHARD_LIST), storage.join(out, PENDING)]:

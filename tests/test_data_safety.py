@@ -70,6 +70,25 @@ def test_overwrite_leaves_other_tools_files_alone(capsys, random_checkpoint, tmp
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("name, content", [
+    ("_manifest.json", json.dumps({"version": 3, "files": ["a.csv"]}).encode()),  # another tool's manifest
+    ("_manifest.json", b"{not json"),
+    ("_pending.json", b"[1, 2, 3]"),
+    ("_card.json", json.dumps({"title": "my notes"}).encode()),
+    ("_shards.parquet", b"PAR1 not raygen's PAR1"),
+])
+def test_overwrite_removes_no_state_file_that_raygen_did_not_write_and_never_suggests_itself(
+        capsys, random_checkpoint, tmp_path, name, content):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / name).write_bytes(content)
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        err = error_of(capsys, generate_args(random_checkpoint, out, *extra))
+        assert f"not raygen's ({name} (not written by raygen))" in err and "choose an empty --out" in err
+        assert "pass --overwrite" not in err and "--overwrite to" not in err
+    assert (out / name).read_bytes() == content
+
+
 @pytest.mark.parametrize("content, says", [
     (b"{not json", "is not a valid raygen manifest: it is damaged"),
     (b"[1, 2, 3]", "is not a valid raygen manifest: it is damaged"),
