@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -66,34 +67,55 @@ class RowSource(BaseModel):
 
 
 def plan_prompts(uri: str, column: str, samples_per_input: int, file_suffixes: tuple[str, ...] = ()) -> RowSource:
-    """A prompts source: Parquet or JSONL, checked whole once (the digest reads it anyway).
+    """A prompts source: Parquet or JSONL, every prompt checked once, in bounded memory.
 
-    With `file_suffixes` (a family whose prompts may be files, e.g. MIDI primers), a
-    prompt ending in one of them names a file (relative to the prompts file, or
-    absolute, or s3://) whose bytes make the row; those files are digested too, and
-    Parquet cells may hold such a file's bytes directly.
+    The file is read in pieces (digested as it streams; JSONL lines checked one
+    by one; of Parquet only the prompt column, batch by batch): planning a large
+    file holds no more of it than a piece. With `file_suffixes` (a family whose
+    prompts may be files, e.g. MIDI primers), a prompt ending in one of them
+    names a file (relative to the prompts file, or absolute, or s3://) whose
+    bytes make the row; those files are digested too, and Parquet cells may hold
+    such a file's bytes directly.
     """
     if not storage.exists(uri):
         raise UserError(f"prompts file {uri} does not exist")
     stamps = dict(zip([uri], storage.stamps([uri])))  # before the read: a later write changes the stamp
-    data = storage.read_bytes(uri)
+    digest = hashlib.sha256()
     if uri.endswith(".jsonl"):
-        prompts = jsonl_column(uri, data, column, "--prompt-column")
+        prompts = jsonl_values(uri, _digested_lines(uri, digest), column, "--prompt-column")
     else:
-        prompts = _parquet_prompts(uri, data, column, binary_ok=bool(file_suffixes)).to_pylist()
-    if len(prompts) == 0:
+        for chunk in storage.read_chunks(uri):
+            digest.update(chunk)
+        prompts = _parquet_prompts(uri, column, binary_ok=bool(file_suffixes))
+    count, named = 0, {}
+    for prompt in prompts:
+        count += 1
+        if named_file(prompt, file_suffixes):
+            named[prompt] = None
+    if count == 0:
         raise UserError(f"{uri} holds no prompts")
-    digest = hashlib.sha256(data)
-    for name in dict.fromkeys(p for p in prompts if named_file(p, file_suffixes)):
+    for name in named:  # in first-use order
         target = prompt_file(uri, name)
         if not storage.exists(target):
             raise UserError(f"{uri}: the prompt {name!r} names {target}, which does not exist")
         stamps[target] = storage.stamps([target])[0]
-        content = storage.read_bytes(target)
-        digest.update(f"\0{name}\0{len(content)}\0".encode())
-        digest.update(content)
-    return RowSource(kind="prompts", uri=uri, column=column, sha256=digest.hexdigest(), inputs=len(prompts),
+        size = storage.size(target)
+        digest.update(f"\0{name}\0{size}\0".encode())
+        for chunk in storage.read_chunks(target):
+            digest.update(chunk)
+    return RowSource(kind="prompts", uri=uri, column=column, sha256=digest.hexdigest(), inputs=count,
                      samples_per_input=samples_per_input, stamps=stamps, file_suffixes=list(file_suffixes))
+
+
+def _digested_lines(uri: str, digest) -> Iterator[bytes]:
+    """A file's lines, split at b"\n" alone (JSON Lines), read in pieces that also feed `digest`."""
+    rest = b""
+    for chunk in storage.read_chunks(uri):
+        digest.update(chunk)
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    yield rest
 
 
 def named_file(prompt, suffixes) -> bool:
@@ -119,15 +141,17 @@ def plan_images(uri: str, column: str, samples_per_input: int) -> RowSource:
     stamps = {f: stamp for f, (_, stamp) in entries.items()}
     digest = hashlib.sha256()
     count = 0
-    for f, (name, _) in entries.items():
-        data = storage.read_bytes(f)
-        digest.update(f"{name}\0{len(data)}\0".encode())
-        digest.update(data)
+    for f, (name, _) in entries.items():  # each file digested in pieces, never held whole
+        digest.update(f"{name}\0{storage.size(f)}\0".encode())
+        for chunk in storage.read_chunks(f):
+            digest.update(chunk)
         if f.endswith(".parquet"):
-            schema = pq.read_schema(io.BytesIO(data))
-            if column not in schema.names:
-                raise UserError(f"{f} has no column {column!r} (columns: {', '.join(schema.names)}); set --input-column")
-            count += pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+            fs, path = storage.resolve(f)
+            parquet = pq.ParquetFile(path, filesystem=fs)  # the footer only
+            if column not in parquet.schema_arrow.names:
+                raise UserError(f"{f} has no column {column!r} (columns: {', '.join(parquet.schema_arrow.names)}); "
+                                "set --input-column")
+            count += parquet.metadata.num_rows
         else:
             count += 1
     if count == 0:
@@ -165,20 +189,24 @@ def _input_entries(uri: str) -> dict[str, tuple[str, str | None]]:
 
 
 def jsonl_column(uri: str, data: bytes, column: str, setting: str) -> list[str | None]:
-    """One text field of every record of a JSONL file (None where it is null).
+    """One text field of every record of a JSONL file's bytes (None where it is null); see jsonl_values."""
+    return list(jsonl_values(uri, data.split(b"\n"), column, setting))
 
-    A line that is not JSON, a record without the field, or a value that is
-    neither text nor null is a UserError naming the line and `setting` (the
-    flag or recipe key that picks the field).
+
+def jsonl_values(uri: str, lines: Iterable[bytes], column: str, setting: str) -> Iterator[str | None]:
+    """One text field of each record of a JSONL file's lines (None where it is null), as they come.
+
+    A line that is not UTF-8 or not JSON, a record without the field, or a value
+    that is neither text nor null is a UserError naming the line and `setting`
+    (the flag or recipe key that picks the field). Lines end at "\n" alone (JSON
+    Lines): str.splitlines would also cut at U+2028 and other separators that a
+    JSON string may hold raw.
     """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{uri} is not UTF-8 text (byte {e.start}); save it as UTF-8 JSONL") from e
-    values = []
-    # Lines end at "\n" alone (JSON Lines): str.splitlines would also cut at U+2028 and other separators
-    # that a JSON string may hold raw.
-    for n, line in enumerate(text.split("\n"), start=1):
+    for n, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{uri} is not UTF-8 text (line {n}, byte {e.start}); save it as UTF-8 JSONL") from e
         if not line.strip():
             continue
         try:
@@ -194,24 +222,26 @@ def jsonl_column(uri: str, data: bytes, column: str, setting: str) -> list[str |
                 record[column].encode("utf-8")
             except UnicodeEncodeError:  # a JSON escape such as \ud800: no tokenizer could ever encode it
                 raise UserError(f"{uri}: line {n}'s {column!r} holds a lone surrogate escape, which is not text") from None
-        values.append(record[column])
-    return values
+        yield record[column]
 
 
-def _parquet_prompts(uri: str, data: bytes, column: str, binary_ok: bool = False) -> pa.ChunkedArray:
+def _parquet_prompts(uri: str, column: str, binary_ok: bool = False) -> Iterator:
+    """The prompt column of a Parquet file, value by value, read batch by batch (no other column is read)."""
+    fs, path = storage.resolve(uri)
     try:
-        table = pq.read_table(io.BytesIO(data), columns=None)
-    except pa.ArrowInvalid as e:
+        parquet = pq.ParquetFile(path, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"{uri} is neither Parquet nor .jsonl ({e})") from e
-    if column not in table.column_names:
-        raise UserError(f"{uri} has no column {column!r} (columns: {', '.join(table.column_names)}); set --prompt-column")
-    values = table.column(column)
-    binary = binary_ok and (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type))
-    if not (binary or pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
-            or pa.types.is_null(values.type)):
-        kind = "text or file bytes" if binary_ok else "text"
-        raise UserError(f"{uri}: column {column!r} holds {values.type}, not {kind}; set --prompt-column")
-    return values
+    names = parquet.schema_arrow.names
+    if column not in names:
+        raise UserError(f"{uri} has no column {column!r} (columns: {', '.join(names)}); set --prompt-column")
+    kind = parquet.schema_arrow.field(column).type
+    binary = binary_ok and (pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
+    if not (binary or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        wanted = "text or file bytes" if binary_ok else "text"
+        raise UserError(f"{uri}: column {column!r} holds {kind}, not {wanted}; set --prompt-column")
+    for batch in parquet.iter_batches(batch_size=4096, columns=[column]):
+        yield from batch.column(0).to_pylist()
 
 
 # ---------------------------------------------------------------- reading a shard's slice (workers)

@@ -25,6 +25,7 @@ import re
 import shutil
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 from urllib.parse import urlparse
@@ -185,6 +186,17 @@ def read_bytes(uri: str) -> bytes:
     try:
         with fs.open_input_stream(path) as f:
             return f.read()
+    except FileNotFoundError as e:
+        raise UserError(f"{uri} does not exist") from e
+
+
+def read_chunks(uri: str, size: int = 1 << 20) -> Iterator[bytes]:
+    """A file's bytes in pieces of `size`: a digest or a line scan of a large file in bounded memory."""
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            while chunk := f.read(size):
+                yield chunk
     except FileNotFoundError as e:
         raise UserError(f"{uri} does not exist") from e
 
