@@ -106,3 +106,28 @@ def test_a_jsonl_line_holding_a_raw_line_separator_is_one_record():
 
     data = '{"prompt": "one\u2028two"}\r\n{"prompt": null}\n'.encode()  # U+2028 raw inside the string, CRLF endings
     assert jsonl_column("p.jsonl", data, "prompt", "--prompt-column") == ["one\u2028two", None]
+
+
+def test_planning_a_large_prompts_file_holds_only_a_piece_of_it(tmp_path):
+    """The review's probe: a 96 MB Parquet of 96 prompts (and a 1 MB column beside each) cost +159 MiB to plan."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"prompt": [f"prompt {i}" for i in range(96)],
+                             "blob": [os.urandom(1 << 20) for _ in range(96)]}), path, row_group_size=8)
+    jsonl = tmp_path / "big.jsonl"
+    jsonl.write_text("".join(json.dumps({"prompt": "x" * 100_000, "n": i}) + "\n" for i in range(500)))  # 50 MB
+    probe = ("import sys, resource, pyarrow as pa; from gen_jobs.rows import plan_prompts;"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+             "s = plan_prompts(sys.argv[1], 'prompt', 1);"
+             "print(s.inputs, s.sha256, pa.default_memory_pool().max_memory(),"
+             " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+    for file, count in ((path, 96), (jsonl, 500)):
+        out = subprocess.run([sys.executable, "-c", probe, str(file)], capture_output=True, text=True, check=True)
+        inputs, digest, arrow_peak, rss_growth_kib = out.stdout.split()
+        assert int(inputs) == count and digest == hashlib.sha256(file.read_bytes()).hexdigest()  # the digest it had
+        assert int(arrow_peak) < 16 * 2**20, arrow_peak  # the blob column is never read; the file streams in pieces
+        assert int(rss_growth_kib) < 32 * 1024, rss_growth_kib
