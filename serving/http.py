@@ -152,7 +152,8 @@ def http_app(gateway: Gateway) -> FastAPI:
 
     for api in all_api_modules():
         api.add_routes(app, gateway)
-    playground.add_routes(app)
+    keyless = gateway.api_key_sha256 is None  # (then /v1/models names them to anyone anyway)
+    playground.add_routes(app, [(m.name, m.kind) for m in gateway.models.values()] if keyless else None)
     return app
 
 

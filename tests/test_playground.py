@@ -150,6 +150,32 @@ def test_the_key_prompt_then_the_model_list(context, server):
     expect(other.locator("#key-form")).to_be_visible()
 
 
+def test_the_page_says_what_it_waits_for_when_the_model_list_does_not_come(context, server):
+    """Before GET /v1/models answers, and when it cannot (here the browser cannot reach it), the page says why."""
+    from playwright.sync_api import expect
+
+    page = context.new_page()
+    page.route("**/v1/models", lambda route: route.abort("connectionrefused"))
+    page.goto(f"{server}/")
+    placeholder = page.locator("#panels section.skeleton")
+    expect(placeholder).to_have_count(1)  # a server with a key names no model to a page without it
+    expect(placeholder).to_contain_text("appear here once the page can list them")
+    status = page.locator("#status")
+    expect(status).to_contain_text("Could not list the models: could not reach the server")
+    expect(status).to_contain_text("Trying again in 5 s")
+    page.unroute("**/v1/models")  # the retry finds the server: the key prompt, then the panels
+    expect(status).to_have_text("This server needs an API key.", timeout=15_000)
+    page.close()
+
+
+def test_a_keyless_page_arrives_with_a_placeholder_per_model_escaped():
+    from serving.playground import skeleton
+
+    html = skeleton([("digits", "image"), ("<b>x</b>", "image_edit")])
+    assert html.count('class="panel skeleton"') == 2 and "<h2>digits</h2>" in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html and "An image edit model" in html
+
+
 def test_every_input_is_labelled_and_the_page_fits_a_phone(context, server):
     page = open_playground(context, server)
     unlabelled = page.locator("input, select, textarea").evaluate_all(

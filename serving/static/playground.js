@@ -359,14 +359,32 @@ function askForKey(message) {
   form.key.focus();
 }
 
-async function loadModels() {
+const MODELS_WAIT_MS = 15000; // a list slower than this: its replicas are likely still starting
+const MODELS_RETRY_MS = 5000;
+const MODELS_TRIES = 60; // five minutes of retries, then the page stops asking
+
+async function loadModels(attempt = 1) {
   const status = document.getElementById("status");
+  const timeout = new AbortController();
+  const timer = setTimeout(() => timeout.abort(), MODELS_WAIT_MS);
   let models;
   try {
-    models = (await (await api("v1/models")).json()).data;
+    models = (await (await api("v1/models", { signal: timeout.signal })).json()).data;
   } catch (error) {
-    if (error.status !== 401) status.textContent = `Could not list the models: ${error.message}`;
+    if (error.status === 401) return; // the key form is shown
+    const why = error.name === "AbortError"
+      ? `the server has not listed its models within ${MODELS_WAIT_MS / 1000} s: their replicas may still be ` +
+        "starting (raygen serve prints a line when they are ready, or says why they cannot start)"
+      : error.message;
+    if (attempt < MODELS_TRIES) {
+      status.textContent = `Could not list the models: ${why}. Trying again in ${MODELS_RETRY_MS / 1000} s…`;
+      setTimeout(() => loadModels(attempt + 1), MODELS_RETRY_MS);
+    } else {
+      status.textContent = `Could not list the models: ${why}. Reload the page to try again.`;
+    }
     return;
+  } finally {
+    clearTimeout(timer);
   }
   document.getElementById("key-form").hidden = true;
   const panels = [];
