@@ -17,7 +17,7 @@ import sys
 from pydantic import Field
 from ray.train import UserCallback
 
-from gen_jobs import storage
+from gen_jobs import smoke, storage
 from gen_jobs.console import progress
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
 from gen_jobs.errors import UserError, user_error_in
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         ns = parser().parse_args(argv)
         args = validate_args(TrainArgs, vars(ns))
-        recipe = load_recipe(args.recipe, args.set)
+        recipe = load_recipe(args.recipe, smoke.train_settings(args.set))
         uri = train(recipe, args.storage, args.name or recipe.name, args.workers, args.gpu)
         print(f"checkpoint: {uri}", flush=True)
         return 0
