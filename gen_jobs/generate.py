@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
-from gen_jobs import checkpoint, output_folder, storage
+from gen_jobs import checkpoint, output_folder, smoke, storage
 from gen_jobs.card import write_card
 from gen_jobs.console import format_seconds, progress
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
@@ -260,15 +260,16 @@ class ShardWriter:
         would pass through Ray Data's retries and logs and keep the actor pool alive with it.
         """
         try:
-            entries = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
+            written = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
                                    self.input_cache) for k in batch["shard"]]
         except UserError as e:
             # (a placeholder row of the batch's columns, never a manifest entry: the driver stops at `refused`)
-            entries, refused = [ShardEntry.model_construct(file="", first_id=-1, rows=0, sha256="", bytes=0)], str(e)
+            written, refused = [(ShardEntry.model_construct(file="", first_id=-1, rows=0, sha256="", bytes=0), None)], str(e)
         else:
             refused = ""
-        columns = {key: np.array([getattr(e, key) for e in entries]) for key in ShardEntry.model_fields}
-        return {**columns, "refused": np.array([refused] * len(entries))}
+        columns = {key: np.array([getattr(e, key) for e, _ in written]) for key in ShardEntry.model_fields}
+        gate = np.array([json.dumps(g) if g else "" for _, g in written])  # a gated shard's counts, as JSON
+        return {**columns, "gate": gate, "refused": np.array([refused] * len(written))}
 
 
 def pin_checkpoint(identity: DatasetIdentity) -> dict[str, bytes]:
@@ -378,9 +379,14 @@ def row_groups(batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
 
 
 def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, micro_batch: int,
-                input_cache: dict | None = None) -> ShardEntry:
-    """Write shard k as it is sampled, row group by row group, atomically (storage.AtomicWriter)."""
+                input_cache: dict | None = None) -> tuple[ShardEntry, dict[str, int] | None]:
+    """Write shard k as it is sampled, row group by row group, atomically (storage.AtomicWriter).
+
+    Returns its manifest entry and, for a gated dataset, its gate counts (from the rows as they
+    were written: the driver never reads the shards back to count them).
+    """
     tag = identity.shard_tag(k)
+    attempts, status = [], []
     with storage.AtomicWriter(storage.join(out, identity.shard_name(k))) as sink:
         writer = None
         for group in row_groups(shard_batches(sampler, to_table, identity, k, micro_batch, input_cache)):
@@ -388,10 +394,14 @@ def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, 
                 schema = group.schema.with_metadata({**(group.schema.metadata or {}), **tag})
                 writer = pq.ParquetWriter(sink, schema, compression="zstd")
             writer.write_table(group.replace_schema_metadata(schema.metadata), row_group_size=len(group))
+            if identity.gate:
+                attempts.append(group.column("attempts").to_numpy())
+                status.append(np.asarray(group.column("status").to_pylist(), dtype=object))
         writer.close()
     ids = identity.shard_ids(k)
-    return ShardEntry(file=identity.shard_name(k), first_id=ids.start, rows=len(ids), sha256=sink.sha256,
-                      bytes=sink.size)
+    entry = ShardEntry(file=identity.shard_name(k), first_id=ids.start, rows=len(ids), sha256=sink.sha256,
+                       bytes=sink.size)
+    return entry, counts(np.concatenate(attempts), np.concatenate(status)) if identity.gate else None
 
 
 # ---------------------------------------------------------------- the dataset
@@ -516,28 +526,41 @@ def shards_to_write(identity: DatasetIdentity, out: str, recorded: list[ShardEnt
     return sorted(todo), good
 
 
-def gate_counts(out: str, entries: list[ShardEntry]) -> dict[str, int]:
-    """Rows requested, accepted at the first try, accepted later and rejected (two columns of every shard)."""
-    attempts, status = [], []
+def gate_counts(out: str, entries: list[ShardEntry], known: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
+    """Rows requested, accepted at the first try, accepted later and rejected, over `entries`.
+
+    `known`: {shard file: its counts} of the shards this run wrote (their writers counted them);
+    only the others (written by an earlier run, before a --resume) are read, two columns each.
+    """
+    known = known or {}
+    totals = dict.fromkeys(("requested", "accepted_first_try", "accepted_later", "rejected", "not_gated"), 0)
+    attempts, status = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=object)]
     for entry in entries:
+        if entry.file in known:
+            for key, value in known[entry.file].items():
+                totals[key] += value
+            continue
         fs, path = storage.resolve(storage.join(out, entry.file))
         table = pq.read_table(path, filesystem=fs, columns=["attempts", "status"])
         attempts.append(table.column("attempts").to_numpy())
         status.append(np.asarray(table.column("status").to_pylist(), dtype=object))
-    return counts(np.concatenate(attempts), np.concatenate(status))
+    for key, value in counts(np.concatenate(attempts), np.concatenate(status)).items():
+        totals[key] += value
+    return totals
 
 
 def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry], lease: Lease | None = None,
-                   command: list[str] | None = None) -> Manifest:
+                   command: list[str] | None = None, known_gate: dict[str, dict[str, int]] | None = None) -> Manifest:
     """Score the dataset, then record it: the manifest goes last, then the pending marker goes.
 
     Under a lease, the lease is checked first: a run that lost it writes no manifest.
+    `known_gate`: the gate counts of the shards this run wrote, by file (see gate_counts).
     """
     fs, path = storage.resolve(storage.join(out, entries[0].file))
     schema = pq.read_schema(path, filesystem=fs)
     manifest = Manifest(
         **identity.model_dump(), shards=entries, schema_=schema_description(schema), quality=score(out, identity, entries),
-        gate_counts=gate_counts(out, entries) if identity.gate else None, command=command,
+        gate_counts=gate_counts(out, entries, known_gate) if identity.gate else None, command=command,
     )
     if lease is not None:
         lease.assert_held()
@@ -623,7 +646,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
             num_cpus=1,
             num_gpus=1 if args.gpu else 0,
         )
-        rows_written, refused = 0, ""
+        rows_written, refused, known_gate = 0, "", {}
         rows_todo = sum(len(identity.shard_ids(k)) for k in todo)
         display = progress()
         progress_record = ProgressRecord(args.out, identity, lease)
@@ -633,6 +656,8 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
                 break
             entry = ShardEntry.model_validate({key: row[key] for key in ShardEntry.model_fields})
             good[entry.first_id // identity.rows_per_shard] = entry
+            if row["gate"]:
+                known_gate[entry.file] = json.loads(row["gate"])
             rows_written += entry.rows
             elapsed = max(time.perf_counter() - started, 1e-9)
             rate = rows_written / elapsed
@@ -643,7 +668,8 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
         if refused:
             raise UserError(refused)
 
-    result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease, args.shaping_arguments())
+    result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease,
+                            args.shaping_arguments(), known_gate if todo else None)
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
     log(f"wrote {written_rows:,} rows in {len(todo)} shard{'' if len(todo) == 1 else 's'} to {args.out} in {seconds:.1f} s")
@@ -665,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         ns = parser().parse_args(argv)
         args = validate_args(GenerateArgs, vars(ns))
+        args = args.model_copy(update={"num_samples": smoke.num_samples(args.num_samples)})
         manifest = generate(args)
         print(f"dataset: {args.out} ({manifest.num_rows:,} rows, {len(manifest.shards)} shards)", flush=True)
         return 0
