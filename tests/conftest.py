@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray cluster and one S3 server per test session; the Serve app per module.
+"""Shared fixtures: one local Ray cluster, one S3 server and one Serve app per test session.
 
 Everything listens on 127.0.0.1, on free ports outside Ray's worker-port range
 (10002-19999), and is stopped when the session ends.
@@ -41,10 +41,15 @@ TINY = ["model.width=8", "train.epochs=1", "train.batch_size=64", "train.quality
 
 def pytest_collection_modifyitems(items) -> None:
     """Tiers: a test that needs the session's Ray cluster (directly or through a fixture built on it:
-    a trained checkpoint, the Serve app) is marked `ray`; `make check` runs what is neither `ray` nor `slow`."""
+    a trained checkpoint, the Serve app) is marked `ray`; `make check` runs what is neither `ray` nor `slow`.
+
+    Order: the tests of the Serve app (`server`, started once per session) run last, together, so the
+    app's replicas hold no CPU while the other tests train and generate on the session's cluster.
+    """
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+    items.sort(key=lambda item: "server" in getattr(item, "fixturenames", ()))  # (stable: file order otherwise)
 
 
 def free_port() -> int:
@@ -232,9 +237,10 @@ def style_checkpoint(tmp_path_factory) -> str:
     return str(folder)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_checkpoint):
-    """The raygen app on a free loopback port; yields its base URL. Shut down after the module that uses it."""
+    """The raygen app on a free loopback port; yields its base URL. Started once, by the first test that needs
+    it (the tests that do run last: see pytest_collection_modifyitems), and shut down with the session."""
     from ray import serve
 
     from serving.app import build_app

@@ -1,6 +1,6 @@
 """`raygen serve` as a user runs it: starts, answers, stops cleanly on SIGTERM; bad arguments fail fast.
 
-Runs after test_serve.py has shut its app down: one Serve instance per cluster.
+Runs before the session's Serve app starts (conftest orders the tests that use it last): one Serve per cluster.
 """
 
 from __future__ import annotations
