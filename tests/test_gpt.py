@@ -280,3 +280,17 @@ def test_text_figures_tell_real_text_from_invented_words_and_loops():
     assert real.warnings() == []
     assert bad.warnings()[0].startswith(f"only {bad.corpus_word_share:.1%} of the words are words of the training corpus")
     assert any("the samples repeat themselves" in w for w in looping.warnings())
+
+
+@pytest.mark.parametrize("rows", [100, 300])
+def test_a_model_that_repeats_one_token_warns_while_corpus_text_does_not(rows):
+    """The crippled text model of the warnings' test: every sample one token over and over."""
+    from gen_jobs.families.gpt.quality import score_texts
+
+    corpus = load_documents(TextDataConfig())
+    stuck = score_texts(["the " * 40] * rows, corpus)
+    assert any("the samples repeat themselves" in w and f"in {rows} rows" in w for w in stuck.warnings()), stuck
+    words = " ".join(corpus).split()
+    step = len(words) // rows
+    pieces = [" ".join(words[i * step: i * step + 40]) for i in range(rows)]  # 40-word passages of the corpus itself
+    assert score_texts(pieces, corpus).warnings() == []

@@ -150,3 +150,49 @@ def test_the_style_sampler_takes_decoded_pixels_as_it_takes_the_file(style_check
     out = sampler({"seed": np.arange(3), "input": inputs, "label": np.array([1, 1, 1])})
     assert list(out["status"]) == ["ok"] * 3
     assert all(np.array_equal(out["image"][0], image) for image in out["image"][1:])
+
+
+def test_a_requests_prompts_are_tokenised_once_and_give_the_rows_of_untokenised_prompts(gpt_checkpoint):
+    """The route checks a prompt's length by tokenising it; the sampler then takes those ids, not the text again."""
+    from gen_jobs.families.gpt.sampler import Sampler
+    from serving.apis.text import CompletionRequest, rows
+
+    sampler = Sampler(gpt_checkpoint)
+    request = CompletionRequest(model="m", prompt=["The with statement", "A list"], n=2, max_tokens=6, seed=3)
+    batch = asyncio.run(rows(sampler, request, LIMITS))
+    calls = []
+    tokenize = sampler.tokenizer.__class__.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[0] if args else kwargs)
+        return tokenize(self, *args, **kwargs)
+
+    sampler.tokenizer.__class__.__call__ = counted
+    try:
+        served = sampler(batch)
+    finally:
+        sampler.tokenizer.__class__.__call__ = tokenize
+    assert calls == []  # the rows carry their prompt ids: nothing is tokenised a second time
+    plain = sampler({key: batch[key] for key in batch if key != "prompt_ids"})  # the text alone, tokenised here
+    assert list(served["text"]) == list(plain["text"]) and "prompt_ids" not in served
+
+
+def test_a_shards_first_rows_are_read_without_the_rest_of_it(tmp_path):
+    """A card's preview reads the rows it shows: a shard whose later row groups are damaged still previews."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gen_jobs.manifest import ShardEntry, read_shards
+
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.table({"id": np.arange(4000), "blob": [os.urandom(256) for _ in range(4000)]}), path,
+                   row_group_size=1000, compression="none")
+    data = bytearray(path.read_bytes())
+    second = pq.ParquetFile(path).metadata.row_group(1).column(1).data_page_offset
+    data[second + 64: second + 20_000] = os.urandom(20_000 - 64)  # row groups 2 and on: garbage
+    path.write_bytes(bytes(data))
+    entry = ShardEntry(file="part-00000.parquet", first_id=0, rows=4000, sha256="0" * 64)
+    first = read_shards(str(tmp_path), [entry], ["id", "blob"], max_rows=10)
+    assert first.column("id").to_pylist() == list(range(10))
+    with pytest.raises(Exception):  # reading the whole shard meets the damage
+        read_shards(str(tmp_path), [entry], ["id", "blob"]).column("blob").to_pylist()

@@ -301,3 +301,18 @@ def test_an_s3_prefix_of_images_is_stylised_into_an_s3_dataset(ray_cluster, s3_s
     assert manifest.quality["stylised"] == 2 and problems("s3://raygen/style-out")[0] == []
     table = pq.read_table(io.BytesIO(storage.read_bytes("s3://raygen/style-out/part-00000.parquet")))
     assert table.column("source").to_pylist() == ["s3://raygen/style-in/photo-0.png", "s3://raygen/style-in/photo-1.png"]
+
+
+@pytest.mark.parametrize("rows", [100, 300])
+def test_a_style_net_that_returns_its_input_warns(rows):
+    """The crippled style model of the warnings' test: outputs equal to their inputs."""
+    from gen_jobs.families.style.quality import colour_figures, score_dataset
+
+    recipe = load_recipe("style_sample")
+    crops = held_out_crops(rows, 48, seed=3).transpose(0, 2, 3, 1)  # rows x 48 x 48 x 3 uint8
+    palettes = np.random.default_rng(0).uniform(0, 1, (len(recipe.styles), 6))
+    figures = [{**image_figures(c, c), **colour_figures(c, c, i % 2, palettes)} for i, c in enumerate(crops)]
+    table = pa.table({"status": ["ok"] * rows, "style": [i % 2 for i in range(rows)],
+                      **{name: [f[name] for f in figures] for name in figures[0]}})
+    warned = score_dataset(table, recipe, "unused")["warnings"]
+    assert any(w.startswith("outputs barely differ from their inputs (mean change 0.000") for w in warned), warned
