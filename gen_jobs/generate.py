@@ -15,8 +15,9 @@ Sampler (row ids -> seeds (+ the shard's slice of prompts or input images,
 gen_jobs.rows) -> samples in the recipe's fixed micro-batches ->
 encoded columns (PNG for images) -> Parquet row groups of ~64 MiB streamed to an
 atomic writer, storage.AtomicWriter) -> quality figures -> `_manifest.json`
-written last (past 1,000 shards with its shard list, `_shards.parquet`, which
-the driver also rewrites every 30 s while the run goes on: ProgressRecord).
+written last (past 1,000 shards with its shard list, `_shards.parquet`; while
+such a run goes on, the driver records the shards written every 30 s in
+append-only pieces: ProgressRecord).
 
 Row i is a pure function of (checkpoint, recipe, base seed, i), so any number of
 workers, first try or resumed, writes the same bytes. --resume regenerates only
@@ -54,10 +55,12 @@ from gen_jobs.lease import Lease
 from gen_jobs.manifest import (
     INLINE_SHARDS,
     PENDING,
+    PROGRESS,
     SHARD_LIST,
     DatasetIdentity,
     Manifest,
     ShardEntry,
+    progress_name,
     recorded_progress,
     schema_description,
     sha256,
@@ -571,28 +574,53 @@ def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry
 
 
 class ProgressRecord:
-    """Every RECORD_SECONDS, the shards written so far into the folder's SHARD_LIST (many-shard datasets only).
+    """Every RECORD_SECONDS, the shards written since the last record, as a new piece (many-shard datasets only).
 
     A run that stops leaves the record behind, and --resume trusts a recorded shard whose file
     has its recorded size without reading it: resuming a million-shard run reads only the shards
-    written after its last record, not the terabytes before.
+    written after its last record, not the terabytes before. The record is append-only (a piece
+    `_progress-NNNNNN.parquet` holds the new entries alone), so a run writes each entry about
+    once; every COMPACT_EVERY pieces they are folded into SHARD_LIST, so a resume reads a bounded
+    number of files. The pieces go once the manifest is written (`clear`).
     """
 
     RECORD_SECONDS = 30.0
+    COMPACT_EVERY = 64
 
-    def __init__(self, out: str, identity: DatasetIdentity, lease: Lease):
-        self.uri = storage.join(out, SHARD_LIST)
+    def __init__(self, out: str, identity: DatasetIdentity, lease: Lease, pieces: list[str]):
+        self.out = out
         self.digest = identity.digest()
         self.lease = lease
         self.enabled = identity.num_shards > INLINE_SHARDS
         self.last = time.monotonic()
+        self.pieces = list(pieces)  # in the folder: an earlier run's, then this run's
+        self.next = 1 + max((int(PROGRESS.match(name).group(1)) for name in pieces), default=-1)
+        self.recorded: set[str] = set()  # shard files this run's record holds
 
     def update(self, good: dict[int, ShardEntry]) -> None:
         if not self.enabled or time.monotonic() - self.last < self.RECORD_SECONDS:
             return
         self.lease.assert_held()  # a run that lost --out writes nothing more there
-        storage.write_bytes_atomic(self.uri, shard_list_bytes(self.digest, [good[k] for k in sorted(good)]))
+        if len(self.pieces) >= self.COMPACT_EVERY:  # the whole record in one file, then the pieces go
+            storage.write_bytes_atomic(storage.join(self.out, SHARD_LIST),
+                                       shard_list_bytes(self.digest, [good[k] for k in sorted(good)]))
+            self.clear()
+            self.recorded = {entry.file for entry in good.values()}
+        else:
+            new = [good[k] for k in sorted(good) if good[k].file not in self.recorded]
+            if new:
+                name = progress_name(self.next)
+                storage.write_bytes_atomic(storage.join(self.out, name), shard_list_bytes(self.digest, new))
+                self.next += 1
+                self.pieces.append(name)
+                self.recorded.update(entry.file for entry in new)
         self.last = time.monotonic()
+
+    def clear(self) -> None:
+        """Remove the record's pieces (the manifest, or SHARD_LIST, holds what they said)."""
+        for name in self.pieces:
+            storage.delete_file(storage.join(self.out, name))
+        self.pieces = []
 
 
 def generate(args: GenerateArgs, log=print) -> Manifest:
@@ -609,10 +637,13 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     from gen_jobs.cluster import connect, quiet_data_progress
 
     manifest, found = output_folder.prepare(args.out, identity, args.resume, args.overwrite, log)
-    recorded = manifest.shards if manifest is not None else recorded_progress(args.out, identity) if found.shards else []
+    recorded = (manifest.shards if manifest is not None
+                else recorded_progress(args.out, identity, found.progress) if found.shards else [])
     todo, good = shards_to_write(identity, args.out, recorded, found.sizes)
     if not todo and manifest is not None:
         log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
+        for name in found.progress:  # left by a run that stopped between its manifest and removing them
+            storage.delete_file(storage.join(args.out, name))
         if args.card and not found.card:  # a run that stopped between its manifest and its card
             write_card(args.out, manifest, manifest.quality, log)
         return manifest
@@ -649,7 +680,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
         rows_written, refused, known_gate = 0, "", {}
         rows_todo = sum(len(identity.shard_ids(k)) for k in todo)
         display = progress()
-        progress_record = ProgressRecord(args.out, identity, lease)
+        progress_record = ProgressRecord(args.out, identity, lease, found.progress)
         for done, row in enumerate(written.iter_rows(), start=1):
             if row["refused"]:  # a shard refused its input: stop the job (the pipeline shuts down)
                 refused = row["refused"]
@@ -670,6 +701,8 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
 
     result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease,
                             args.shaping_arguments(), known_gate if todo else None)
+    for name in progress_record.pieces if todo else found.progress:  # the manifest holds what they recorded
+        storage.delete_file(storage.join(args.out, name))
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
     log(f"wrote {written_rows:,} rows in {len(todo)} shard{'' if len(todo) == 1 else 's'} to {args.out} in {seconds:.1f} s")

@@ -9,9 +9,11 @@ A dataset folder (local or s3://) holds:
                             file, first id, row count, sha256 and size
     _shards.parquet         with more than INLINE_SHARDS shards: the shard list, one row
                             a shard, which the manifest then names with its sha256 instead
-                            of listing the shards itself; while such a run is under way it
-                            holds the shards written so far (rewritten every half minute),
-                            so that --resume reads none of them
+                            of listing the shards itself
+    _progress-NNNNNN.parquet  only while such a run is under way: every half minute, the
+                            shards written since the last piece (append-only: a million-shard
+                            run writes each entry about once), so that --resume reads none of
+                            them; every 64th time they are folded into _shards.parquet
     _pending.json           only while a run is unfinished: what is being made,
                             so that --resume can check it continues the same dataset
     _lease.json             only while a run is live: who is writing (gen_jobs.lease)
@@ -38,6 +40,11 @@ from gen_jobs.rows import RowSource
 from gen_jobs.row_seed import NOISE_VERSION
 
 MANIFEST = "_manifest.json"
+PROGRESS = re.compile(r"^_progress-(\d{6,})\.parquet$")  # a piece of an unfinished run's record (ProgressRecord)
+
+
+def progress_name(seq: int) -> str:
+    return f"_progress-{seq:06d}.parquet"
 SHARD_LIST = "_shards.parquet"
 # A manifest lists up to this many shards itself (~150 bytes a shard in JSON); beyond, SHARD_LIST does:
 # ~40 bytes a shard, read column by column (1M shards: ~40 MB, not a 150 MB JSON document).
@@ -311,20 +318,25 @@ def read_shard_list(raw: bytes) -> tuple[str, list[ShardEntry]]:
                     for f, i, r, h, b in zip(*columns)]
 
 
-def recorded_progress(out: str, identity: DatasetIdentity) -> list[ShardEntry]:
-    """The shards an unfinished run of this dataset recorded as written (its SHARD_LIST), [] if none.
+def recorded_progress(out: str, identity: DatasetIdentity, pieces: list[str] = ()) -> list[ShardEntry]:
+    """The shards an unfinished run of this dataset recorded as written, [] if none: its SHARD_LIST and the
+    progress `pieces` (names matching PROGRESS) after it.
 
-    A list of another dataset, or one that cannot be read, records nothing: its shards are then
+    A record of another dataset, or one that cannot be read, records nothing: its shards are then
     read and checked like any other.
     """
-    uri = storage.join(out, SHARD_LIST)
-    if not storage.exists(uri):
-        return []
-    try:
-        digest, entries = read_shard_list(storage.read_bytes(uri))
-    except ValueError:
-        return []
-    return entries if digest == identity.digest() else []
+    entries: dict[str, ShardEntry] = {}
+    for name in [SHARD_LIST, *sorted(pieces)]:
+        try:
+            raw = storage.read_small_file(storage.join(out, name), SHARD_LIST_LIMIT, "shard record")
+            if raw is None:
+                continue
+            digest, listed = read_shard_list(raw)
+        except (ValueError, UserError):
+            continue
+        if digest == identity.digest():
+            entries.update((e.file, e) for e in listed)
+    return sorted(entries.values(), key=lambda e: e.first_id)
 
 
 def read_pending(out: str) -> DatasetIdentity | None:

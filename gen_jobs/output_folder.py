@@ -10,7 +10,8 @@ raygen deletes or replaces only files it can prove are its own:
     raygen's, and is rewritten);
   - its temporaries (`.part-NNNNN.parquet.<32 hex>.tmp`, the same for state files) and lease leftovers;
   - on S3, unfinished multipart uploads of shards (a run killed while streaming a large shard);
-  - its state files (`_manifest.json`, `_shards.parquet`, `_pending.json`, `_lease.json`, `_card.json`), when
+  - its state files (`_manifest.json`, `_shards.parquet`, `_progress-NNNNNN.parquet`, `_pending.json`,
+    `_lease.json`, `_card.json`), when
     their content is raygen's (raygens_state_file) or they lie among raygen's shards;
   - its dataset card (README.md, quality.json, card-*.png: gen_jobs.card), only while each
     file's bytes are the ones `_card.json` records: a card file edited since is the user's.
@@ -31,6 +32,7 @@ from gen_jobs.manifest import (
     LEASE,
     MANIFEST,
     PENDING,
+    PROGRESS,
     SHARD_LIST,
     SHARD_LIST_LIMIT,
     SHARD_PATH,
@@ -47,7 +49,8 @@ from gen_jobs.manifest import (
 )
 
 # storage.write_bytes_atomic's temporaries of shards and state files, and the lease's leftovers
-TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_shards\.parquet|_pending\.json|_lease\.json|_card\.json|README\.md"
+TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_shards\.parquet|_progress-\d{6,}\.parquet|_pending\.json"
+                       r"|_lease\.json|_card\.json|README\.md"
                        r"|quality\.json|card-samples\.png|card-training\.png)\.[0-9a-f]{32}\.(tmp|stale)$")
 STATE_FILES = (MANIFEST, SHARD_LIST, PENDING, LEASE, CARD_RECORD)
 
@@ -66,6 +69,7 @@ class Survey:
     sizes: dict[str, int] = field(default_factory=dict)  # raygen's shards: name -> bytes, from the listing
     temporaries: list[str] = field(default_factory=list)  # raygen's leftovers of earlier runs (URIs)
     card: list[str] = field(default_factory=list)  # raygen's dataset card, as it wrote it (URIs)
+    progress: list[str] = field(default_factory=list)  # pieces of an unfinished run's record (names: PROGRESS)
     foreign: list[str] = field(default_factory=list)  # names of everything else
 
 
@@ -76,12 +80,12 @@ def raygens_state_file(uri: str, name: str) -> bool:
     (family and seed), its shard list's tag, its card record's shape.
     """
     try:
-        raw = storage.read_small_file(uri, SHARD_LIST_LIMIT if name == SHARD_LIST else STATE_FILE_LIMIT, name)
+        raw = storage.read_small_file(uri, STATE_FILE_LIMIT if name.endswith(".json") else SHARD_LIST_LIMIT, name)
     except UserError:  # a link, a folder, past the bound
         return False
     if raw is None:
         return True  # gone since the listing: nothing of anyone's to delete
-    if name == SHARD_LIST:
+    if name == SHARD_LIST or PROGRESS.match(name):
         try:
             read_shard_list(raw)
         except ValueError:
@@ -109,7 +113,7 @@ def survey(out: str, recorded: set[str]) -> Survey:
         uri = storage.join(out, name)
         if size is None:
             result.foreign.append(f"{name} (a symbolic link)")
-        elif name in STATE_FILES:
+        elif name in STATE_FILES or PROGRESS.match(name):
             state_files.append(name)
         elif _is_temporary(name):
             result.temporaries.append(uri)
@@ -127,6 +131,8 @@ def survey(out: str, recorded: set[str]) -> Survey:
     for name in state_files:
         if not result.shards and not raygens_state_file(storage.join(out, name), name):
             result.foreign.append(f"{name} (not written by raygen)")
+        elif PROGRESS.match(name):
+            result.progress.append(name)
     return result
 
 
@@ -176,6 +182,7 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
                         "or --overwrite to start again")
     if overwrite:
         for uri in [*found.temporaries, *found.shards.values(), *found.card, storage.join(out, card.CARD_RECORD),
+                    *(storage.join(out, name) for name in found.progress),
                     storage.join(out, MANIFEST), storage.join(out, SHARD_LIST), storage.join(out, PENDING)]:
             storage.delete_file(uri)
         storage.remove_empty_folders(out, SPREAD_FOLDER)  # a spread layout's folders, once raygen's files are gone

@@ -208,3 +208,43 @@ def test_spread_keys_put_shard_k_under_folder_k_mod_256_where_every_reader_finds
     s3 = "s3://raygen/spread-keys"
     manifest = generate(args.model_copy(update={"out": s3, "num_samples": 40}), log=lambda _: None)
     assert [e.file for e in manifest.shards] == paths[:2] and problems(s3)[0] == []
+
+
+def test_an_unfinished_runs_record_is_append_only_and_folded_every_so_often(random_checkpoint, tmp_path):
+    """Each record holds only the shards written since the last (a million-shard run writes each entry about once,
+    not the whole list every 30 s); every COMPACT_EVERY pieces they fold into SHARD_LIST; --resume reads them all."""
+    from gen_jobs.generate import ProgressRecord
+    from gen_jobs.lease import Lease
+    from gen_jobs.manifest import recorded_progress
+
+    out = tmp_path / "many"
+    args = GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=2 * (INLINE_SHARDS + 1), rows_per_shard=2)
+    identity, _ = plan(args, log=lambda _: None)
+
+    def entry(k: int) -> ShardEntry:
+        return ShardEntry(file=shard_name(k), first_id=2 * k, rows=2, sha256=f"{k:064x}", bytes=100)
+
+    good: dict[int, ShardEntry] = {}
+    with Lease(str(out)) as lease:
+        record = ProgressRecord(str(out), identity, lease, [])
+        record.RECORD_SECONDS, record.COMPACT_EVERY = 0.0, 3
+        sizes = []
+        for written in (100, 150, 400):  # three records of 100, 50 and 250 new shards
+            good.update((k, entry(k)) for k in range(len(good), written))
+            record.update(good)
+            sizes.append(read_shard_list((out / record.pieces[-1]).read_bytes())[1])
+        assert [len(piece) for piece in sizes] == [100, 50, 250]  # each piece: the new entries alone
+        assert sorted(p.name for p in out.glob("_progress-*")) == ["_progress-000000.parquet", "_progress-000001.parquet",
+                                                                    "_progress-000002.parquet"]
+        found = survey(str(out), set())
+        assert found.progress == record.pieces and found.foreign == []  # raygen's own state
+        assert [e.file for e in recorded_progress(str(out), identity, found.progress)] == [shard_name(k) for k in range(400)]
+
+        good.update((k, entry(k)) for k in range(400, 450))
+        record.update(good)  # the fourth record folds all into SHARD_LIST and removes the pieces
+        assert list(out.glob("_progress-*")) == [] and len(read_shard_list((out / SHARD_LIST).read_bytes())[1]) == 450
+        good.update((k, entry(k)) for k in range(450, 460))
+        record.update(good)  # then pieces again, after the fold
+        assert len(read_shard_list((out / record.pieces[-1]).read_bytes())[1]) == 10
+        pieces = survey(str(out), set()).progress
+        assert len(recorded_progress(str(out), identity, pieces)) == 460
