@@ -42,7 +42,10 @@ SHARED_FIGURES = {
     "duplicates.exact_share": "exact_duplicates / rows",
     "duplicates.near_duplicates": "rows within a hair of an earlier row (see method); `examples` in quality.json "
                                   "holds pairs of ids",
-    "duplicates.near_share": "near_duplicates / rows",
+    "duplicates.near_share": "near_duplicates / rows; reported, never warned on: how many near copies a healthy "
+                             "model makes grows with the rows scored and differs by family, and no healthy spread "
+                             "at each size is measured here (exact copies, which a healthy model does not make, warn "
+                             "above 1%)",
     "duplicates.method": "what counts as a near copy: a 64-bit perceptual hash within 2 bits (images), MinHash "
                          "Jaccard >= 0.8 of shingles (text, tokens)",
     "training_copies.rows": "rows whose `copy` column is known",

@@ -33,7 +33,9 @@ FIGURES = {
     "repetition_rate": "share of a sample's word 4-grams that already appeared in that same sample, averaged: "
                        "loops like 'the the the' push it up",
     "self_bleu": f"mean BLEU-4 of each of the first {SELF_BLEU_SAMPLES} samples against all the others: toward 1 the "
-                 "samples resemble each other (low diversity across samples)",
+                 "samples resemble each other (low diversity across samples); reported, never warned on: it moves "
+                 "with the samples' number and length and has no corpus baseline here (distinct_2_ratio, judged "
+                 "against the corpus cut to the same size, carries the diversity warning)",
     "memorised_8gram_share": "share of the samples' word 8-grams found verbatim in the training corpus: high values "
                              "mean copying, not generating",
     "held_out_perplexity": "the model's perplexity on held-out corpus text, from training (lower is better)",
