@@ -44,6 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import QUIET, free_port  # noqa: E402  (this folder's own helpers)
 
+from serving.primer import running_parsers  # noqa: E402
+
 ORDINARY = {"model": "music", "max_tokens": 32}
 
 
@@ -107,16 +109,6 @@ async def attack(c: httpx.AsyncClient, primer: dict, edit: dict, stop: asyncio.E
     await asyncio.gather(*(primers() for _ in range(3)), *(edits() for _ in range(3)))
 
 
-def primer_processes() -> int:
-    count = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            count += b"serving.primer" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            pass
-    return count
-
-
 async def run(url: str, pairs: int, requests: int) -> None:
     primer, edit = costly_bodies()
     statuses: Counter = Counter()
@@ -139,7 +131,7 @@ async def run(url: str, pairs: int, requests: int) -> None:
     print(f"p99 under attack / idle: median {median:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}) over "
           f"{len(ratios)} pairs; goal <= 2: {'met' if median <= 2 else 'not met'}")
     print(f"costly requests answered: {dict(sorted(statuses.items()))}; left running afterwards: "
-          f"{primer_processes()} primer processes")
+          f"{running_parsers()} primer processes")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
     await parse_primer(data, limits)      in a model replica (serving.apis.music)
     python -m serving.primer              the child process that parses one MusicXML score (stdin -> stdout)
+    running_parsers()                     how many such children run now (tests, bench/serve_hostile.py)
 
 A MIDI primer is parsed by symusic (C++, milliseconds) and its notes counted.
 A MusicXML primer costs far more: music21 spends seconds on a small file of
@@ -140,6 +141,18 @@ async def parse_in_child(xml: bytes, timeout_s: float) -> bytes:
     if child.returncode != 0:
         raise RuntimeError(f"the primer parser exited with {child.returncode}: {problem.decode(errors='replace')[-500:]}")
     return midi
+
+
+def running_parsers() -> int:
+    """How many `python -m serving.primer` children run on this machine now (none must outlive its request)."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                count += b"serving.primer" in f.read()
+        except OSError:  # gone since the listing
+            pass
+    return count
 
 
 def main() -> int:

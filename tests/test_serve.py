@@ -416,7 +416,8 @@ def test_a_request_past_its_deadline_is_a_504_and_its_work_stops(server, music_c
 
     from serving.app import build_app
     from serving.config import AppConfig
-    from test_serve_inputs import chorale_mxl, primer_children
+    from serving.primer import running_parsers
+    from test_serve_inputs import chorale_mxl
 
     config = AppConfig(models=[{"name": "chorales", "checkpoint": music_checkpoint, "num_cpus": 0.1}],
                        limits={"request_timeout_s": 0.5})
@@ -430,10 +431,10 @@ def test_a_request_past_its_deadline_is_a_504_and_its_work_stops(server, music_c
             assert late.json()["error"]["type"] == "timeout_error" and late.json()["error"]["code"] == "timeout"
             assert "limits.request_timeout_s" in late.json()["error"]["message"]
             for _ in range(50):  # the child parsing the primer is killed with its request
-                if primer_children() == 0:
+                if running_parsers() == 0:
                     break
                 time.sleep(0.1)
-            assert primer_children() == 0
+            assert running_parsers() == 0
             answers = (c.post("/v1/music/generations", json={"model": "chorales", "max_tokens": 4}) for _ in range(5))
             assert any(a.status_code == 200 for a in answers)  # (a cold replica may miss 0.5 s once)
     finally:

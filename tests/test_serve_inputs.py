@@ -23,7 +23,7 @@ from PIL import Image
 from gen_jobs.errors import UserError
 from gen_jobs.images import decode_rgb, decoding_cost
 from serving.config import Limits
-from serving.primer import PrimerTooCostly, check_musicxml, parse_in_child, parse_midi, parse_primer
+from serving.primer import PrimerTooCostly, check_musicxml, parse_in_child, parse_midi, parse_primer, running_parsers
 
 LIMITS = Limits()
 HEAD = (b'<?xml version="1.0"?><score-partwise><part-list><score-part id="P1"><part-name>x</part-name></score-part>'
@@ -46,23 +46,12 @@ def chorale_mxl() -> bytes:
     return Path(str(corpus.getWork("bach/bwv269"))).read_bytes()
 
 
-def primer_children() -> int:
-    """How many `python -m serving.primer` processes run now."""
-    count = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            count += b"serving.primer" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            pass
-    return count
-
-
 def test_a_chorale_primer_parses_in_a_child_to_the_same_midi_as_in_process():
     from gen_jobs.families.music.data import parse_primer as parse_in_process
 
     data = chorale_mxl()
     assert asyncio.run(parse_primer(data, LIMITS)) == parse_in_process(data)
-    assert primer_children() == 0
+    assert running_parsers() == 0
 
 
 @pytest.mark.parametrize("primer,says", [
@@ -109,7 +98,7 @@ def test_a_primer_that_parses_too_long_is_killed_at_its_deadline():
     with pytest.raises(PrimerTooCostly, match=r"longer than 0.5 s \(limits.primer_timeout_s\)"):
         asyncio.run(parse_in_child(slow, 0.5))
     assert time.perf_counter() - started < 2.0
-    assert primer_children() == 0  # killed, not left running
+    assert running_parsers() == 0  # killed, not left running
 
 
 def test_a_child_that_finds_no_notes_says_so():
