@@ -55,16 +55,21 @@ SHARED_FIGURES = {
 NOT_FIGURES = {"summary", "warnings", "examples"}
 
 
+def is_record(data: object) -> bool:
+    """Whether parsed JSON has the shape of the card record raygen writes (`{"files": {name: sha256}}`)."""
+    return isinstance(data, dict) and isinstance(data.get("files"), dict)
+
+
 def recorded(out: str) -> dict[str, str]:
     """{card file name: sha256} of what raygen last wrote into `out` ({} when it wrote no card)."""
     try:
         raw = storage.read_small_file(storage.join(out, CARD_RECORD), 1 << 20, "card record")
-        files = json.loads(raw).get("files", {}) if raw is not None else {}
-    except (ValueError, AttributeError, UserError):  # damaged or not raygen's: it records no card of raygen's
+        data = json.loads(raw) if raw is not None else None
+    except (ValueError, UserError):  # damaged or not raygen's: it records no card of raygen's
         return {}
-    if not isinstance(files, dict):
+    if not is_record(data):
         return {}
-    return {name: digest for name, digest in files.items() if name in CARD_FILES}
+    return {name: digest for name, digest in data["files"].items() if name in CARD_FILES}
 
 
 def is_raygens(out: str, name: str, record: dict[str, str]) -> bool:

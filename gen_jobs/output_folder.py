@@ -98,16 +98,19 @@ def raygens_state_file(uri: str, name: str) -> bool:
     if not isinstance(data, dict):
         return False
     if name == CARD_RECORD:
-        return isinstance(data.get("files"), dict)
+        return card.is_record(data)
     if name == LEASE:
         return "run_id" in data
     return "family" in data and "seed" in data  # a manifest or pending record, however damaged its values
 
 
-def survey(out: str, recorded: set[str]) -> Survey:
-    """Sort the files directly in `out`; `recorded`: the shard names its state files list."""
+def survey(out: str, recorded: set[str], parsed: frozenset[str] = frozenset()) -> Survey:
+    """Sort the files directly in `out`; `recorded`: the shard names its state files list; `parsed`: the state
+    files already read as raygen's (read_state), which are not read again."""
     result = Survey()
     card_record = card.recorded(out)
+    if card_record:
+        parsed |= {CARD_RECORD}
     state_files = []
     for name, size in dataset_files(out).items():  # name: the path inside `out` (a spread shard's has a folder)
         uri = storage.join(out, name)
@@ -129,7 +132,7 @@ def survey(out: str, recorded: set[str]) -> Survey:
     # A state file is raygen's when it says so, or when it lies among raygen's own shards (damaged in place:
     # raygen's writes are atomic, but a disk or an editor is not).
     for name in state_files:
-        if not result.shards and not raygens_state_file(storage.join(out, name), name):
+        if not result.shards and name not in parsed and not raygens_state_file(storage.join(out, name), name):
             result.foreign.append(f"{name} (not written by raygen)")
         elif PROGRESS.match(name):
             result.progress.append(name)
@@ -142,6 +145,7 @@ class State:
     previous: DatasetIdentity | None  # what the folder's manifest or pending record says was being made
     damaged: list[DamagedStateFile]
     recorded: set[str]  # shard names that the folder's state files list
+    parsed: frozenset[str]  # the state files read as raygen's (MANIFEST, PENDING)
 
 
 def read_state(out: str) -> State:
@@ -161,7 +165,8 @@ def read_state(out: str) -> State:
     if pending is not None:
         recorded |= {pending.shard_name(k) for k in range(pending.num_shards)}
     previous = manifest.identity() if manifest is not None else pending
-    return State(manifest, previous, damaged, recorded)
+    parsed = frozenset(name for name, read in ((MANIFEST, manifest), (PENDING, pending)) if read is not None)
+    return State(manifest, previous, damaged, recorded, parsed)
 
 
 def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, log=print) -> tuple[Manifest | None, Survey]:
@@ -171,7 +176,7 @@ def prepare(out: str, identity: DatasetIdentity, resume: bool, overwrite: bool, 
     Raises UserError, touching nothing, when the request does not fit the folder.
     """
     state = read_state(out)
-    found = survey(out, state.recorded)
+    found = survey(out, state.recorded, state.parsed)
     if found.foreign:  # (first: no other message may suggest --overwrite for such a folder)
         shown = ", ".join(found.foreign[:5]) + (f" and {len(found.foreign) - 5} more" if len(found.foreign) > 5 else "")
         raise UserError(f"{out} holds files that are not raygen's ({shown}); raygen writes a dataset only into a "
