@@ -45,18 +45,15 @@ async def parse_primer(data: bytes, limits) -> bytes:
 
 
 def parse_midi(data: bytes, max_notes: int) -> bytes:
-    import symusic
+    """A MIDI primer -> one-track MIDI, parsed once; PrimerTooCostly past `max_notes` notes."""
+    from gen_jobs.families.music.data import one_track_midi, read_midi
 
-    from gen_jobs.families.music.data import parse_file
-
-    try:
-        notes = symusic.Score.from_midi(data).note_num()
-    except Exception as e:  # noqa: BLE001 - symusic raises plain RuntimeErrors for any malformed file
-        raise UserError(f"not a MIDI file ({e})") from e
+    score = read_midi(data)
+    notes = score.note_num()
     if notes > max_notes:
         raise PrimerTooCostly(f"the primer has {notes:,} notes; this server accepts at most {max_notes:,} "
                               "(limits.max_primer_notes): send its first bars")
-    return parse_file("primer.mid", data)
+    return one_track_midi(score)
 
 
 def check_musicxml(data: bytes, limits) -> bytes:

@@ -205,28 +205,40 @@ def parse_primer(data: bytes) -> bytes:
     return parse_file("primer.mxl" if data[:2] == b"PK" else "primer.musicxml", data)
 
 
-def parse_file(name: str, data: bytes) -> bytes:
-    """A MIDI or MusicXML file's bytes -> a one-track MIDI file with notes; UserError if it is not one."""
+def read_midi(data: bytes):
+    """A MIDI file's bytes -> a symusic Score; UserError if it is not a MIDI file."""
     import symusic
 
-    if name.lower().endswith(MIDI_SUFFIXES):
-        try:
-            score = one_track(symusic.Score.from_midi(data))
-        except Exception as e:  # noqa: BLE001 - symusic raises plain RuntimeErrors for any malformed file
-            raise UserError(f"not a MIDI file ({e})") from e
-        midi = score.dumps_midi()
-    else:
-        from music21 import converter
+    try:
+        return symusic.Score.from_midi(data)
+    except Exception as e:  # noqa: BLE001 - symusic raises plain RuntimeErrors for any malformed file
+        raise UserError(f"not a MIDI file ({e})") from e
 
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / ("score" + Path(name).suffix.lower())
-            path.write_bytes(data)
-            try:
-                # forceSource: music21 would otherwise load a pickle from its shared scratch folder (code anyone
-                # who can write there chose) and leave one behind for every primer.
-                midi = music21_to_midi(converter.parse(str(path), forceSource=True))
-            except Exception as e:  # noqa: BLE001 - music21 raises many types for malformed scores
-                raise UserError(f"not a MusicXML score ({type(e).__name__}: {e})") from e
+
+def one_track_midi(score) -> bytes:
+    """A parsed MIDI score -> a one-track MIDI file (one_track); UserError if it has no notes."""
+    merged = one_track(score)
+    if merged.note_num() == 0:
+        raise UserError("no notes")
+    return merged.dumps_midi()
+
+
+def parse_file(name: str, data: bytes) -> bytes:
+    """A MIDI or MusicXML file's bytes -> a one-track MIDI file with notes; UserError if it is not one."""
+    if name.lower().endswith(MIDI_SUFFIXES):
+        return one_track_midi(read_midi(data))
+    import symusic
+    from music21 import converter  # (seconds to import: only for MusicXML)
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / ("score" + Path(name).suffix.lower())
+        path.write_bytes(data)
+        try:
+            # forceSource: music21 would otherwise load a pickle from its shared scratch folder (code anyone
+            # who can write there chose) and leave one behind for every primer.
+            midi = music21_to_midi(converter.parse(str(path), forceSource=True))
+        except Exception as e:  # noqa: BLE001 - music21 raises many types for malformed scores
+            raise UserError(f"not a MusicXML score ({type(e).__name__}: {e})") from e
     if symusic.Score.from_midi(midi).note_num() == 0:
         raise UserError("no notes")
     return midi
