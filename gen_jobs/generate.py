@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -536,20 +537,18 @@ def gate_counts(out: str, entries: list[ShardEntry], known: dict[str, dict[str, 
     only the others (written by an earlier run, before a --resume) are read, two columns each.
     """
     known = known or {}
-    totals = dict.fromkeys(("requested", "accepted_first_try", "accepted_later", "rejected", "not_gated"), 0)
+    totals: Counter[str] = Counter()
     attempts, status = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=object)]
     for entry in entries:
         if entry.file in known:
-            for key, value in known[entry.file].items():
-                totals[key] += value
+            totals.update(known[entry.file])
             continue
         fs, path = storage.resolve(storage.join(out, entry.file))
         table = pq.read_table(path, filesystem=fs, columns=["attempts", "status"])
         attempts.append(table.column("attempts").to_numpy())
         status.append(np.asarray(table.column("status").to_pylist(), dtype=object))
-    for key, value in counts(np.concatenate(attempts), np.concatenate(status)).items():
-        totals[key] += value
-    return totals
+    totals.update(counts(np.concatenate(attempts), np.concatenate(status)))  # (every key, zeros too)
+    return dict(totals)
 
 
 def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry], lease: Lease | None = None,
@@ -618,9 +617,14 @@ class ProgressRecord:
 
     def clear(self) -> None:
         """Remove the record's pieces (the manifest, or SHARD_LIST, holds what they said)."""
-        for name in self.pieces:
-            storage.delete_file(storage.join(self.out, name))
+        remove_progress(self.out, self.pieces)
         self.pieces = []
+
+
+def remove_progress(out: str, pieces: list[str]) -> None:
+    """Delete progress pieces (`_progress-NNNNNN.parquet`) whose entries a manifest or SHARD_LIST now holds."""
+    for name in pieces:
+        storage.delete_file(storage.join(out, name))
 
 
 def generate(args: GenerateArgs, log=print) -> Manifest:
@@ -642,8 +646,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     todo, good = shards_to_write(identity, args.out, recorded, found.sizes)
     if not todo and manifest is not None:
         log(f"{args.out}: all {identity.num_shards} shards present and intact; nothing to do")
-        for name in found.progress:  # left by a run that stopped between its manifest and removing them
-            storage.delete_file(storage.join(args.out, name))
+        remove_progress(args.out, found.progress)  # left by a run that stopped between its manifest and this
         if args.card and not found.card:  # a run that stopped between its manifest and its card
             write_card(args.out, manifest, manifest.quality, log)
         return manifest
@@ -701,8 +704,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
 
     result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease,
                             args.shaping_arguments(), known_gate if todo else None)
-    for name in progress_record.pieces if todo else found.progress:  # the manifest holds what they recorded
-        storage.delete_file(storage.join(args.out, name))
+    remove_progress(args.out, progress_record.pieces if todo else found.progress)  # the manifest holds them now
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
     log(f"wrote {written_rows:,} rows in {len(todo)} shard{'' if len(todo) == 1 else 's'} to {args.out} in {seconds:.1f} s")
