@@ -43,13 +43,58 @@ def pytest_collection_modifyitems(items) -> None:
     """Tiers: a test that needs the session's Ray cluster (directly or through a fixture built on it:
     a trained checkpoint, the Serve app) is marked `ray`; `make check` runs what is neither `ray` nor `slow`.
 
-    Order: the tests of the Serve app (`server`, started once per session) run last, together, so the
-    app's replicas hold no CPU while the other tests train and generate on the session's cluster.
+    Order: the tests of the Serve app (`server`, started once per session) run together near the end, so
+    the app's replicas hold no CPU while the other tests train and generate on the session's cluster;
+    the tests of `raygen demo` run last, so the demo (started in the background when the session starts,
+    see `background_demo`) has the whole run to finish in.
     """
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
-    items.sort(key=lambda item: "server" in getattr(item, "fixturenames", ()))  # (stable: file order otherwise)
+    items.sort(key=lambda item: ("demo" in getattr(item, "fixturenames", ()),
+                                 "server" in getattr(item, "fixturenames", ())))  # (stable: file order otherwise)
+
+
+def pytest_collection_finish(session) -> None:
+    """Start `raygen demo` now when a selected test needs it (after `-m`/`-k` selection: `make check` never does)."""
+    if any("demo" in getattr(item, "fixturenames", ()) for item in session.items):
+        temp = session.config._tmp_path_factory  # (the tmp_path_factory fixture, which a hook cannot request)
+        DEMO.update(start_demo(temp.mktemp("new-user"), temp.mktemp("demo-console")))
+
+
+def pytest_sessionfinish(session) -> None:
+    if "process" in DEMO and DEMO["process"].poll() is None:  # a run cut short: stop the demo and its Ray
+        subprocess.run(["pkill", "-KILL", "-s", str(DEMO["process"].pid)])  # (Ray's workers have groups of their own)
+        DEMO["process"].wait()
+
+
+DEMO: dict = {}  # the background `raygen demo`: its process, working directory and output files
+
+
+def start_demo(cwd: Path, logs: Path) -> dict:
+    """`raygen demo` as a new user runs it: in an empty working directory, default --out, no cluster to join
+    (so it starts a Ray instance of its own, as `ray.init()` does on a laptop).
+
+    It runs beside the rest of the suite (its 14 minutes of training would otherwise run alone), at nice 10:
+    the tests' own jobs come first and it takes the CPU they leave idle (their waits on servers, processes
+    and Ray). Its Ray workers are niced by Ray on top of that, and live in a session of their own, so the
+    fault tests that kill the session cluster's workers by name never touch its workers.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    stdout, stderr = open(logs / "stdout", "w"), open(logs / "stderr", "w")
+    process = subprocess.Popen([str(BIN / "raygen"), "demo"], cwd=cwd, stdout=stdout, stderr=stderr, env=env,
+                               start_new_session=True, preexec_fn=lambda: os.nice(10))
+    return {"process": process, "cwd": cwd, "logs": logs, "stdout": stdout, "stderr": stderr,
+            "started": time.monotonic()}
+
+
+def wait_for_demo(timeout: float = 3600) -> tuple[int, Path, str, str]:
+    """The background demo's (exit status, working directory, stdout, stderr), once it has finished."""
+    process = DEMO["process"]
+    process.wait(timeout=max(1.0, DEMO["started"] + timeout - time.monotonic()))
+    DEMO["stdout"].close()
+    DEMO["stderr"].close()
+    return process.returncode, DEMO["cwd"], (DEMO["logs"] / "stdout").read_text(), (DEMO["logs"] / "stderr").read_text()
 
 
 def free_port() -> int:
@@ -114,6 +159,9 @@ def s3_server():
             os.environ[k] = v
 
 
+CLUSTER: dict = {}  # the session cluster's process session id (for tests that find its workers by name)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server, tmp_path_factory):
     """One Ray head for the whole session, joined by this process: 2 CPUs, on loopback.
@@ -140,6 +188,7 @@ def ray_cluster(s3_server, tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
+    CLUSTER["session_id"] = head.pid  # every process of this cluster, its workers too, is in the head's session
     try:
         _wait_for_http(dashboard, head, temp / "head.log")
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")

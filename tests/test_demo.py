@@ -1,9 +1,10 @@
 """`raygen demo` as a new user runs it, once per test run, and what it must show.
 
-The command runs from a fresh working directory with its default --out (./out), on
-the session's Ray cluster. Its console must be what the README shows, line shape by
-line shape (figures and timings may differ; the lines, their order and the files
-named may not), every dataset must verify, and every file under "open first:" must
+The command runs from a fresh working directory with its default --out (./out) and
+no cluster to join, so it starts its own Ray instance; conftest starts it when the
+session begins and these tests, ordered last, wait for it. Its console must be what
+the README shows, line shape by line shape (figures and timings may differ; the
+lines, their order and the files named may not), every dataset must verify, and every file under "open first:" must
 exist. Then the quality bars of the default recipes, trained with their fixed seeds:
 the digits DCGAN covers all 10 classes and its samples are worth >= 0.8 of real data
 for training a classifier (TSTR); the GPT writes mostly real words; the music model
@@ -16,9 +17,7 @@ own palette. Last, the demo's healthy checkpoints give no quality warning at 100
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import BIN, REPO
+from conftest import REPO, wait_for_demo
 from gen_jobs.verify import problems
 
 pytestmark = pytest.mark.slow
@@ -49,13 +48,12 @@ class DemoRun:
 
 
 @pytest.fixture(scope="module")
-def demo(ray_cluster, tmp_path_factory) -> DemoRun:
-    cwd = tmp_path_factory.mktemp("new-user")
-    run = subprocess.run([str(BIN / "raygen"), "demo"], cwd=cwd, capture_output=True, text=True, timeout=3600,
-                         env={**os.environ})
-    found = re.search(r"everything is under (\S+)", run.stdout)
-    assert run.returncode == 0 and found, run.stdout[-3000:] + run.stderr[-3000:]
-    return DemoRun(cwd, cwd / found.group(1), run.stdout, run.stderr)
+def demo(ray_cluster) -> DemoRun:
+    """The run conftest started when the session began (conftest.start_demo), once it has finished."""
+    returncode, cwd, stdout, stderr = wait_for_demo()
+    found = re.search(r"everything is under (\S+)", stdout)
+    assert returncode == 0 and found, stdout[-3000:] + stderr[-3000:]
+    return DemoRun(cwd, cwd / found.group(1), stdout, stderr)
 
 
 def shape(line: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, restart_s3_server
+from conftest import CLUSTER, REPO, TINY, restart_s3_server
 from gen_jobs import storage
 from gen_jobs.generate import GenerateArgs, generate
 from gen_jobs.verify import problems
@@ -25,8 +25,10 @@ pytestmark = pytest.mark.slow
 
 
 def pids_of(pattern: str) -> list[int]:
-    """Processes whose command line matches the regular expression `pattern` (Ray names workers after their actor)."""
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    """The session cluster's processes whose command line matches the regular expression `pattern` (Ray names
+    workers after their actor); another Ray's on this machine (the background demo's) are not among them."""
+    found = subprocess.run(["pgrep", "-s", str(CLUSTER["session_id"]), "-f", pattern], capture_output=True,
+                           text=True).stdout.split()
     return [int(p) for p in found if int(p) != os.getpid()]
 
 
