@@ -4,7 +4,7 @@
 
 Both sides use the same generator (random weights: the cost does not depend on
 them) and batch size in one process; the Sampler adds what a dataset row needs:
-its label and latent from the row's seed (gen_jobs.seeding's counter-based
+its label and latent from the row's seed (gen_jobs.core.seeding's counter-based
 noise, computed on the device) and the uint8 image; the bare loop uses torch.randn.
 On a GPU it also prints how many images differ from the CPU's and by how much.
 
@@ -31,9 +31,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
 
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.dcgan.sampler import Sampler
     from gen_jobs.families.dcgan.training import GAN
-    from gen_jobs.recipes import load_recipe
 
     recipe = load_recipe("dcgan_digits", args.set)
     with tempfile.TemporaryDirectory() as tmp:

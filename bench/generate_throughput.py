@@ -48,8 +48,8 @@ from PIL import Image
 
 
 def make_checkpoint(folder: Path) -> str:
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.dcgan.training import GAN
-    from gen_jobs.recipes import load_recipe
 
     torch.manual_seed(0)
     GAN(load_recipe("dcgan_digits"), torch.device("cpu")).save(folder, {"epoch": 0})
@@ -64,11 +64,11 @@ def bare_loop(checkpoint: str, out: Path, num_rows: int, rows_per_shard: int, mi
     """
     from safetensors.torch import load_file
 
-    from gen_jobs.checkpoint import read_recipe
+    from gen_jobs.core import seeding
+    from gen_jobs.core.checkpoint import read_recipe
+    from gen_jobs.core.seeding import row_seeds
     from gen_jobs.families.dcgan.model import Generator
     from gen_jobs.families.dcgan.sampler import row_figures
-    from gen_jobs import seeding
-    from gen_jobs.seeding import row_seeds
 
     torch.set_num_threads(1)
     # One core, like a Ray worker with num_cpus=1 (Ray sets OMP_NUM_THREADS=1 there): numpy's BLAS too.
@@ -144,8 +144,8 @@ def main() -> None:
 
     import ray
 
-    from gen_jobs.checkpoint import read_recipe
-    from gen_jobs.cluster import quiet_data_progress
+    from gen_jobs.core.checkpoint import read_recipe
+    from gen_jobs.core.cluster import quiet_data_progress
 
     with tempfile.TemporaryDirectory(prefix="raygen-bench-") as tmp:
         tmp = Path(tmp)

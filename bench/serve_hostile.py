@@ -52,10 +52,10 @@ ORDINARY = {"model": "music", "max_tokens": 32}
 def make_checkpoints(folder: Path) -> dict[str, str]:
     import torch
 
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.music.model import build_model, build_tokenizer, save, special_ids
     from gen_jobs.families.style.training import TrainingTask
-    from gen_jobs.harness import Workers
-    from gen_jobs.recipes import load_recipe
+    from gen_jobs.training.harness import Workers
 
     torch.manual_seed(0)
     recipe = load_recipe("music_chorales")

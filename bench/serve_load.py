@@ -61,10 +61,10 @@ def free_port() -> int:
 
 
 def make_checkpoints(folder: Path) -> dict[str, str]:
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.dcgan.training import GAN
     from gen_jobs.families.gpt.data import load_documents
     from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
-    from gen_jobs.recipes import load_recipe
 
     torch.manual_seed(0)
     GAN(load_recipe("dcgan_digits"), torch.device("cpu")).save(folder / "dcgan", {"epoch": 0})
@@ -76,13 +76,13 @@ def make_checkpoints(folder: Path) -> dict[str, str]:
 
 def direct_p50_ms(kind: str, checkpoint: str, calls: int = 60) -> float:
     from gen_jobs import families
-    from gen_jobs.images import encode_png
+    from gen_jobs.data.images import encode_png
 
     torch.set_num_threads(1)  # a replica with num_cpus=1 runs torch on one thread too
     sampler = families.get("dcgan" if kind == "image" else "gpt").load("sampler")(checkpoint)
     batch = {"seed": np.array([1])}
     if kind == "text":
-        from gen_jobs.columns import object_column
+        from gen_jobs.data.columns import object_column
 
         batch["max_new_tokens"] = np.array([16])
         batch["stop"] = object_column([[]])

@@ -27,9 +27,9 @@ PROMPTS = ["The", "A list is", "def f(x):", "Exceptions are", "The with statemen
 
 
 def make_checkpoint(folder: Path, overrides: list[str], tokenizer_vocab: int | None = None) -> str:
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.gpt.data import load_documents
     from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
-    from gen_jobs.recipes import load_recipe
 
     recipe = load_recipe("gpt_pydoc", overrides)
     # A tokenizer smaller than the model's vocabulary is fine (GPT-2's 50,257 would not train on this corpus).
@@ -72,8 +72,8 @@ def main() -> None:
     p.add_argument("--tokenizer-vocab", type=int, help="train a smaller tokenizer than the model's vocabulary")
     args = p.parse_args()
 
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.gpt.sampler import Sampler
-    from gen_jobs.recipes import load_recipe
 
     # min_new_tokens on the generate() side and no end-of-text here: both decode exactly new_tokens.
     overrides = [f"sampling.max_new_tokens={args.new_tokens}", "sampling.temperature=0.8", "sampling.top_p=0.95", *args.set]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from gen_jobs.errors import UserError, user_error_in
+from gen_jobs.core.errors import UserError, user_error_in
 
 
 def print_error(message: str) -> None:
@@ -19,14 +19,14 @@ def print_error(message: str) -> None:
 
 class _Verbose(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        from gen_jobs.console import set_verbose
+        from gen_jobs.core.console import set_verbose
 
         set_verbose()
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: `error: <what>; see <prog> --help`, exit 2 (no usage block);
-    every command takes --verbose (Ray's and libraries' own output too: gen_jobs.console)."""
+    every command takes --verbose (Ray's and libraries' own output too: gen_jobs.core.console)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -39,7 +39,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def validate_args(cls: type[BaseModel], values: dict) -> BaseModel:
-    from gen_jobs.recipes import describe_validation_error
+    from gen_jobs.core.recipes import describe_validation_error
 
     try:
         return cls.model_validate(values)
@@ -50,7 +50,7 @@ def validate_args(cls: type[BaseModel], values: dict) -> BaseModel:
 def run_main(body: Callable[[], int | None]) -> int:
     """Run a command: UserError (here or in a Ray worker) -> `error: ...` on stderr and exit 2; storage that stays
     unreachable -> `error: ...` and exit 1 (work already written is kept); Ctrl-C -> exit 130."""
-    from gen_jobs import storage
+    from gen_jobs.core import storage
 
     try:
         return body() or 0

@@ -26,10 +26,10 @@ import time
 import numpy as np
 from pydantic import Field
 
-from gen_jobs import storage
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.errors import UserError
-from gen_jobs.recipes import StrictModel
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import StrictModel
 
 
 def demo_families() -> list[str]:
@@ -49,7 +49,7 @@ class DemoArgs(StrictModel):
 
 def read_table(out: str, columns: list[str]):
     """Columns of a whole dataset, in id order."""
-    from gen_jobs.manifest import read_manifest, read_shards
+    from gen_jobs.data.manifest import read_manifest, read_shards
 
     return read_shards(out, read_manifest(out).shards, columns)
 
@@ -67,11 +67,11 @@ def new_demo_folder(out: str) -> str:
 
 def run_family(family: str, args: DemoArgs, log=print) -> dict:
     """Train, generate, verify; returns what to report (paths, quality, timings)."""
-    from gen_jobs.generate import GenerateArgs, generate
-    from gen_jobs.recipes import load_recipe
-    from gen_jobs.train import train
     from gen_jobs import families
-    from gen_jobs.family import load_attribute
+    from gen_jobs.core.family import load_attribute
+    from gen_jobs.core.recipes import load_recipe
+    from gen_jobs.generate import GenerateArgs, generate
+    from gen_jobs.train import train
     from gen_jobs.verify import problems
 
     demo = families.get(family).demo
@@ -117,7 +117,7 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
 
 
 def write_grid(dataset: str, uri: str) -> str:
-    from gen_jobs.images import decode_png, labelled_grid, png_bytes
+    from gen_jobs.data.images import decode_png, labelled_grid, png_bytes
 
     table = read_table(dataset, ["label", "image"])
     labels = np.asarray(table.column("label").to_pylist())

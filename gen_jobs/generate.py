@@ -12,7 +12,7 @@
 
 Pipeline: shard ids -> actor pool of W ShardWriters, each holding the family's
 Sampler (row ids -> seeds (+ the shard's slice of prompts or input images,
-gen_jobs.rows) -> samples in the recipe's fixed micro-batches ->
+gen_jobs.data.rows) -> samples in the recipe's fixed micro-batches ->
 encoded columns (PNG for images) -> Parquet row groups of ~64 MiB streamed to an
 atomic writer, storage.AtomicWriter) -> quality figures -> `_manifest.json`
 written last (past 1,000 shards with its shard list, `_shards.parquet`; while
@@ -24,11 +24,11 @@ workers, first try or resumed, writes the same bytes. --resume regenerates only
 shards that are missing or differ from the size the manifest (or an unfinished
 run's shard list) records (one listing; see shards_to_write).
 
-Safety: the run holds --out's lease (gen_jobs.lease) from start to end; it
-touches only files gen_jobs.output_folder proves are raygen's; the driver pins
+Safety: the run holds --out's lease (gen_jobs.core.lease) from start to end; it
+touches only files gen_jobs.data.output_folder proves are raygen's; the driver pins
 the checkpoint (read once, digest checked) for every actor; every shard checks
 that the input files it read (prompts, images) still carry the size and
-modification time they had when the job was planned (gen_jobs.rows); an actor
+modification time they had when the job was planned (gen_jobs.data.rows); an actor
 that cannot see the lease in a local --out is on a node that does not share it
 and refuses.
 """
@@ -47,13 +47,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
-from gen_jobs import checkpoint, output_folder, smoke, storage
-from gen_jobs.card import write_card
-from gen_jobs.console import format_seconds, progress
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.errors import UserError
-from gen_jobs.lease import Lease
-from gen_jobs.manifest import (
+from gen_jobs.core import checkpoint, smoke, storage
+from gen_jobs.core.console import format_seconds, progress
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.lease import Lease
+from gen_jobs.core.recipes import StrictModel, apply_overrides, recipe_from_dict
+from gen_jobs.core.row_seed import row_seeds
+from gen_jobs.data import output_folder
+from gen_jobs.data.gate import check_columns, counts, gated, parse_filter
+from gen_jobs.data.manifest import (
     INLINE_SHARDS,
     PENDING,
     PROGRESS,
@@ -67,12 +70,10 @@ from gen_jobs.manifest import (
     sha256,
     shard_list_bytes,
 )
-from gen_jobs.recipes import StrictModel, apply_overrides, recipe_from_dict
-from gen_jobs.gate import check_columns, counts, gated, parse_filter
-from gen_jobs.rows import RowSource, input_names, plan_images, plan_prompts, read_inputs
-from gen_jobs.row_seed import row_seeds
-from gen_jobs.scoring import score
-from gen_jobs.shard_reads import read_reports
+from gen_jobs.data.rows import RowSource, input_names, plan_images, plan_prompts, read_inputs
+from gen_jobs.data.shard_reads import read_reports
+from gen_jobs.quality.card import write_card
+from gen_jobs.quality.scoring import score
 
 
 class GenerateArgs(StrictModel):
@@ -99,7 +100,7 @@ class GenerateArgs(StrictModel):
     overwrite: bool = False
     filter: str | None = None
     max_attempts: int | None = Field(None, ge=1, le=1000)
-    card: bool = True  # --no-card: no README.md / quality.json / pictures at the end (gen_jobs.card)
+    card: bool = True  # --no-card: no README.md / quality.json / pictures at the end (gen_jobs.quality.card)
     wait_for_training: float = Field(0, ge=0, le=7 * 24 * 3600)  # seconds to wait for the checkpoint's training to finish
     spread_keys: bool = False  # shards under 256 folders (S3 prefixes) 00/ .. ff/ instead of all in --out
 
@@ -191,7 +192,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--soundfont", help="music audio: a General MIDI .sf2 (default: an installed one, else a NumPy synthesiser)")
     p.add_argument("--filter", metavar="EXPR",
                    help="quality gate on the rows' per-row figures, e.g. 'confidence>=0.8' or 'in_key>=0.9, num_notes>=16': "
-                        "a failing row retries with its next candidate (gen_jobs/gate.py)")
+                        "a failing row retries with its next candidate (gen_jobs/data/gate.py)")
     p.add_argument("--max-attempts", type=int, help="candidates a row may try under --filter (default 4); "
                                                      "rows that never pass are kept with status 'rejected'")
     p.add_argument("--wait-for-training", type=float, default=0, metavar="SECONDS",
@@ -278,7 +279,7 @@ class ShardWriter:
 
 def pin_checkpoint(identity: DatasetIdentity) -> dict[str, bytes]:
     """The checkpoint's files, read once by the driver and checked against the identity's digest."""
-    from gen_jobs.checkpoint import SAMPLER_WEIGHTS
+    from gen_jobs.core.checkpoint import SAMPLER_WEIGHTS
 
     files = checkpoint.read_files(identity.checkpoint)
     if sha256(files.get(SAMPLER_WEIGHTS, b"")) != identity.checkpoint_sha256:
@@ -290,7 +291,7 @@ def check_shared_folder(out: str, run_id: str) -> None:
     """A local --out must be the same folder on every node: this node must see the run's lease in it."""
     import socket
 
-    from gen_jobs.lease import LEASE
+    from gen_jobs.core.lease import LEASE
 
     if storage.is_s3(out):
         return
@@ -473,7 +474,7 @@ def with_audio(recipe, args: GenerateArgs):
 
 
 def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
-    """The row source the arguments name, if the family (a gen_jobs.family.Family) makes rows from it."""
+    """The row source the arguments name, if the family (a gen_jobs.core.family.Family) makes rows from it."""
     if args.prompts:
         if family.rows_from != "prompts":
             raise UserError(f"--prompts needs a model that continues prompts (text, music); {ckpt} is a "
@@ -500,7 +501,7 @@ def shards_to_write(identity: DatasetIdentity, out: str, recorded: list[ShardEnt
     file of the recorded size under the recorded name is the file it wrote (a same-size
     change of its bytes is what `raygen verify --deep` finds). Other present shards (written
     after a run's last record, or recorded before sizes were) are read (on the Ray cluster
-    when there is one: gen_jobs.shard_reads) and kept only if they prove they belong to this dataset.
+    when there is one: gen_jobs.data.shard_reads) and kept only if they prove they belong to this dataset.
     """
     expected = {e.file: e for e in recorded}
     todo, good, to_read = [], {}, []
@@ -638,7 +639,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     import ray
     from ray.data import ActorPoolStrategy
 
-    from gen_jobs.cluster import connect, quiet_data_progress
+    from gen_jobs.core.cluster import connect, quiet_data_progress
 
     manifest, found = output_folder.prepare(args.out, identity, args.resume, args.overwrite, log)
     recorded = (manifest.shards if manifest is not None

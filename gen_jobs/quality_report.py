@@ -4,10 +4,10 @@
     python -m gen_jobs.quality_report URI ...        # the same, for `ray job submit`
 
 Reads the dataset's manifest and first N rows (default 10,000), computes the
-family's figures (gen_jobs.scoring: the family's own, duplicates, training
+family's figures (gen_jobs.quality.scoring: the family's own, duplicates, training
 copies), prints them with their warnings, and writes `quality.json` and the
 dataset card (README.md with HuggingFace front matter, card-samples.png,
-card-training.png: gen_jobs.card) into the dataset's folder, local or s3://.
+card-training.png: gen_jobs.quality.card) into the dataset's folder, local or s3://.
 The manifest is left as it is: it records what `raygen generate` measured.
 Exit 0 when no figure warns, 1 when some do (a script can gate on it), 2 on bad input.
 """
@@ -18,11 +18,11 @@ import sys
 
 from pydantic import Field
 
-from gen_jobs import storage
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.errors import UserError
-from gen_jobs.recipes import StrictModel
-from gen_jobs.scoring import SCORED_ROWS
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import StrictModel
+from gen_jobs.quality.scoring import SCORED_ROWS
 
 
 class QualityArgs(StrictModel):
@@ -33,9 +33,9 @@ class QualityArgs(StrictModel):
 
 def quality_report(args: QualityArgs, log=print) -> dict:
     """The dataset's figures (and its card, unless args.card is False)."""
-    from gen_jobs.card import QUALITY, write_card
-    from gen_jobs.manifest import read_manifest
-    from gen_jobs.scoring import score
+    from gen_jobs.data.manifest import read_manifest
+    from gen_jobs.quality.card import QUALITY, write_card
+    from gen_jobs.quality.scoring import score
 
     if not storage.exists(args.uri):
         raise UserError(f"{args.uri} does not exist: pass a dataset folder written by raygen generate")

@@ -3,7 +3,7 @@
     raygen train dcgan_digits [--storage URI] [--name RUN] [--workers N] [--gpu] [--set k=v ...]
     python -m gen_jobs.train dcgan_digits ...        # the same, for `ray job submit`
 
-The loop is gen_jobs.harness, driving the family's TrainingTask on N workers
+The loop is gen_jobs.training.harness, driving the family's TrainingTask on N workers
 (gloo on CPU, NCCL with --gpu). Checkpoints go to
 STORAGE/RUN/ (a local path or s3:// URI) through `ray.train.report`; running
 again with the same --name resumes from the latest one. The last line printed
@@ -17,12 +17,12 @@ import sys
 from pydantic import Field
 from ray.train import UserCallback
 
-from gen_jobs import smoke, storage
-from gen_jobs.console import progress
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.errors import UserError, user_error_in
-from gen_jobs.recipes import SAFE_NAME, RecipeBase, StrictModel, load_recipe
-from gen_jobs.storage import Uri
+from gen_jobs.core import smoke, storage
+from gen_jobs.core.console import progress
+from gen_jobs.core.errors import UserError, user_error_in
+from gen_jobs.core.recipes import SAFE_NAME, RecipeBase, StrictModel, load_recipe
+from gen_jobs.core.storage import Uri
 
 DEFAULT_STORAGE = "./out/runs"
 
@@ -62,7 +62,7 @@ class EpochLog(UserCallback):
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         from gen_jobs import families
-        from gen_jobs.console import say
+        from gen_jobs.core.console import say
 
         first = metrics[0]
         if self.reports == 0 and first.get("epoch", 1) > 1:
@@ -84,8 +84,8 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from gen_jobs import families
-    from gen_jobs.cluster import connect
-    from gen_jobs.harness import train_loop_per_worker
+    from gen_jobs.core.cluster import connect
+    from gen_jobs.training.harness import train_loop_per_worker
 
     storage.check_lasting(storage_uri, "--storage")
     prepared = families.get(recipe.family).load("training").prepare(recipe)

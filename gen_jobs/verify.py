@@ -10,7 +10,7 @@ count, and shard-named files the manifest does not list are flagged as strays.
 raygen writes every file atomically, so a file of the recorded size under the
 recorded name is the one it wrote; a change of its bytes that keeps its size is
 what `--deep` finds. With `--deep` every shard is also read (on the Ray cluster when
-there is one, gen_jobs.shard_reads): it must
+there is one, gen_jobs.data.shard_reads): it must
 match its sha256, carry the dataset's tag, have the manifest's schema, and hold
 its row count of contiguous ids from its first id, each with the seed its id and
 the base seed give. Exit 0 with a summary and the dataset identity it checked
@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import sys
 
-from gen_jobs import storage
 from gen_jobs.cli_args import ArgumentParser, run_main
-from gen_jobs.errors import UserError
-from gen_jobs.manifest import MANIFEST, SHARD_PATH, Manifest, ShardEntry, dataset_files, read_manifest
-from gen_jobs.shard_reads import ShardReport, read_reports
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.manifest import MANIFEST, SHARD_PATH, Manifest, ShardEntry, dataset_files, read_manifest
+from gen_jobs.data.shard_reads import ShardReport, read_reports
 
 
 def problems(out: str, deep: bool = True) -> tuple[list[str], str]:

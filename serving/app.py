@@ -27,7 +27,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
 from serving.apis import api_module
 from serving.config import AppConfig, Limits
 from serving.errors import ApiError
@@ -169,7 +169,7 @@ def api_key_digest(config: AppConfig) -> str | None:
 
 def build_app(args: AppConfig) -> Application:
     """The typed app builder (`import_path: serving.app:build_app`, `args:` = an AppConfig)."""
-    from gen_jobs import checkpoint, storage
+    from gen_jobs.core import checkpoint, storage
 
     config = AppConfig.model_validate(args) if isinstance(args, dict) else args
     models, handles = [], {}

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from gen_jobs.recipes import StrictModel
-from gen_jobs.storage import Uri
+from gen_jobs.core.recipes import StrictModel
+from gen_jobs.core.storage import Uri
 
 IMPORT_PATH = "serving.app:build_app"
 
@@ -116,8 +116,8 @@ def read_config(data: Any, source: str) -> AppConfig:
     import_path is raygen's) or a bare AppConfig mapping."""
     from pydantic import ValidationError
 
-    from gen_jobs.errors import UserError
-    from gen_jobs.recipes import describe_validation_error
+    from gen_jobs.core.errors import UserError
+    from gen_jobs.core.recipes import describe_validation_error
 
     if isinstance(data, dict) and "applications" in data:
         apps = [a for a in data["applications"] or [] if str(a.get("import_path", "")).startswith("serving.")]

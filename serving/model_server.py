@@ -71,8 +71,8 @@ class RecentIds:
 class ModelServer:
     def __init__(self, name: str, family: str, checkpoint_uri: str, gpu: bool, max_batch_size: int,
                  batch_wait_timeout_s: float, limits: dict):
-        from gen_jobs.checkpoint import weights_sha256
         from gen_jobs import families
+        from gen_jobs.core.checkpoint import weights_sha256
         from serving.config import Limits
 
         self.name, self.family = name, family

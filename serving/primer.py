@@ -24,7 +24,7 @@ import sys
 import zipfile
 from xml.parsers import expat
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
 
 CHILD_MEMORY_BYTES = 2 * 2**30  # music21 on a 2 MB score needs a few hundred MB
 CHILD_NICENESS = 10  # the replica's sampler comes first

@@ -26,8 +26,8 @@ import yaml
 from pydantic import Field
 
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.errors import UserError
-from gen_jobs.recipes import StrictModel
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import StrictModel
 
 DEMO_OUT = "./out"
 DEMO_RUNS = "./out/runs"  # where `raygen train` writes by default
@@ -61,7 +61,7 @@ def parse_model(spec: str) -> dict:
 
 def newest_checkpoint(out: str, recipe_name: str) -> str | None:
     """The newest checkpoint of a run named `recipe_name` in OUT/runs or OUT/demo-*/runs, or None."""
-    from gen_jobs import storage
+    from gen_jobs.core import storage
 
     found = []
     for uri in storage.list_files(out, recursive=True):
@@ -75,7 +75,7 @@ def newest_checkpoint(out: str, recipe_name: str) -> str | None:
 def demo_models(log=print) -> list[dict]:
     """The demo recipes' newest checkpoints under ./out, trained first where missing."""
     from gen_jobs import families
-    from gen_jobs.recipes import load_recipe
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.train import train
 
     models = []
@@ -168,7 +168,7 @@ def serve_until_stopped(config, host: str, port: int, log=print, placement_wait_
     from ray import serve
     from ray.serve.api import RunTarget
 
-    from gen_jobs.cluster import connect
+    from gen_jobs.core.cluster import connect
     from serving.app import build_app
 
     app = build_app(config)  # checks every checkpoint before Ray starts

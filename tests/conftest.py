@@ -221,7 +221,7 @@ def _wait_for_http(url: str, process, log: Path, timeout: float = 120) -> None:
 @pytest.fixture(scope="session")
 def checkpoint(ray_cluster, tmp_path_factory) -> str:
     """A tiny digits DCGAN trained for one epoch on 2 Ray Train workers."""
-    from gen_jobs.recipes import load_recipe
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.train import train
 
     recipe = load_recipe("dcgan_digits", TINY)
@@ -234,8 +234,8 @@ def random_checkpoint(tmp_path) -> str:
     """An untrained DCGAN checkpoint written without Ray: fast, for unit tests."""
     import torch
 
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.dcgan.training import GAN
-    from gen_jobs.recipes import load_recipe
 
     torch.manual_seed(0)
     recipe = load_recipe("dcgan_digits", TINY)
@@ -254,9 +254,9 @@ def gpt_checkpoint(tmp_path_factory) -> str:
     """An untrained tiny GPT with a tokenizer trained on the bundled text (no Ray)."""
     import torch
 
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.gpt.data import load_documents, split_documents
     from gen_jobs.families.gpt.model import build_model, save, train_tokenizer
-    from gen_jobs.recipes import load_recipe
     from test_gpt import TINY_GPT_ONE_ROW_BATCHES
 
     recipe = load_recipe("gpt_pydoc", TINY_GPT_ONE_ROW_BATCHES)
@@ -277,7 +277,7 @@ def music_checkpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def style_checkpoint(tmp_path_factory) -> str:
     """A style model after 3 in-process training steps."""
-    from gen_jobs.recipes import load_recipe
+    from gen_jobs.core.recipes import load_recipe
     from test_style import TINY_STYLE, train_in_process
 
     task, _ = train_in_process(load_recipe("style_sample", TINY_STYLE), 3)

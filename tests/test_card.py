@@ -7,16 +7,15 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from PIL import Image
 
 from conftest import REPO
-from gen_jobs import checkpoint as ckpt
-from gen_jobs import storage
-from gen_jobs.card import CARD_RECORD, README
+from gen_jobs.core import checkpoint as ckpt, storage
 from gen_jobs.generate import GenerateArgs, generate
+from gen_jobs.quality.card import CARD_RECORD, README
 from gen_jobs.quality_report import QualityArgs, quality_report
 from test_cli_errors import error_of
 from test_verify import make_dataset
@@ -123,9 +122,9 @@ def test_raygen_quality_exit_code_says_whether_a_figure_warns(random_checkpoint,
 @pytest.fixture(scope="module")
 def digit_reports():
     """Reports on held-out real digits (what a perfect generator makes), one class only, and noise."""
+    from gen_jobs.data.images import resize_uint8
     from gen_jobs.families.dcgan.data import digits_arrays
     from gen_jobs.families.dcgan.quality import DigitsReference
-    from gen_jobs.images import resize_uint8
 
     raw, labels = digits_arrays()
     images = resize_uint8(raw, 32)

@@ -10,7 +10,6 @@ from conftest import run_cli
 from gen_jobs.cli import main as raygen
 from test_verify import make_dataset
 
-
 RAY_FORWARDED = re.compile(r"^(\x1b\[\d+m)?\(pid=")
 
 
@@ -119,8 +118,8 @@ def _write_checkpoint(folder, epoch: int) -> None:
     import torch
 
     from conftest import TINY
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.dcgan.training import GAN
-    from gen_jobs.recipes import load_recipe
 
     GAN(load_recipe("dcgan_digits", TINY), torch.device("cpu")).save(folder, {"epoch": epoch})
 
@@ -130,8 +129,8 @@ def test_a_job_started_before_its_model_finished_training_waits_for_it(tmp_path,
     import threading
 
     from conftest import TINY
-    from gen_jobs import checkpoint
-    from gen_jobs.recipes import load_recipe
+    from gen_jobs.core import checkpoint
+    from gen_jobs.core.recipes import load_recipe
 
     epochs = load_recipe("dcgan_digits", TINY).train.epochs
     run = tmp_path / "runs" / "dcgan_digits"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY
-from gen_jobs.console import MARK, PROGRESS, Progress, TrainingEta
+from gen_jobs.core.console import MARK, PROGRESS, Progress, TrainingEta
 
 RAY_INTERNALS = ("Reporting training result", "core_worker.cc", "TrainingReport(", "pid=")
 
@@ -87,7 +87,7 @@ def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_elsewhere():
 
 
 def test_training_progress_says_how_long_is_left(monkeypatch):
-    import gen_jobs.console as console
+    import gen_jobs.core.console as console
 
     clock = iter([100.0, 110.0, 500.0, 520.0])
     monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
@@ -103,8 +103,8 @@ def test_training_progress_says_how_long_is_left(monkeypatch):
 def test_the_digits_grid_is_readable_and_labelled():
     from PIL import Image
 
+    from gen_jobs.data.images import labelled_grid, png_bytes, resize_uint8
     from gen_jobs.families.dcgan.data import digits_arrays
-    from gen_jobs.images import labelled_grid, png_bytes, resize_uint8
 
     raw, labels = digits_arrays()
     grid = labelled_grid(resize_uint8(raw, 32), labels)

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
-from gen_jobs import storage
-from gen_jobs.errors import UserError
-from gen_jobs.lease import Lease, LeaseRecord, this_machine
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.lease import Lease, LeaseRecord, this_machine
 from gen_jobs.verify import problems
 from test_cli_errors import error_of
 from test_verify import make_dataset
@@ -147,7 +147,7 @@ def test_verify_checks_seeds_and_tags_not_only_checksums(random_checkpoint, tmp_
     manifest = json.loads((out / "_manifest.json").read_text())
     swapped = (other / "part-00001.parquet").read_bytes()
     (out / "part-00001.parquet").write_bytes(swapped)  # and make its checksum "match", as a careless copy would
-    from gen_jobs.manifest import sha256
+    from gen_jobs.data.manifest import sha256
 
     manifest["shards"][1].update(sha256=sha256(swapped), bytes=len(swapped))
     (out / "_manifest.json").write_text(json.dumps(manifest))
@@ -188,7 +188,7 @@ def test_a_lease_of_another_container_with_the_same_hostname_waits_for_its_expir
 
 
 def test_the_heartbeat_never_writes_through_a_planted_link_and_release_removes_only_its_own_lease(tmp_path):
-    import gen_jobs.lease as lease_module
+    import gen_jobs.core.lease as lease_module
 
     out = tmp_path / "data"
     victim = tmp_path / "victim.txt"
@@ -208,7 +208,7 @@ def test_the_heartbeat_never_writes_through_a_planted_link_and_release_removes_o
 
 
 def test_two_runs_started_together_get_the_lease_once(random_checkpoint, tmp_path):
-    script = ("import sys, time\nfrom gen_jobs.lease import Lease\nfrom gen_jobs.errors import UserError\n"
+    script = ("import sys, time\nfrom gen_jobs.core.lease import Lease\nfrom gen_jobs.core.errors import UserError\n"
               "try:\n    with Lease(sys.argv[1]):\n        print('got it', flush=True); time.sleep(3)\n"
               "except UserError as e:\n    print('refused', flush=True)\n")
     runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data")], cwd=REPO, stdout=subprocess.PIPE,
@@ -281,7 +281,7 @@ def test_a_worker_that_does_not_share_the_out_folder_refuses_to_write(random_che
 def test_the_newest_checkpoint_of_a_run_skips_one_still_uploading(random_checkpoint, tmp_path):
     import shutil
 
-    from gen_jobs.checkpoint import latest
+    from gen_jobs.core.checkpoint import latest
 
     run = tmp_path / "run"
     shutil.copytree(random_checkpoint, run / "checkpoint_2026-01-01_00-00-00.000000")

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from gen_jobs.core.recipes import load_recipe
+from gen_jobs.core.seeding import row_seeds
 from gen_jobs.families.dcgan.model import Discriminator, Generator, ModelConfig
 from gen_jobs.families.dcgan.sampler import Sampler, to_table
 from gen_jobs.families.dcgan.training import GAN, diff_augment
-from gen_jobs.recipes import load_recipe
-from gen_jobs.seeding import row_seeds
 
 
 @pytest.mark.parametrize("size, channels, conditional", [(16, 1, True), (32, 1, True), (64, 3, False), (32, 3, True)])
@@ -96,10 +96,10 @@ def test_table_is_decoded_by_huggingface_datasets(random_checkpoint, tmp_path):
 
 
 def test_collapse_warnings_know_how_many_rows_they_rest_on():
+    from gen_jobs.data.images import resize_uint8
     from gen_jobs.families.dcgan.data import digits_arrays
     from gen_jobs.families.dcgan.quality import DigitsReference
-    from gen_jobs.images import resize_uint8
-    from gen_jobs.significance import coverage_tail
+    from gen_jobs.quality.significance import coverage_tail
 
     raw, labels = digits_arrays()
     images = resize_uint8(raw, 32)  # real digits, as a perfect generator would draw them
@@ -127,9 +127,9 @@ def test_collapse_warnings_know_how_many_rows_they_rest_on():
 
 
 def test_coverage_is_judged_against_as_many_real_digits_of_the_classes_asked_for():
+    from gen_jobs.data.images import resize_uint8
     from gen_jobs.families.dcgan.data import digits_arrays
     from gen_jobs.families.dcgan.quality import DigitsReference
-    from gen_jobs.images import resize_uint8
 
     raw, labels = digits_arrays()
     images = resize_uint8(raw, 32)
@@ -157,7 +157,7 @@ def test_row_confidence_is_the_reference_classifiers_without_importing_scikit_le
 import sys, numpy as np
 from gen_jobs.families.dcgan.data import digits_arrays
 from gen_jobs.families.dcgan.quality import digits_confidence
-from gen_jobs.images import resize_uint8
+from gen_jobs.data.images import resize_uint8
 images = resize_uint8(digits_arrays()[0], 32)
 np.save(sys.argv[1], digits_confidence(images, None, 32))
 print("sklearn" in sys.modules)
@@ -167,9 +167,9 @@ print("sklearn" in sys.modules)
                            text=True, check=True) for i in range(2)]
     assert [r.stdout.strip() for r in runs] == ["True", "False"]  # fitted once, then loaded from the cache
 
+    from gen_jobs.data.images import resize_uint8
     from gen_jobs.families.dcgan.data import digits_arrays
     from gen_jobs.families.dcgan.quality import DigitsReference, digit_features
-    from gen_jobs.images import resize_uint8
 
     images = resize_uint8(digits_arrays()[0], 32)
     expected = np.round(DigitsReference(32).model.predict_proba(digit_features(images)).max(axis=1), 4)

@@ -42,7 +42,7 @@ class DemoRun:
         return json.loads((self.folder / dataset / "quality.json").read_text())
 
     def checkpoint(self, recipe: str) -> str:
-        from gen_jobs.checkpoint import latest
+        from gen_jobs.core.checkpoint import latest
 
         return latest(str(self.folder / "runs" / recipe))  # the run's newest checkpoint, as raygen picks it
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from gen_jobs.duplicates import duplicate_figures, duplicate_warnings
+from gen_jobs.data.images import encode_png, resize_uint8
 from gen_jobs.families.dcgan.data import digits_arrays
 from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents
 from gen_jobs.families.gpt.quality import CorpusSpans
-from gen_jobs.images import encode_png, resize_uint8
+from gen_jobs.quality.duplicates import duplicate_figures, duplicate_warnings
 
 
 def image_table(images: np.ndarray) -> pa.Table:
@@ -47,8 +47,8 @@ def test_text_and_token_duplicates():
 
 
 def test_memorisation_columns_flag_training_copies():
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.dcgan.sampler import row_figures
-    from gen_jobs.recipes import load_recipe
 
     recipe = load_recipe("dcgan_digits", ["train.epochs=1"])
     raw, labels = digits_arrays()

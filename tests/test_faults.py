@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CLUSTER, REPO, TINY, restart_s3_server
-from gen_jobs import storage
+from gen_jobs.core import storage
 from gen_jobs.generate import GenerateArgs, generate
 from gen_jobs.verify import problems
 from test_ray_pipeline import shard_bytes
@@ -115,8 +115,8 @@ def test_a_driver_killed_while_writing_the_manifest_is_repaired_by_resume(random
 
 
 def test_a_training_worker_killed_mid_run_restarts_from_its_checkpoint_to_the_same_weights(ray_cluster, tmp_path):
-    from gen_jobs.checkpoint import load_state
-    from gen_jobs.recipes import load_recipe
+    from gen_jobs.core.checkpoint import load_state
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.train import train
 
     overrides = [*TINY[:1], *TINY[2:], "train.epochs=3", "train.checkpoint_every=1"]

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import run_cli, read_rows
-from gen_jobs.errors import UserError
-from gen_jobs.gate import candidate_seed, gated, parse_filter, passes
+from conftest import read_rows, run_cli
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.gate import candidate_seed, gated, parse_filter, passes
 from gen_jobs.generate import GenerateArgs, generate
 from gen_jobs.verify import problems
 

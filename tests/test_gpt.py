@@ -1,8 +1,8 @@
 """GPT family without Ray: tokenizer, sampler determinism, stop/length, bring-your-own, bad input."""
 
 import json
-import time
 import shutil
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from conftest import read_rows
-from gen_jobs.errors import UserError
-from gen_jobs.generate import GenerateArgs, plan, write_manifest
-from gen_jobs.columns import object_column
-from gen_jobs.decoding import pick_tokens
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import load_recipe
+from gen_jobs.core.seeding import row_seeds
+from gen_jobs.data.columns import object_column
+from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents, split_documents
 from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
 from gen_jobs.families.gpt.sampler import ROW_SETTINGS, Sampler
-from gen_jobs.recipes import load_recipe
-from gen_jobs.seeding import row_seeds
-from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents, split_documents
+from gen_jobs.families.lm.decoding import pick_tokens
+from gen_jobs.generate import GenerateArgs, plan, write_manifest
 
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.n_positions=64", "model.vocab_size=300",
             "model.dropout=0", "sampling.max_new_tokens=16", "train.epochs=1", "generate.batch_size=4"]
@@ -199,7 +199,7 @@ def test_bad_prompt_files(gpt_checkpoint, tmp_path):
 
 
 def test_not_a_causal_lm_and_mismatched_tokenizer(gpt_checkpoint, tokenizer, tmp_path):
-    from gen_jobs.checkpoint import read_recipe
+    from gen_jobs.core.checkpoint import read_recipe
 
     vit = tmp_path / "vit"
     shutil.copytree(gpt_checkpoint, vit)
@@ -218,7 +218,7 @@ def test_not_a_causal_lm_and_mismatched_tokenizer(gpt_checkpoint, tokenizer, tmp
 
 
 def test_user_corpora_txt_jsonl_parquet_and_s3(s3_server, tmp_path):
-    from gen_jobs import storage
+    from gen_jobs.core import storage
     from gen_jobs.families.gpt.data import TextDataConfig
 
     (tmp_path / "corpus").mkdir()
@@ -238,8 +238,8 @@ def test_user_corpora_txt_jsonl_parquet_and_s3(s3_server, tmp_path):
 def test_a_job_whose_prompts_change_after_planning_fails_in_one_line_and_writes_no_manifest(
         ray_cluster, gpt_checkpoint, tmp_path, capsys):
     from gen_jobs.cli_args import run_main
+    from gen_jobs.core.lease import Lease
     from gen_jobs.generate import _generate
-    from gen_jobs.lease import Lease
 
     prompts = tmp_path / "prompts.parquet"
     pq.write_table(pa.table({"prompt": PROMPTS}), prompts)

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gen_jobs.generate import GenerateArgs, generate
+from gen_jobs.core.recipes import load_recipe
+from gen_jobs.families.gpt.data import load_documents, split_documents
 from gen_jobs.families.gpt.model import build_model, pack_blocks
 from gen_jobs.families.gpt.sampler import Sampler
-from gen_jobs.lm_training import held_out_loss
-from gen_jobs.recipes import load_recipe
-from gen_jobs.families.gpt.data import load_documents, split_documents
+from gen_jobs.families.lm.training import held_out_loss
+from gen_jobs.generate import GenerateArgs, generate
 from gen_jobs.verify import problems
 from test_gpt import TINY_GPT
 from test_ray_pipeline import shard_bytes

@@ -10,9 +10,9 @@ import torch
 
 from conftest import TINY, run_cli
 from gen_jobs import families
-from gen_jobs.guard import scale_learning_rates, step_problem
-from gen_jobs.harness import Workers, run_epochs
-from gen_jobs.recipes import load_recipe
+from gen_jobs.core.recipes import load_recipe
+from gen_jobs.training.guard import scale_learning_rates, step_problem
+from gen_jobs.training.harness import Workers, run_epochs
 
 ONE_WORKER = Workers(0, 1, torch.device("cpu"))
 BLOWS_UP = ["train.lr_g=1000", "train.lr_d=1000"]  # losses in the thousands after one step (healthy: single digits)

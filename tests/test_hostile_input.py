@@ -12,13 +12,12 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gen_jobs.cli import main as raygen
-from gen_jobs.errors import UserError
-from gen_jobs.recipes import load_recipe, recipe_from_dict
-from gen_jobs.rows import plan_prompts
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import load_recipe, recipe_from_dict
+from gen_jobs.data.rows import plan_prompts
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

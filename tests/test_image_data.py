@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from gen_jobs import storage
-from gen_jobs.errors import UserError
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
 from gen_jobs.families.dcgan.data import ImageDataConfig, load_images
 
 

@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from gen_jobs.storage import expand_variables
+from gen_jobs.core.storage import expand_variables
 
 K8S = REPO / "k8s"
 CRDS = Path(os.environ.get("RAYGEN_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
@@ -267,7 +267,7 @@ def test_entrypoint_modules_answer_help(module):
 
 @pytest.mark.parametrize("name, doc", RAY_JOBS, ids=ids(RAY_JOBS))
 def test_ray_jobs_parse_their_arguments_and_fit_their_cluster(name, doc):
-    from gen_jobs.recipes import load_recipe
+    from gen_jobs.core.recipes import load_recipe
 
     module, args = parsed_arguments(doc)
     spec = doc["spec"]

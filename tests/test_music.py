@@ -12,15 +12,15 @@ import pytest
 import symusic
 import torch
 
-from conftest import run_cli, read_rows
-from gen_jobs.errors import UserError
+from conftest import read_rows, run_cli
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import load_recipe
 from gen_jobs.families.music.analysis import Notes, estimate_key, key_name
 from gen_jobs.families.music.audio import find_soundfont
 from gen_jobs.families.music.data import load_corpus, music21_to_midi
 from gen_jobs.families.music.model import build_model, build_tokenizer, decode, encode, save, special_ids
 from gen_jobs.families.music.recipe import MusicDataConfig
 from gen_jobs.families.music.sampler import Sampler
-from gen_jobs.recipes import load_recipe
 
 TINY_MUSIC = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.n_positions=96", "model.dropout=0",
               "sampling.max_new_tokens=64", "train.epochs=1", "generate.batch_size=4", "data.max_files=24"]

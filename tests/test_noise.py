@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import REPO, read_rows
-from gen_jobs import seeding
-from gen_jobs.decoding import decode_steps
+from gen_jobs.core import seeding
+from gen_jobs.core.seeding import row_seeds
 from gen_jobs.families.dcgan.sampler import Sampler
+from gen_jobs.families.lm.decoding import decode_steps
 from gen_jobs.generate import GenerateArgs, plan
-from gen_jobs.seeding import row_seeds
 from test_verify import write_in_process
 
 

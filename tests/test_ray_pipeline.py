@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, read_rows
-from gen_jobs import storage
-from gen_jobs.checkpoint import read_recipe
+from gen_jobs.core import storage
+from gen_jobs.core.checkpoint import read_recipe
+from gen_jobs.core.recipes import load_recipe
+from gen_jobs.data.images import decode_png
 from gen_jobs.generate import GenerateArgs, generate
-from gen_jobs.images import decode_png
-from gen_jobs.recipes import load_recipe
 from gen_jobs.verify import problems
 
 
@@ -51,7 +51,7 @@ def test_dataset_layout_and_contents(reference):
     assert sorted(p.name for p in reference.iterdir()) == [
         "README.md", "_card.json", "_manifest.json", "card-samples.png", "card-training.png",
         "part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "part-00003.parquet", "quality.json",
-    ]  # the shards, their manifest and the dataset card (gen_jobs.card)
+    ]  # the shards, their manifest and the dataset card (gen_jobs.quality.card)
     assert problems(str(reference))[0] == []
     table = pq.read_table(reference / "part-00002.parquet")
     assert table.column("id").to_pylist() == list(range(300, 450))
@@ -170,7 +170,7 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(checkpoint)
 
     # The harness reseeds every epoch from (seed, epoch, rank): the interrupted-and-resumed
     # run ends with the same weights as a run that trained both epochs in one go.
-    from gen_jobs.checkpoint import load_state
+    from gen_jobs.core.checkpoint import load_state
     from gen_jobs.train import train
 
     straight = Path(train(load_recipe("dcgan_digits", [*TINY[:1], *TINY[2:], "train.epochs=2"]), storage_dir,

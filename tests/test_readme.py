@@ -3,7 +3,7 @@
 Every ```sh and ```console block of README.md is an example, in the README's
 order. A block runs in bash from a copy of the repository's files (its .venv
 linked in and first on PATH, as `. .venv/bin/activate` leaves it), with
-RAYGEN_SMOKE_TEST=1 (gen_jobs/smoke.py: training one epoch, at most 64 rows:
+RAYGEN_SMOKE_TEST=1 (gen_jobs/core/smoke.py: training one epoch, at most 64 rows:
 the commands stay as a user types them, their sizes shrink) and the session's
 Ray cluster in RAY_ADDRESS, unless the block sets up a cluster of its own. A
 console block's `$` lines are run, and the lines it shows after them must be

@@ -2,8 +2,8 @@
 
 import pytest
 
-from gen_jobs.errors import UserError
-from gen_jobs.recipes import builtin_recipes, load_recipe
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import builtin_recipes, load_recipe
 
 
 def test_builtin_recipe_loads_by_name_and_by_path():

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from gen_jobs.errors import UserError
-from gen_jobs.rows import plan_images, plan_prompts, read_inputs
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.rows import plan_images, plan_prompts, read_inputs
 
 
 def test_parquet_prompts_are_read_by_row_group_and_nulls_keep_their_place(tmp_path):
@@ -102,7 +102,7 @@ def test_a_shard_refuses_an_input_that_changed_after_planning(tmp_path):
 
 
 def test_a_jsonl_line_holding_a_raw_line_separator_is_one_record():
-    from gen_jobs.rows import jsonl_column
+    from gen_jobs.data.rows import jsonl_column
 
     data = '{"prompt": "one\u2028two"}\r\n{"prompt": null}\n'.encode()  # U+2028 raw inside the string, CRLF endings
     assert jsonl_column("p.jsonl", data, "prompt", "--prompt-column") == ["one\u2028two", None]
@@ -120,7 +120,7 @@ def test_planning_a_large_prompts_file_holds_only_a_piece_of_it(tmp_path):
                              "blob": [os.urandom(1 << 20) for _ in range(96)]}), path, row_group_size=8)
     jsonl = tmp_path / "big.jsonl"
     jsonl.write_text("".join(json.dumps({"prompt": "x" * 100_000, "n": i}) + "\n" for i in range(500)))  # 50 MB
-    probe = ("import sys, resource, pyarrow as pa; from gen_jobs.rows import plan_prompts;"
+    probe = ("import sys, resource, pyarrow as pa; from gen_jobs.data.rows import plan_prompts;"
              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
              "s = plan_prompts(sys.argv[1], 'prompt', 1);"
              "print(s.inputs, s.sha256, pa.default_memory_pool().max_memory(),"

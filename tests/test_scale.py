@@ -17,9 +17,18 @@ from pathlib import Path
 
 import pytest
 
+from gen_jobs.data.manifest import (
+    INLINE_SHARDS,
+    MANIFEST,
+    SHARD_LIST,
+    Manifest,
+    ShardEntry,
+    read_manifest,
+    read_shard_list,
+    shard_name,
+)
+from gen_jobs.data.output_folder import survey
 from gen_jobs.generate import GenerateArgs, generate, plan, shards_to_write
-from gen_jobs.manifest import INLINE_SHARDS, MANIFEST, SHARD_LIST, Manifest, ShardEntry, read_manifest, read_shard_list, shard_name
-from gen_jobs.output_folder import survey
 from gen_jobs.verify import problems
 
 pytestmark = pytest.mark.slow
@@ -55,8 +64,8 @@ def random_checkpoint_module(tmp_path_factory) -> str:
     import torch
 
     from conftest import TINY
+    from gen_jobs.core.recipes import load_recipe
     from gen_jobs.families.dcgan.training import GAN
-    from gen_jobs.recipes import load_recipe
 
     folder = tmp_path_factory.mktemp("scale") / "ckpt"
     GAN(load_recipe("dcgan_digits", TINY), torch.device("cpu")).save(folder, {"epoch": 1})
@@ -160,8 +169,7 @@ def test_a_shard_is_written_row_group_by_row_group_with_the_same_rows(random_che
     """A worker holds one row group, not the shard: shards larger than ROW_GROUP_BYTES are cut into several."""
     import pyarrow.parquet as pq
 
-    from gen_jobs import families
-    from gen_jobs import generate as generating
+    from gen_jobs import families, generate as generating
 
     args = GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path), num_samples=200, rows_per_shard=200)
     identity, micro_batch = plan(args, log=lambda _: None)
@@ -182,7 +190,7 @@ def test_spread_keys_put_shard_k_under_folder_k_mod_256_where_every_reader_finds
                                                                                     s3_server, tmp_path):
     import datasets
 
-    from gen_jobs.errors import UserError
+    from gen_jobs.core.errors import UserError
 
     out = tmp_path / "spread"
     args = GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=60, rows_per_shard=20, spread_keys=True)
@@ -213,9 +221,9 @@ def test_spread_keys_put_shard_k_under_folder_k_mod_256_where_every_reader_finds
 def test_an_unfinished_runs_record_is_append_only_and_folded_every_so_often(random_checkpoint, tmp_path):
     """Each record holds only the shards written since the last (a million-shard run writes each entry about once,
     not the whole list every 30 s); every COMPACT_EVERY pieces they fold into SHARD_LIST; --resume reads them all."""
+    from gen_jobs.core.lease import Lease
+    from gen_jobs.data.manifest import recorded_progress
     from gen_jobs.generate import ProgressRecord
-    from gen_jobs.lease import Lease
-    from gen_jobs.manifest import recorded_progress
 
     out = tmp_path / "many"
     args = GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=2 * (INLINE_SHARDS + 1), rows_per_shard=2)

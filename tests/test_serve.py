@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from conftest import SERVE_API_KEY
+from gen_jobs.data.manifest import read_manifest, read_shards
 from gen_jobs.generate import GenerateArgs, generate
-from gen_jobs.manifest import read_manifest, read_shards
 
 API_KEY = SERVE_API_KEY
 
@@ -203,8 +203,7 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(http, path, body, 
 
 
 def test_hostile_bodies_get_a_4xx_or_an_answer_never_a_500(http):
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+    from hypothesis import HealthCheck, given, settings, strategies as st
 
     from test_hostile_input import nasty_values
 

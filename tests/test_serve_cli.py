@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, free_port, run_cli
-from gen_jobs.checkpoint import latest, weights_sha256
+from gen_jobs.core.checkpoint import latest, weights_sha256
 from serving.config import read_config
 
 

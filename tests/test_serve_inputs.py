@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gen_jobs.errors import UserError
-from gen_jobs.images import decode_rgb, decoding_cost
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.images import decode_rgb, decoding_cost
 from serving.config import Limits
 from serving.primer import PrimerTooCostly, check_musicxml, parse_in_child, parse_midi, parse_primer, running_parsers
 
@@ -171,7 +171,7 @@ def test_a_shards_first_rows_are_read_without_the_rest_of_it(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gen_jobs.manifest import ShardEntry, read_shards
+    from gen_jobs.data.manifest import ShardEntry, read_shards
 
     path = tmp_path / "part-00000.parquet"
     pq.write_table(pa.table({"id": np.arange(4000), "blob": [os.urandom(256) for _ in range(4000)]}), path,

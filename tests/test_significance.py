@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from gen_jobs.core.recipes import load_recipe
 from gen_jobs.families.style.quality import GOALS, score_dataset
-from gen_jobs.recipes import load_recipe
-from gen_jobs.significance import coverage_tail, mean_below, share_below
+from gen_jobs.quality.significance import coverage_tail, mean_below, share_below
 
 
 def test_the_tests_need_evidence_in_proportion_to_the_gap():

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gen_jobs import storage
-from gen_jobs.errors import UserError
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
 
 
 def test_local_atomic_write_read_list_delete(tmp_path):
@@ -52,9 +52,8 @@ def test_s3_round_trip(s3_server, tmp_path):
 
 def test_an_s3_outage_inside_a_ray_data_worker_is_one_clear_line(ray_cluster, capsys):
     """Ray Data keeps a UDF's botocore error only as traceback text; the command still says what failed, once."""
-    from gen_jobs.cli_args import run_main
-
     from conftest import free_port
+    from gen_jobs.cli_args import run_main
 
     ray, _ = ray_cluster
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there, as in an S3 outage
@@ -82,8 +81,8 @@ def test_errors_that_are_not_s3_are_not_described_as_s3():
 
 def test_uris_may_name_environment_variables(monkeypatch):
     """One setting names the bucket for every job and the Serve config (k8s/storage.yaml)."""
+    from gen_jobs.core.storage import expand_variables
     from gen_jobs.generate import GenerateArgs
-    from gen_jobs.storage import expand_variables
 
     monkeypatch.setenv("RAYGEN_STORAGE", "s3://acme-data/raygen/")
     assert expand_variables("${RAYGEN_STORAGE}/runs/gpt") == "s3://acme-data/raygen/runs/gpt"
@@ -141,7 +140,7 @@ def test_a_large_s3_shard_streams_as_a_multipart_upload_that_appears_whole(s3_se
 def test_uploads_left_by_a_killed_run_are_aborted_and_only_raygens(s3_server, monkeypatch):
     import os
 
-    from gen_jobs.manifest import SHARD_PATTERN
+    from gen_jobs.data.manifest import SHARD_PATTERN
 
     monkeypatch.setattr(storage, "S3_PART_BYTES", 5 * 2**20)
     killed = storage.AtomicWriter("s3://raygen/killed/part-00003.parquet")

@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, read_rows
-from gen_jobs.errors import UserError
+from conftest import read_rows, run_cli
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import load_recipe
+from gen_jobs.data.images import BadImage, decode_rgb
 from gen_jobs.families.style.data import held_out_crops
-from gen_jobs.families.style.model import VGG19Features, TransformerNet, load_loss_network
+from gen_jobs.families.style.model import TransformerNet, VGG19Features, load_loss_network
 from gen_jobs.families.style.quality import image_figures
 from gen_jobs.families.style.training import TrainingTask
-from gen_jobs.harness import Workers
-from gen_jobs.images import BadImage, decode_rgb
-from gen_jobs.recipes import load_recipe
+from gen_jobs.training.harness import Workers
 
 # Small enough to train in-process in seconds: crops of 64 pixels, one residual block.
 TINY_STYLE = ["data.crops=64", "data.crop_size=64", "data.style_size=96", "model.residual_blocks=1", "train.lr=0.003",
@@ -266,7 +266,7 @@ def test_style_job_errors_are_one_line(style_checkpoint, tmp_path):
 
 
 def test_user_styles_and_content_come_from_files_folders_parquet_or_s3(s3_server, tmp_path):
-    from gen_jobs import storage
+    from gen_jobs.core import storage
     from gen_jobs.families.style.data import content_photos, style_images
 
     photos = photo_folder(tmp_path / "photos", count=2)
@@ -290,7 +290,7 @@ def test_user_styles_and_content_come_from_files_folders_parquet_or_s3(s3_server
 
 
 def test_an_s3_prefix_of_images_is_stylised_into_an_s3_dataset(ray_cluster, s3_server, style_checkpoint, tmp_path):
-    from gen_jobs import storage
+    from gen_jobs.core import storage
     from gen_jobs.generate import GenerateArgs, generate
     from gen_jobs.verify import problems
 

@@ -5,12 +5,11 @@ Datasets here are written in-process by the ShardWriter that Ray Data's actors r
 
 import json
 
+import numpy as np
 import pytest
 
-import numpy as np
-
+from gen_jobs.data.manifest import read_manifest
 from gen_jobs.generate import GenerateArgs, ShardEntry, ShardWriter, plan, write_manifest
-from gen_jobs.manifest import read_manifest
 from gen_jobs.verify import main as verify_main
 
 

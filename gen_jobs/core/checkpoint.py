@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gen_jobs import __version__, storage
-from gen_jobs.errors import UserError
-from gen_jobs.recipes import RecipeBase, recipe_from_dict
+from gen_jobs import __version__
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import RecipeBase, recipe_from_dict
 
 RECIPE_FILE = "recipe.json"
 INFO_FILE = "raygen.json"

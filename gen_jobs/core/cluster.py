@@ -15,8 +15,8 @@ import os
 def connect() -> None:
     import ray
 
-    from gen_jobs.console import quiet_ray, verbose
-    from gen_jobs.errors import UserError
+    from gen_jobs.core.console import quiet_ray, verbose
+    from gen_jobs.core.errors import UserError
 
     if ray.is_initialized():
         return
@@ -27,7 +27,7 @@ def connect() -> None:
                         "prints) and give `ray job submit` the dashboard as RAY_API_SERVER_ADDRESS or --address")
     try:
         ray.init(address=address, logging_level="INFO" if verbose() else "ERROR", configure_logging=True)
-        quiet_ray()  # raygen's own lines only, unless --verbose (gen_jobs.console)
+        quiet_ray()  # raygen's own lines only, unless --verbose (gen_jobs.core.console)
     except Exception as e:  # Ray's own words for a cluster that wants a token are buried in a chain; say what to do
         if not _about_authentication(e):
             raise

@@ -1,6 +1,6 @@
 """What a person sees: raygen's own lines and progress; Ray's and libraries' internals go to Ray's log files.
 
-    used by every command that joins Ray (gen_jobs.cluster.connect); `--verbose` on any command, or
+    used by every command that joins Ray (gen_jobs.core.cluster.connect); `--verbose` on any command, or
     RAYGEN_LOG_LEVEL=INFO (or DEBUG), shows everything as Ray prints it
 
 Ray forwards every worker's and actor's output to the driver, prefixed with

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # How Python's traceback names the exception; Ray carries a worker's exception to the
 # driver as this text (Ray Data's UserCodeException keeps no picklable cause).
-_TRACEBACK_MARK = "gen_jobs.errors.UserError: "
+_TRACEBACK_MARK = "gen_jobs.core.errors.UserError: "
 
 
 class UserError(Exception):

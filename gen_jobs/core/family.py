@@ -6,7 +6,7 @@ families costs nothing. The descriptor names, as `module:attribute` strings
 loaded on first use, the family's parts:
 
     recipe          its pydantic Recipe (a RecipeBase)
-    training        its TrainingTask class, which gen_jobs.harness drives on Ray Train
+    training        its TrainingTask class, which gen_jobs.training.harness drives on Ray Train
     sampler         its Sampler: `__init__(checkpoint_uri, device, recipe=None)` loads once;
                     `__call__(batch)` maps request columns (id, seed, and label / prompt / image
                     as `rows_from` says) to output columns. Ray Data and Ray Serve both use it.

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from gen_jobs import storage
-from gen_jobs.errors import UserError
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
 
 LEASE = "_lease.json"
 HEARTBEAT_S = 10.0

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
 
 
 class StrictModel(BaseModel):

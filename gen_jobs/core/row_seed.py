@@ -1,6 +1,6 @@
 """Row i's seed, a pure NumPy function of (base seed, i), and the noise scheme's version: no torch.
 
-    used by gen_jobs.seeding (which re-exports it), generate, verify and Serve
+    used by gen_jobs.core.seeding (which re-exports it), generate, verify and Serve
 
 `raygen verify` checks every row's seed with it; keeping torch out of that
 command makes it start ~1.4 s sooner and keeps torch's thread pools out of a
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NOISE_VERSION = "splitmix64-counter-v1"  # names gen_jobs.seeding's whole scheme in every dataset's identity
+NOISE_VERSION = "splitmix64-counter-v1"  # names gen_jobs.core.seeding's whole scheme in every dataset's identity
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

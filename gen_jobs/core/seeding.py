@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gen_jobs.row_seed import NOISE_VERSION, row_seeds  # re-exported; that module needs NumPy only, no torch
+from gen_jobs.core.row_seed import NOISE_VERSION, row_seeds  # re-exported; that module needs NumPy only, no torch
 
 __all__ = ["NOISE_VERSION", "row_seeds", "LABEL", "LATENT", "TOKEN", "MUSIC", "STYLE", "GOLDEN", "mix64",
            "seed_tensor", "random_bits", "uniform64", "uniform32", "integers", "normals"]

@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 from pydantic import AfterValidator
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
 
 SUPPORTED_SCHEMES = ("local path", "file://", "s3://")
 # Attempts per S3 request, with the AWS standard strategy's jittered exponential backoff

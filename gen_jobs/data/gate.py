@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
-from gen_jobs.columns import append_columns
-from gen_jobs.errors import UserError
-from gen_jobs.row_seed import row_seeds
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.row_seed import row_seeds
+from gen_jobs.data.columns import append_columns
 
 OPERATORS: dict[str, Callable] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
                                   "==": operator.eq, "!=": operator.ne}

@@ -1,6 +1,6 @@
 """Image pixels <-> files: PNG encoding of samples, decoding of users' images.
 
-Datasets store PNG bytes in the {bytes, path} struct of gen_jobs.columns.
+Datasets store PNG bytes in the {bytes, path} struct of gen_jobs.data.columns.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

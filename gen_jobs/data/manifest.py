@@ -16,7 +16,7 @@ A dataset folder (local or s3://) holds:
                             them; every 64th time they are folded into _shards.parquet
     _pending.json           only while a run is unfinished: what is being made,
                             so that --resume can check it continues the same dataset
-    _lease.json             only while a run is live: who is writing (gen_jobs.lease)
+    _lease.json             only while a run is live: who is writing (gen_jobs.core.lease)
 
 Every shard also carries, in its Parquet footer's key-value metadata, a
 `raygen` tag: {"dataset": the identity's digest, "shard": k}. It proves the
@@ -33,11 +33,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from gen_jobs import __version__, storage
-from gen_jobs.errors import UserError
-from gen_jobs.gate import QualityGate
-from gen_jobs.rows import RowSource
-from gen_jobs.row_seed import NOISE_VERSION
+from gen_jobs import __version__
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.row_seed import NOISE_VERSION
+from gen_jobs.data.gate import QualityGate
+from gen_jobs.data.rows import RowSource
 
 MANIFEST = "_manifest.json"
 PROGRESS = re.compile(r"^_progress-(\d{6,})\.parquet$")  # a piece of an unfinished run's record (ProgressRecord)

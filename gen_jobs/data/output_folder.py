@@ -1,6 +1,6 @@
 """Whose files are in a dataset folder, and what a run may do with them.
 
-    used by gen_jobs.generate, under the folder's lease (gen_jobs.lease)
+    used by gen_jobs.generate, under the folder's lease (gen_jobs.core.lease)
 
 raygen deletes or replaces only files it can prove are its own:
   - shards: exactly named `part-NNNNN.parquet` (directly in the folder, or in a two-hex-digit
@@ -13,7 +13,7 @@ raygen deletes or replaces only files it can prove are its own:
   - its state files (`_manifest.json`, `_shards.parquet`, `_progress-NNNNNN.parquet`, `_pending.json`,
     `_lease.json`, `_card.json`), when
     their content is raygen's (raygens_state_file) or they lie among raygen's shards;
-  - its dataset card (README.md, quality.json, card-*.png: gen_jobs.card), only while each
+  - its dataset card (README.md, quality.json, card-*.png: gen_jobs.quality.card), only while each
     file's bytes are the ones `_card.json` records: a card file edited since is the user's.
 Anything else is the user's: a folder holding such files is refused, even
 with --overwrite, and nothing in it is touched.
@@ -25,10 +25,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from gen_jobs import card, storage
-from gen_jobs.card import CARD_RECORD
-from gen_jobs.errors import UserError
-from gen_jobs.manifest import (
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.manifest import (
     LEASE,
     MANIFEST,
     PENDING,
@@ -47,6 +46,8 @@ from gen_jobs.manifest import (
     read_shard_list,
     shard_tag,
 )
+from gen_jobs.quality import card
+from gen_jobs.quality.card import CARD_RECORD
 
 # storage.write_bytes_atomic's temporaries of shards and state files, and the lease's leftovers
 TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_shards\.parquet|_progress-\d{6,}\.parquet|_pending\.json"

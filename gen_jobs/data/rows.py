@@ -35,10 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from gen_jobs import storage
-from gen_jobs.columns import object_column
-from gen_jobs.errors import UserError
-from gen_jobs.images import IMAGE_SUFFIXES
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.columns import object_column
+from gen_jobs.data.images import IMAGE_SUFFIXES
 
 
 class RowSource(BaseModel):

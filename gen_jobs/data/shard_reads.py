@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gen_jobs import storage
-from gen_jobs.manifest import DatasetIdentity, decode_tag, schema_description, sha256
-from gen_jobs.row_seed import row_seeds
+from gen_jobs.core import storage
+from gen_jobs.core.row_seed import row_seeds
+from gen_jobs.data.manifest import DatasetIdentity, decode_tag, schema_description, sha256
 
 READERS_PER_PROCESS = 16  # shard reads in flight in one process
 CHUNK = 256  # shards per Ray task: big enough to amortise a task's start, small enough to spread
@@ -102,7 +102,7 @@ def read_reports(out: str, identity: DatasetIdentity, shards: list[int]) -> dict
     else:
         import ray
 
-        from gen_jobs.cluster import connect
+        from gen_jobs.core.cluster import connect
 
         connect()
         task = ray.remote(num_cpus=1, max_retries=3)(_read_chunk)

@@ -1,7 +1,7 @@
 """The registry of model families: one line per family.
 
-Each entry names a package whose `FAMILY` (a gen_jobs.family.Family) says what
-the family is made of; see gen_jobs/family.py for the contract. Adding a
+Each entry names a package whose `FAMILY` (a gen_jobs.core.family.Family) says what
+the family is made of; see gen_jobs/core/family.py for the contract. Adding a
 family means adding its package and one line here.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from gen_jobs.family import Family
+from gen_jobs.core.family import Family
 
 REGISTRY: dict[str, str] = {
     "dcgan": "gen_jobs.families.dcgan",

@@ -9,7 +9,7 @@
     card-samples.png   the family's preview (a grid, piano rolls, before/after), when it has one
     card-training.png  the training curves: every epoch's figures from the checkpoint's history
     _card.json         what raygen wrote, {file: sha256}: a card file edited since is the user's,
-                       and raygen neither overwrites nor deletes it (gen_jobs.output_folder)
+                       and raygen neither overwrites nor deletes it (gen_jobs.data.output_folder)
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import shlex
 
 import yaml
 
-from gen_jobs import checkpoint, storage
-from gen_jobs.errors import UserError
-from gen_jobs.family import Preview
-from gen_jobs.manifest import Manifest, sha256
+from gen_jobs.core import checkpoint, storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.family import Preview
+from gen_jobs.data.manifest import Manifest, sha256
 
 README = "README.md"
 QUALITY = "quality.json"

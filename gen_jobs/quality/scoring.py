@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from gen_jobs.duplicates import duplicate_figures, duplicate_warnings
-from gen_jobs.manifest import DatasetIdentity, ShardEntry, read_shards
+from gen_jobs.data.manifest import DatasetIdentity, ShardEntry, read_shards
+from gen_jobs.quality.duplicates import duplicate_figures, duplicate_warnings
 
 SCORED_ROWS = 10_000
 

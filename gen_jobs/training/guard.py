@@ -1,6 +1,6 @@
 """Training guards: a diverged step or a collapsed model rolls back to the last good epoch, or stops training.
 
-Used by the harness's epoch loop (gen_jobs.harness.run_epochs); nothing here runs at import.
+Used by the harness's epoch loop (gen_jobs.training.harness.run_epochs); nothing here runs at import.
 
     divergence  a step whose losses are not finite, whose weights became non-finite
                 (a non-finite gradient does that through the optimiser step), or

@@ -18,7 +18,7 @@ What the harness does, so that no family writes it again:
   - step metrics averaged over steps and all-reduced over workers;
   - checkpoint cadence (train.checkpoint_every, and always the last epoch), written by
     rank 0 and reported with `ray.train.report`; other epochs report metrics only;
-  - guards (gen_jobs.guard, `train.guard`): a diverged step or, by recipe, a collapsed
+  - guards (gen_jobs.training.guard, `train.guard`): a diverged step or, by recipe, a collapsed
     epoch rolls back to the last good epoch with lower learning rates, or stops the run
     with the last good state as its final checkpoint. Events go into the epoch's metrics
     (`guard_events`, `rollbacks`) and the log.
@@ -33,16 +33,16 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from gen_jobs.checkpoint import INFO_FILE
-from gen_jobs.console import report_progress
-from gen_jobs.guard import TRAIN_STATE, Guard
-from gen_jobs.recipes import RecipeBase
+from gen_jobs.core.checkpoint import INFO_FILE
+from gen_jobs.core.console import report_progress
+from gen_jobs.core.recipes import RecipeBase
+from gen_jobs.training.guard import TRAIN_STATE, Guard
 
 
 class Workers:
@@ -104,10 +104,10 @@ class TrainingTask(Protocol):
     # Optional, for families that can tell a collapse (image families):
     #   def collapse(self, figures: dict) -> list[str]
     # the collapse warnings an epoch's `end_epoch` figures show (rank 0's figures; [] elsewhere),
-    # acted on by `train.guard.on_collapse` (gen_jobs.guard).
+    # acted on by `train.guard.on_collapse` (gen_jobs.training.guard).
 
     def save(self, folder: Path, info: dict) -> None:
-        """Write a checkpoint (weights, recipe, `info`) that gen_jobs.checkpoint can read."""
+        """Write a checkpoint (weights, recipe, `info`) that gen_jobs.core.checkpoint can read."""
         ...
 
     def train_state(self) -> dict:
@@ -165,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
 def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_epoch: int,
                report: Callable[[dict, Path | None], None], rollbacks: int = 0,
                history: list[dict] | None = None) -> None:
-    """Epochs start_epoch.. of a task, guarded (gen_jobs.guard); `report(metrics, checkpoint folder or None)`.
+    """Epochs start_epoch.. of a task, guarded (gen_jobs.training.guard); `report(metrics, checkpoint folder or None)`.
 
     Every worker reports once per epoch (rank 0 with the checkpoint folder on
     checkpoint epochs). A run the guard stops reports {"stopped": why, ...} last,

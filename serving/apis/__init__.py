@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import model_validator
 
-from gen_jobs.recipes import StrictModel
+from gen_jobs.core.recipes import StrictModel
 
 MAX_SEED = 2**63 - 1  # seeds are int64, like a dataset's seed column
 MAX_TOP_K = 2**31 - 1  # more than any vocabulary: the same as top_k off
@@ -62,7 +62,7 @@ def choice_seed(seed: int, k: int) -> int:
 
 
 def api_module(family: str) -> ModuleType | None:
-    """The API module a family's descriptor names (gen_jobs.family.Family.serve_api), or None."""
+    """The API module a family's descriptor names (gen_jobs.core.family.Family.serve_api), or None."""
     from gen_jobs import families
 
     name = families.get(family).serve_api

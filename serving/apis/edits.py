@@ -99,8 +99,8 @@ def describe(sampler) -> dict:
 
 
 async def rows(sampler, request: EditRequest, limits: Limits) -> dict[str, np.ndarray]:
-    from gen_jobs.columns import object_column
-    from gen_jobs.images import BadImage, decode_rgb, decoding_cost
+    from gen_jobs.data.columns import object_column
+    from gen_jobs.data.images import BadImage, decode_rgb, decoding_cost
 
     recipe = sampler.recipe
     names = ", ".join(s.name for s in recipe.styles)
@@ -137,7 +137,7 @@ async def rows(sampler, request: EditRequest, limits: Limits) -> dict[str, np.nd
 
 
 def respond(sampler, request: EditRequest, out: dict[str, np.ndarray], model: str) -> dict:
-    from gen_jobs.images import encode_png
+    from gen_jobs.data.images import encode_png
     from serving.apis.images import resize
 
     size = request.pixels()

@@ -104,7 +104,7 @@ async def rows(sampler, request: ImageRequest, limits: Limits) -> dict[str, np.n
 
 
 def respond(sampler, request: ImageRequest, out: dict[str, np.ndarray], model: str) -> dict:
-    from gen_jobs.images import encode_png
+    from gen_jobs.data.images import encode_png
 
     images = out["image"]  # uint8 n x S x S x C
     size = request.pixels()

@@ -88,8 +88,8 @@ def describe(sampler) -> dict:
 async def rows(sampler, request: MusicRequest, limits: Limits) -> dict[str, np.ndarray]:
     import asyncio
 
-    from gen_jobs.columns import object_column
-    from gen_jobs.errors import UserError
+    from gen_jobs.core.errors import UserError
+    from gen_jobs.data.columns import object_column
     from serving.primer import parse_primer
 
     max_tokens = request.max_tokens or sampler.sampling.max_new_tokens

@@ -156,7 +156,7 @@ async def rows(sampler, request: SamplingFields, limits: Limits) -> dict[str, np
     """The sampler batch for a request: one row per (prompt, choice), with the request's settings."""
     import asyncio
 
-    from gen_jobs.columns import object_column
+    from gen_jobs.data.columns import object_column
 
     s = sampler.sampling
     max_new = request.max_tokens or s.max_new_tokens

@@ -16,7 +16,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
 from gen_jobs.generate import GenerateArgs, generate
 
 ROWS = dict(num_samples=4000, rows_per_shard=100, workers=2)

@@ -2,14 +2,14 @@
 
     recipe.py    Recipe (model, data, training settings)
     model.py     Generator, Discriminator
-    training.py  the GAN step and TrainingTask (run by gen_jobs.harness on Ray Train)
+    training.py  the GAN step and TrainingTask (run by gen_jobs.training.harness on Ray Train)
     sampler.py   Sampler: checkpoint -> images (Ray Data and Ray Serve), to_table
     data.py      training images: scikit-learn digits, image folders, Parquet (local or s3://)
     quality.py   digits figures: classes covered, diversity, label agreement, TSTR, PRDC, Fréchet (random conv)
     preview.py   the dataset card's picture: a grid of samples, one row per label
 """
 
-from gen_jobs.family import DemoDefaults, Family
+from gen_jobs.core.family import DemoDefaults, Family
 
 FAMILY = Family(
     name="dcgan",

@@ -16,16 +16,15 @@ Sources (the recipe's `data.source`):
 from __future__ import annotations
 
 import os
-
 import posixpath
 
 import numpy as np
 from pydantic import Field
 
-from gen_jobs import storage
-from gen_jobs.errors import UserError
-from gen_jobs.images import IMAGE_SUFFIXES, decode_image, resize_uint8
-from gen_jobs.recipes import StrictModel
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import StrictModel
+from gen_jobs.data.images import IMAGE_SUFFIXES, decode_image, resize_uint8
 
 DIGITS = "sklearn:digits"
 

@@ -17,8 +17,8 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from gen_jobs import seeding
-from gen_jobs.recipes import StrictModel
+from gen_jobs.core import seeding
+from gen_jobs.core.recipes import StrictModel
 
 
 class ModelConfig(StrictModel):

@@ -1,21 +1,21 @@
 """The dataset card's picture of a DCGAN dataset: one row per label (conditional models), else a 10 x 10 grid.
 
-    called by gen_jobs.card through the family's `preview`
+    called by gen_jobs.quality.card through the family's `preview`
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gen_jobs.family import Preview
+from gen_jobs.core.family import Preview
 
 ROWS_READ = 2_000  # enough for 10 of each of 10 labels, drawn uniformly
 CELL = 64  # pixels a sample is shown at, at least (small samples are enlarged, pixel for pixel)
 
 
 def preview(dataset: str, manifest) -> Preview:
-    from gen_jobs.images import decode_png, image_grid, labelled_grid, png_bytes
-    from gen_jobs.manifest import read_shards
+    from gen_jobs.data.images import decode_png, image_grid, labelled_grid, png_bytes
+    from gen_jobs.data.manifest import read_shards
 
     table = read_shards(dataset, manifest.shards, ["label", "image"], max_rows=ROWS_READ)
     images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])  # N x H x W x C

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 
+from gen_jobs.data.images import resize_uint8
 from gen_jobs.families.dcgan.data import DIGITS, digits_arrays
-from gen_jobs.significance import below_reference, few_classes, in_rows, share_below
-from gen_jobs.images import resize_uint8
+from gen_jobs.quality.significance import below_reference, few_classes, in_rows, share_below
 
 NUM_CLASSES = 10
 
@@ -71,12 +71,12 @@ class DigitsQuality(BaseModel):
     tstr_accuracy: float | None = None
     real_accuracy: float | None = None
     tstr_ratio: float | None = None
-    frechet_random_conv: float | None = None  # gen_jobs.image_figures (dataset scoring only)
+    frechet_random_conv: float | None = None  # gen_jobs.quality.image_figures (dataset scoring only)
     precision: float | None = None
     recall: float | None = None
     density: float | None = None
     coverage: float | None = None
-    coverage_expected: float | None = None  # what as many real digits cover (gen_jobs.image_figures)
+    coverage_expected: float | None = None  # what as many real digits cover (gen_jobs.quality.image_figures)
     coverage_expected_spread: float | None = None
     distribution_rows: int | None = None  # rows the distribution figures rest on
 
@@ -237,7 +237,7 @@ class DigitsReference:
                 result.real_accuracy = round(real, 4)
                 result.tstr_ratio = round(acc / real, 4)
         if tstr:
-            from gen_jobs.image_figures import distribution_figures
+            from gen_jobs.quality.image_figures import distribution_figures
 
             # Rows that asked for some classes only are compared with the real digits of those classes.
             classes = np.unique(labels) if labels is not None else np.arange(NUM_CLASSES)
@@ -345,7 +345,7 @@ def scorable(recipe) -> bool:
 
 def score_dataset(table, recipe, checkpoint_uri: str) -> dict | None:
     """The digits figures of a generated table (None when the reference classifier does not apply)."""
-    from gen_jobs.images import decode_png
+    from gen_jobs.data.images import decode_png
 
     if not scorable(recipe):
         return None

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from gen_jobs.core.recipes import GuardConfig, RecipeBase, StrictModel
 from gen_jobs.families.dcgan.data import DIGITS, ImageDataConfig
 from gen_jobs.families.dcgan.model import ModelConfig
-from gen_jobs.recipes import GuardConfig, RecipeBase, StrictModel
 
 Augmentation = Literal["translation", "cutout", "color"]
 

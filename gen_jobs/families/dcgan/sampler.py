@@ -2,7 +2,7 @@
 
     raygen generate --checkpoint out/runs/dcgan_digits --out DATASET --num-samples N
 
-A row's label and latent come from its seed through gen_jobs.seeding's
+A row's label and latent come from its seed through gen_jobs.core.seeding's
 counter-based noise (label: stream LABEL, latent element j: stream LATENT,
 counter j), computed for the whole batch on the sampler's device. A given
 label does not change the latent, and no row's numbers depend on its batch.
@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from gen_jobs import checkpoint
+from gen_jobs.core import checkpoint
+from gen_jobs.data.columns import media_column, row_columns, with_features
+from gen_jobs.data.images import encode_png
 from gen_jobs.families.dcgan.model import Generator, sample_images
 from gen_jobs.families.dcgan.recipe import Recipe
-from gen_jobs.columns import media_column, row_columns, with_features
-from gen_jobs.images import encode_png
 
 
 class Sampler:

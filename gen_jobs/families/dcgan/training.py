@@ -1,6 +1,6 @@
 """Training DCGAN on the shared harness: the GAN step, its stabilisers, its checkpoint.
 
-    raygen train dcgan_digits        (gen_jobs.train; the loop is gen_jobs.harness)
+    raygen train dcgan_digits        (gen_jobs.train; the loop is gen_jobs.training.harness)
 
 G and D are not wrapped in DistributedDataParallel: a GAN step runs G twice and
 D three times before each backward, which DDP's single-forward bookkeeping does
@@ -18,13 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gen_jobs import checkpoint
+from gen_jobs.core import checkpoint
 from gen_jobs.families.dcgan.data import check_source, load_images
 from gen_jobs.families.dcgan.model import Discriminator, Generator
 from gen_jobs.families.dcgan.quality import DigitsReference, collapse_warnings, scorable
 from gen_jobs.families.dcgan.recipe import Recipe
-from gen_jobs.harness import Workers
-
+from gen_jobs.training.harness import Workers
 
 
 def diff_augment(x: torch.Tensor, policy: list[str]) -> torch.Tensor:

@@ -16,10 +16,10 @@ import io
 
 from pydantic import Field
 
-from gen_jobs import storage
-from gen_jobs.errors import UserError
-from gen_jobs.recipes import StrictModel
-from gen_jobs.rows import jsonl_column
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import StrictModel
+from gen_jobs.data.rows import jsonl_column
 
 PYDOC = "pydoc:topics"
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")

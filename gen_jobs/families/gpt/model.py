@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from gen_jobs import checkpoint
+from gen_jobs.core import checkpoint
 from gen_jobs.families.gpt.recipe import ModelConfig, Recipe
 
 END_OF_TEXT = "<|endoftext|>"
@@ -61,7 +61,7 @@ def pack_blocks(documents: list[str], tokenizer, block: int) -> torch.Tensor:
 
 
 def build_model(cfg: ModelConfig):
-    from gen_jobs.lm_training import gpt2_model
+    from gen_jobs.families.lm.training import gpt2_model
 
     return gpt2_model(cfg, cfg.vocab_size, bos=0, eos=0)
 

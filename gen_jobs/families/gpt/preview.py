@@ -1,18 +1,18 @@
 """The dataset card's excerpts of a text dataset: the first samples, prompt and continuation.
 
-    called by gen_jobs.card through the family's `preview`
+    called by gen_jobs.quality.card through the family's `preview`
 """
 
 from __future__ import annotations
 
-from gen_jobs.family import Preview
+from gen_jobs.core.family import Preview
 
 EXCERPTS = 5
 MAX_CHARS = 600
 
 
 def preview(dataset: str, manifest) -> Preview:
-    from gen_jobs.manifest import read_shards
+    from gen_jobs.data.manifest import read_shards
 
     table = read_shards(dataset, manifest.shards, ["id", "prompt", "text"], max_rows=EXCERPTS)
     excerpts = []

@@ -15,11 +15,10 @@ import functools
 import re
 
 import numpy as np
-
 from pydantic import BaseModel
 
-from gen_jobs.memorisation import CorpusWindows, windows
-from gen_jobs.significance import in_rows, share_below
+from gen_jobs.quality.memorisation import CorpusWindows, windows
+from gen_jobs.quality.significance import in_rows, share_below
 
 WORD = re.compile(r"[A-Za-z]{2,}")
 WORD_SHARE_GOAL = 0.9
@@ -109,7 +108,7 @@ class CorpusSpans(CorpusWindows):
 @functools.lru_cache(maxsize=2)
 def corpus_spans(data_json: str) -> CorpusSpans | None:
     """The recipe's corpus index, built once per process; None when the corpus cannot be read here."""
-    from gen_jobs.errors import UserError
+    from gen_jobs.core.errors import UserError
     from gen_jobs.families.gpt.data import TextDataConfig, load_documents
 
     try:
@@ -214,8 +213,8 @@ def score_texts(texts: list[str], corpus: list[str] | None = None, perplexity: f
 
 def score_dataset(table, recipe, checkpoint_uri: str) -> dict:
     """Text figures of a generated table (memorisation against the training corpus, when known)."""
-    from gen_jobs import checkpoint
-    from gen_jobs.errors import UserError
+    from gen_jobs.core import checkpoint
+    from gen_jobs.core.errors import UserError
     from gen_jobs.families.gpt.data import load_documents
 
     perplexity = checkpoint.training_metrics(checkpoint_uri).get("held_out_perplexity")

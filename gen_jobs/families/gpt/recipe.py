@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
+from gen_jobs.core.recipes import GuardConfig, RecipeBase, StrictModel
 from gen_jobs.families.gpt.data import TextDataConfig
-from gen_jobs.recipes import GuardConfig, RecipeBase, StrictModel
 
 
 class ModelConfig(StrictModel):
@@ -85,7 +85,7 @@ def recipe_for_pretrained(uri: str) -> Recipe:
     Sizes come from its config.json; training settings are placeholders (it was not
     trained here); sampling uses this family's defaults, overridable with --set.
     """
-    from gen_jobs import storage
+    from gen_jobs.core import storage
 
     try:
         config = json.loads(storage.read_bytes(storage.join(uri, "config.json")))

@@ -2,7 +2,7 @@
 
     raygen generate --checkpoint out/runs/gpt_pydoc --out DATASET (--num-samples N | --prompts URI)
 
-Decoding is gen_jobs.decoding's batched KV-cache loop; token t of a row is
+Decoding is gen_jobs.families.lm.decoding's batched KV-cache loop; token t of a row is
 picked with the uniform `seeding.uniform32(row seed, TOKEN, t)`, computed on
 the model's device. A row's text therefore depends only on (checkpoint,
 prompt, sampling settings, seed), not on the rows that share its batch, up
@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from gen_jobs import checkpoint, seeding
-from gen_jobs.columns import row_columns, with_features
-from gen_jobs.decoding import Decoding, decode_steps
-from gen_jobs.errors import UserError
+from gen_jobs.core import checkpoint, seeding
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.columns import row_columns, with_features
 from gen_jobs.families.gpt.recipe import Recipe
+from gen_jobs.families.lm.decoding import Decoding, decode_steps
 
 ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop")  # optional per-row batch columns
 
@@ -171,7 +171,7 @@ class Sampler:
         }
 
     def decode_steps(self, prompt_ids: list[list[int]], seeds: np.ndarray, settings: dict[str, list]) -> Iterator[list[Decoding]]:
-        """Batched decoding, one yield per step (gen_jobs.decoding); rows also end at their stop strings."""
+        """Batched decoding, one yield per step (gen_jobs.families.lm.decoding); rows also end at their stop strings."""
         return decode_steps(self.model, prompt_ids, seeds, settings, eos=self.eos, pad=self.pad,
                             stream=seeding.TOKEN, stopped=self._hit_stop)
 

@@ -1,9 +1,9 @@
 """Training GPT on the shared harness: DDP, AdamW, linear warm-up then cosine decay.
 
-    raygen train gpt_pydoc           (gen_jobs.train; the loop is gen_jobs.harness)
+    raygen train gpt_pydoc           (gen_jobs.train; the loop is gen_jobs.training.harness)
 
 The tokenizer is trained once in the driver (`prepare`) and handed to every
-worker. The optimisation and the held-out loss are gen_jobs.lm_training's,
+worker. The optimisation and the held-out loss are gen_jobs.families.lm.training's,
 shared with the music family.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from gen_jobs.families.gpt.data import load_documents, split_documents
 from gen_jobs.families.gpt.model import build_model, pack_blocks, save, tokenizer_from_json, train_tokenizer
 from gen_jobs.families.gpt.recipe import Recipe
-from gen_jobs.harness import Workers
-from gen_jobs.lm_training import LanguageModelTask
+from gen_jobs.families.lm.training import LanguageModelTask
+from gen_jobs.training.harness import Workers
 
 
 class TrainingTask(LanguageModelTask):

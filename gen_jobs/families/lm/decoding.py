@@ -14,14 +14,13 @@ in the model itself, measured by bench/text_sampler.py).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from gen_jobs import seeding
+from gen_jobs.core import seeding
 
 
 @dataclass

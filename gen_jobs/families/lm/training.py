@@ -1,7 +1,7 @@
 """Training a causal language model on token blocks: what the text and music families share.
 
     used by gen_jobs.families.gpt.training and gen_jobs.families.music.training
-    (both run by gen_jobs.harness: `raygen train gpt_pydoc`, `raygen train music_chorales`)
+    (both run by gen_jobs.training.harness: `raygen train gpt_pydoc`, `raygen train music_chorales`)
 
 `LanguageModelTask` is the harness's TrainingTask for any HuggingFace causal LM
 fed N x T blocks of token ids: DDP, AdamW (no decay on biases and norms),
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gen_jobs import checkpoint
-from gen_jobs.harness import Workers
+from gen_jobs.core import checkpoint
+from gen_jobs.training.harness import Workers
 
 
 def gpt2_model(cfg, vocab_size: int, bos: int, eos: int, pad: int | None = None):

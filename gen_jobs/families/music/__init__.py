@@ -3,7 +3,7 @@
     recipe.py    Recipe (tokenizer, model, corpus, training, sampling and audio settings)
     data.py      corpora: music21's bundled Bach chorales, or folders/prefixes of MIDI / MusicXML files
     model.py     the MidiTok tokenizer (saved as JSON in the checkpoint), the model, the checkpoint format
-    training.py  TrainingTask (run by gen_jobs.harness on Ray Train): DDP, AdamW, warm-up + cosine
+    training.py  TrainingTask (run by gen_jobs.training.harness on Ray Train): DDP, AdamW, warm-up + cosine
     sampler.py   Sampler: checkpoint -> MIDI pieces (Ray Data and Ray Serve), to_table
     analysis.py  what a piece is: notes, key (Krumhansl-Kessler), in-key share, density, intervals
     audio.py     MIDI -> WAV: a deterministic NumPy synthesiser, or FluidSynth with a SoundFont
@@ -11,7 +11,7 @@
     examples.py  the demo's .mid/.wav files and piano roll beside the dataset; the card's piano rolls
 """
 
-from gen_jobs.family import DemoDefaults, Family
+from gen_jobs.core.family import DemoDefaults, Family
 
 FAMILY = Family(
     name="music",
@@ -22,7 +22,7 @@ FAMILY = Family(
     score_dataset="gen_jobs.families.music.quality:score_dataset",
     figures="gen_jobs.families.music.quality:FIGURE_MEANINGS",
     preview="gen_jobs.families.music.examples:preview",
-    describe_epoch="gen_jobs.lm_training:describe_epoch",
+    describe_epoch="gen_jobs.families.lm.training:describe_epoch",
     rows_from="prompts",  # --num-samples, or --prompts naming primer files / corpus:NAME pieces
     prompt_files=(".mid", ".midi", ".xml", ".mxl", ".musicxml"),
     serve_api="serving.apis.music",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
 from gen_jobs.families.music.analysis import Notes
 
 INSTALLED_SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/soundfonts/FluidR3_GM.sf2")

@@ -18,8 +18,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gen_jobs import storage
-from gen_jobs.errors import UserError
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
 from gen_jobs.families.music.recipe import MusicDataConfig
 
 BACH = "music21:bach-chorales"

@@ -1,16 +1,15 @@
 """What shows a music dataset: the demo's first pieces as .mid and .wav beside it, and piano rolls.
 
     write_examples: called by `raygen demo` (gen_jobs.demo) through the family's DemoDefaults.examples
-    preview:        the dataset card's picture (gen_jobs.card), through the family's `preview`
+    preview:        the dataset card's picture (gen_jobs.quality.card), through the family's `preview`
 """
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from gen_jobs import storage
-from gen_jobs.family import Preview
+from gen_jobs.core import storage
+from gen_jobs.core.family import Preview
 
 PIXELS_PER_SECOND = 48
 COUNT = 3
@@ -38,18 +37,18 @@ def piano_roll(midi: bytes) -> tuple[np.ndarray, int, float]:
 
 
 def piano_rolls_png(midis: list[bytes], ids: list[int]) -> bytes:
-    from gen_jobs.figures import piano_rolls_png as draw
+    from gen_jobs.quality.figures import piano_rolls_png as draw
 
     return draw([piano_roll(m) for m in midis], [f"piece {i}" for i in ids])
 
 
 def write_examples(dataset: str, out: str, name: str) -> list[str]:
     """OUT/<name>_<k>.mid and .wav for the first COUNT pieces, and OUT/<name>_piano_roll.png of the first."""
+    import symusic
+
+    from gen_jobs.data.manifest import read_manifest, read_shards
     from gen_jobs.families.music.analysis import Notes
     from gen_jobs.families.music.audio import find_soundfont, render_wav
-    from gen_jobs.manifest import read_manifest, read_shards
-
-    import symusic
 
     manifest = read_manifest(dataset)
     audio = manifest.recipe.get("audio", {})
@@ -69,7 +68,7 @@ def write_examples(dataset: str, out: str, name: str) -> list[str]:
 
 def preview(dataset: str, manifest) -> Preview:
     """Piano rolls of the first COUNT pieces, one above the other (pitch up, time to the right)."""
-    from gen_jobs.manifest import read_shards
+    from gen_jobs.data.manifest import read_shards
 
     table = read_shards(dataset, manifest.shards, ["id", "midi"], max_rows=COUNT)
     shown = [(i, m) for i, m in zip(table.column("id").to_pylist(), table.column("midi").to_pylist())][:COUNT]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gen_jobs import checkpoint
+from gen_jobs.core import checkpoint
 from gen_jobs.families.music.recipe import ModelConfig, Recipe, TokenizerConfig
 
 TOKENIZER_FILE = "music_tokenizer.json"
@@ -70,7 +70,7 @@ def decode(tokenizer, ids: list[int]):
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, pad: int, bos: int, eos: int):
-    from gen_jobs.lm_training import gpt2_model
+    from gen_jobs.families.lm.training import gpt2_model
 
     return gpt2_model(cfg, vocab_size, bos=bos, eos=eos, pad=pad)
 

@@ -5,7 +5,7 @@ The figures, and what each means: FIGURE_MEANINGS (the dataset card's table).
 Each figure is given for the generated pieces, the corpus itself and a
 baseline of uniformly random tokens decoded the same way, so the numbers mean
 something. Goal (default recipe): in-key share >= 0.9x the corpus's; below it is a
-warning when the pieces' in-key shares are significantly below it (`gen_jobs.significance`).
+warning when the pieces' in-key shares are significantly below it (`gen_jobs.quality.significance`).
 Pitch classes further from the corpus's than random tokens' are a warning when resampling the pieces
 does not explain it. Unplayable pieces are always a warning: that is a fact about the rows, not an estimate.
 """
@@ -18,8 +18,8 @@ import io
 import numpy as np
 
 from gen_jobs.families.music.analysis import Notes, describe
-from gen_jobs.memorisation import CorpusWindows, windows
-from gen_jobs.significance import Z_SIGNIFICANT, in_rows, mean_below
+from gen_jobs.quality.memorisation import CorpusWindows, windows
+from gen_jobs.quality.significance import Z_SIGNIFICANT, in_rows, mean_below
 
 MIN_NOTES = 8
 IN_KEY_GOAL = 0.9  # of the corpus's own in-key share
@@ -49,7 +49,7 @@ SPAN = 8  # tokens: the window a copied run is made of (as copied_8gram_share)
 def corpus_tokens(data_json: str, tokenizer_json: str) -> CorpusWindows | None:
     """The recipe's corpus as tokens, indexed once per process (~1.5 s for the chorales); None when the
     corpus cannot be read here (a bring-your-own corpus may be elsewhere)."""
-    from gen_jobs.errors import UserError
+    from gen_jobs.core.errors import UserError
     from gen_jobs.families.music.data import load_corpus
     from gen_jobs.families.music.model import build_tokenizer, encode
     from gen_jobs.families.music.recipe import MusicDataConfig, TokenizerConfig
@@ -159,8 +159,8 @@ def score_pieces(midi: list[bytes], token_lists: list[list[int]], corpus_midi: l
 
 def score_dataset(table, recipe, checkpoint_uri: str) -> dict:
     """Music figures of a generated table, against the recipe's corpus."""
-    from gen_jobs import checkpoint, storage
-    from gen_jobs.errors import UserError
+    from gen_jobs.core import checkpoint, storage
+    from gen_jobs.core.errors import UserError
     from gen_jobs.families.music.data import load_corpus
     from gen_jobs.families.music.model import TOKENIZER_FILE, tokenizer_from_json
 

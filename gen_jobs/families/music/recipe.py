@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from gen_jobs.core.recipes import RecipeBase, StrictModel
 from gen_jobs.families.gpt.recipe import TrainConfig  # the same LM training settings as text
-from gen_jobs.recipes import RecipeBase, StrictModel
 
 
 class TokenizerConfig(StrictModel):

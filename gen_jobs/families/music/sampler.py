@@ -2,7 +2,7 @@
 
     raygen generate --checkpoint out/runs/music_chorales --out DATASET --num-samples N [--audio]
 
-Decoding is gen_jobs.decoding's batched KV-cache loop, the text family's own:
+Decoding is gen_jobs.families.lm.decoding's batched KV-cache loop, the text family's own:
 token t of a row is picked with `seeding.uniform32(row seed, MUSIC, t)` on the
 model's device, so a piece depends only on (checkpoint, primer, settings, seed),
 not on the rows beside it. A row starts from BOS, or from BOS and a primer's
@@ -10,7 +10,7 @@ first `sampling.primer_bars` bars; it ends at EOS ("stop") or after
 max_new_tokens ("length"). Its MIDI file is the primer and continuation.
 
 Primers come in the `prompt` column: the bytes of a MIDI or MusicXML file
-(`--prompts` naming files, whose bytes gen_jobs.rows reads and digests; Serve's
+(`--prompts` naming files, whose bytes gen_jobs.data.rows reads and digests; Serve's
 `primer`), or `corpus:NAME`, a piece of the bundled corpus (`corpus:bach/bwv269`).
 """
 
@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from gen_jobs import checkpoint, seeding
-from gen_jobs.columns import media_column, row_columns, with_features
-from gen_jobs.decoding import Decoding, decode_steps
-from gen_jobs.errors import UserError
+from gen_jobs.core import checkpoint, seeding
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.columns import media_column, row_columns, with_features
+from gen_jobs.families.lm.decoding import Decoding, decode_steps
 from gen_jobs.families.music.analysis import Notes, estimate_key, in_key_share, key_name
 from gen_jobs.families.music.audio import find_soundfont, render_wav
 from gen_jobs.families.music.data import CORPUS_PREFIX, corpus_piece, parse_primer
@@ -152,13 +152,13 @@ class Sampler:
 
 
 def _objects(values: list) -> np.ndarray:
-    from gen_jobs.columns import object_column
+    from gen_jobs.data.columns import object_column
 
     return object_column(values)
 
 
 def copied_columns(tokens: list[np.ndarray], primer_tokens: np.ndarray, recipe: Recipe) -> dict[str, pa.Array]:
-    """copied_tokens and copy of each piece's continuation (gen_jobs.memorisation.CorpusWindows);
+    """copied_tokens and copy of each piece's continuation (gen_jobs.quality.memorisation.CorpusWindows);
     null when the corpus cannot be read here."""
     from gen_jobs.families.music.quality import corpus_tokens
 

@@ -1,6 +1,6 @@
-"""Training the music model on the shared harness: the LM loop of gen_jobs.lm_training over REMI tokens.
+"""Training the music model on the shared harness: the LM loop of gen_jobs.families.lm.training over REMI tokens.
 
-    raygen train music_chorales           (gen_jobs.train; the loop is gen_jobs.harness)
+    raygen train music_chorales           (gen_jobs.train; the loop is gen_jobs.training.harness)
 
 `prepare` runs once in the driver: it reads the corpus (files that do not parse
 are skipped and counted in the log), builds the MidiTok tokenizer, holds out
@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from gen_jobs.families.lm.training import LanguageModelTask
 from gen_jobs.families.music.data import load_corpus, split_pieces
 from gen_jobs.families.music.model import (
     TOKENIZER_FILE,
@@ -25,8 +26,7 @@ from gen_jobs.families.music.model import (
     tokenizer_from_json,
 )
 from gen_jobs.families.music.recipe import Recipe
-from gen_jobs.harness import Workers
-from gen_jobs.lm_training import LanguageModelTask
+from gen_jobs.training.harness import Workers
 
 
 class TrainingTask(LanguageModelTask):

@@ -4,13 +4,13 @@
     model.py     TransformerNet, the loss networks (fixed-seed random multi-scale, or VGG-19 weights)
     losses.py    content, style (Gram) and total-variation losses, each layer normalised
     data.py      bundled style and content photos, users' images, random training crops
-    training.py  TrainingTask (run by gen_jobs.harness on Ray Train)
+    training.py  TrainingTask (run by gen_jobs.training.harness on Ray Train)
     sampler.py   Sampler: checkpoint + input images -> stylised images (Ray Data and Ray Serve), to_table
     quality.py   per-image figures (change, edges kept, colour shift, palette) and the dataset's
     examples.py  the before/after grid of the demo and the dataset card
 """
 
-from gen_jobs.family import DemoDefaults, Family
+from gen_jobs.core.family import DemoDefaults, Family
 
 FAMILY = Family(
     name="style",

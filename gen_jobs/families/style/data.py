@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gen_jobs import storage
-from gen_jobs.errors import UserError
-from gen_jobs.images import IMAGE_SUFFIXES, BadImage, decode_rgb
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.images import IMAGE_SUFFIXES, BadImage, decode_rgb
 
 TRAIN_PHOTOS = ("skimage:astronaut", "skimage:coffee", "skimage:rocket", "skimage:camera", "skimage:hubble_deep_field")
 HELD_OUT_PHOTOS = ("skimage:chelsea", "sklearn:china")
@@ -86,7 +86,7 @@ def content_photos(source: str, image_column: str = "image") -> list[np.ndarray]
         return [bundled_image(name) for name in TRAIN_PHOTOS]
     if is_bundled(source):
         return [bundled_image(source)]
-    from gen_jobs.rows import image_rows, input_files
+    from gen_jobs.data.rows import image_rows, input_files
 
     files = input_files(source)  # one listing; then each file is read once
     if not files[0].endswith(".parquet") and len(files) == 1 and files[0] == source:

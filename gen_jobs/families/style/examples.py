@@ -1,7 +1,7 @@
 """A style dataset's picture: inputs and their stylised versions, one column per style.
 
     write_examples: the demo's file beside the dataset (gen_jobs.demo, through DemoDefaults.examples)
-    preview:        the dataset card's picture (gen_jobs.card, through the family's `preview`)
+    preview:        the dataset card's picture (gen_jobs.quality.card, through the family's `preview`)
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import io
 
 import numpy as np
 
-from gen_jobs import storage
-from gen_jobs.family import Preview
+from gen_jobs.core import storage
+from gen_jobs.core.family import Preview
 
 ROWS = 6  # inputs shown
 CELL = 128  # pixels per picture
@@ -21,8 +21,8 @@ def before_after(dataset: str, manifest) -> bytes | None:
     """PNG: ROWS inputs (left) and the dataset's outputs in each style (right); None when no input has all."""
     from PIL import Image
 
-    from gen_jobs.figures import titled_grid_png
-    from gen_jobs.manifest import read_shards
+    from gen_jobs.data.manifest import read_shards
+    from gen_jobs.quality.figures import titled_grid_png
 
     names = [style["name"] for style in manifest.recipe["styles"]]
     table = read_shards(dataset, manifest.shards, ["source", "style", "image", "status"])
@@ -43,7 +43,7 @@ def before_after(dataset: str, manifest) -> bytes | None:
 
 def write_examples(dataset: str, out: str, name: str) -> list[str]:
     """OUT/<name>_before_after.png (see before_after)."""
-    from gen_jobs.manifest import read_manifest
+    from gen_jobs.data.manifest import read_manifest
 
     picture = before_after(dataset, read_manifest(dataset))
     if picture is None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gen_jobs.errors import UserError
+from gen_jobs.core.errors import UserError
 from gen_jobs.families.style.recipe import LossNetworkConfig, ModelConfig
 
 
@@ -202,7 +202,7 @@ def load_loss_network(cfg: LossNetworkConfig) -> tuple[nn.Module, str | None]:
 
     from safetensors.torch import load as load_safetensors
 
-    from gen_jobs import storage
+    from gen_jobs.core import storage
 
     if not storage.exists(cfg.weights):
         raise UserError(f"loss_network.weights {cfg.weights} does not exist: give a .safetensors file of VGG-19 weights")

@@ -13,14 +13,14 @@ Per image (the sampler writes them as columns, so a dataset can be filtered on t
 The dataset's figures (manifest `quality`) are their means, the share of rows whose
 palette is nearest their own style, per style, and the count of unusable inputs.
 A figure below its goal (GOALS) is a warning only when it is significant for the
-rows it rests on (`gen_jobs.significance`): 3 images say little about a model.
+rows it rests on (`gen_jobs.quality.significance`): 3 images say little about a model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gen_jobs.significance import in_rows, mean_below, share_below
+from gen_jobs.quality.significance import in_rows, mean_below, share_below
 
 FIGURES = {
     "num_samples": "rows the figures rest on",

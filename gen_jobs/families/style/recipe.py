@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gen_jobs.recipes import GuardConfig, RecipeBase, StrictModel
+from gen_jobs.core.recipes import GuardConfig, RecipeBase, StrictModel
 
 
 class Style(StrictModel):

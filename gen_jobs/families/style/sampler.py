@@ -21,14 +21,14 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from gen_jobs import checkpoint, seeding
-from gen_jobs.columns import MEDIA_TYPE, object_column, row_columns, with_features
+from gen_jobs.core import checkpoint, seeding
+from gen_jobs.data.columns import MEDIA_TYPE, object_column, row_columns, with_features
+from gen_jobs.data.images import BadImage, decode_rgb, encode_png
 from gen_jobs.families.style.losses import Judge
 from gen_jobs.families.style.model import TransformerNet, load_loss_network, stylise
 from gen_jobs.families.style.quality import colour_figures, image_figures
 from gen_jobs.families.style.recipe import Recipe
 from gen_jobs.families.style.training import STYLE_TARGETS
-from gen_jobs.images import BadImage, decode_rgb, encode_png
 
 FIGURES = {"change": pa.float32(), "edge_correlation": pa.float32(), "colour_shift": pa.float32(),
            "palette_style": pa.int64(), "style_loss_ratio": pa.float32(), "content_loss": pa.float32()}

@@ -1,6 +1,6 @@
 """Training the multi-style transformer on the shared harness.
 
-    raygen train style_sample        (gen_jobs.train; the loop is gen_jobs.harness)
+    raygen train style_sample        (gen_jobs.train; the loop is gen_jobs.training.harness)
 
 Every step stylises this worker's slice of a batch of content crops, each crop
 in a random style (torch's generator, seeded per epoch and worker by the
@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from gen_jobs import checkpoint
+from gen_jobs.core import checkpoint
 from gen_jobs.families.style import data
 from gen_jobs.families.style.losses import Judge, total_variation
 from gen_jobs.families.style.model import TransformerNet, load_loss_network
 from gen_jobs.families.style.quality import colour_stats, image_figures
 from gen_jobs.families.style.recipe import Recipe
-from gen_jobs.harness import Workers
+from gen_jobs.training.harness import Workers
 
 STYLE_TARGETS = "style_targets"  # checkpoint weights file: every style's Gram targets (the figures use them)
 
@@ -63,8 +63,8 @@ class TrainingTask:
         data.style_images(recipe.styles, 32)
         load_loss_network(recipe.loss_network)
         if recipe.data.content != data.BUNDLED and not data.is_bundled(recipe.data.content):
-            from gen_jobs import storage
-            from gen_jobs.errors import UserError
+            from gen_jobs.core import storage
+            from gen_jobs.core.errors import UserError
 
             if not storage.exists(recipe.data.content):
                 raise UserError(f"data.content {recipe.data.content} does not exist: give bundled:photos, a folder "
