@@ -75,11 +75,11 @@ def make_checkpoints(folder: Path) -> dict[str, str]:
 
 
 def direct_p50_ms(kind: str, checkpoint: str, calls: int = 60) -> float:
-    from gen_jobs import families
+    from gen_jobs.core import registry
     from gen_jobs.data.images import encode_png
 
     torch.set_num_threads(1)  # a replica with num_cpus=1 runs torch on one thread too
-    sampler = families.get("dcgan" if kind == "image" else "gpt").load("sampler")(checkpoint)
+    sampler = registry.get("dcgan" if kind == "image" else "gpt").load("sampler")(checkpoint)
     batch = {"seed": np.array([1])}
     if kind == "text":
         from gen_jobs.data.columns import object_column

@@ -34,9 +34,9 @@ from gen_jobs.core.recipes import StrictModel
 
 def demo_families() -> list[str]:
     """The families with demo defaults, in registry order."""
-    from gen_jobs import families
+    from gen_jobs.core import registry
 
-    return [name for name in families.names() if families.get(name).demo is not None]
+    return [name for name in registry.names() if registry.get(name).demo is not None]
 
 
 class DemoArgs(StrictModel):
@@ -67,14 +67,14 @@ def new_demo_folder(out: str) -> str:
 
 def run_family(family: str, args: DemoArgs, log=print) -> dict:
     """Train, generate, verify; returns what to report (paths, quality, timings)."""
-    from gen_jobs import families
+    from gen_jobs.core import registry
     from gen_jobs.core.family import load_attribute
     from gen_jobs.core.recipes import load_recipe
     from gen_jobs.generate import GenerateArgs, generate
     from gen_jobs.train import train
     from gen_jobs.verify import problems
 
-    demo = families.get(family).demo
+    demo = registry.get(family).demo
     timings = {}
     recipe = load_recipe(demo.recipe, args.set)
     runs = storage.join(args.out, "runs")

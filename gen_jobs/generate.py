@@ -230,12 +230,12 @@ class ShardWriter:
 
         import ray
 
-        from gen_jobs import families
+        from gen_jobs.core import registry
 
         self.identity = DatasetIdentity.model_validate(identity)
         if run_id is not None:
             check_shared_folder(out, run_id)
-        family = families.get(self.identity.family)
+        family = registry.get(self.identity.family)
         self.identity.source.file_suffixes = list(family.prompt_files)  # implied by the family, not in the identity
         recipe = family.load("recipe").model_validate(self.identity.recipe)  # with the run's --set overrides
         source = self.identity.checkpoint
@@ -415,7 +415,7 @@ def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, 
 def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
     import torch
 
-    from gen_jobs import families
+    from gen_jobs.core import registry
 
     storage.check_lasting(args.out, "--out")
     if args.wait_for_training:
@@ -437,7 +437,7 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
         if bad:
             what = "styles" if flag == "--styles" else "classes"
             raise UserError(f"{flag} {spec}: {what} {bad} out of range; this model has {what} 0..{classes - 1}")
-    source = row_source(args, families.get(recipe.family), ckpt)
+    source = row_source(args, registry.get(recipe.family), ckpt)
     identity = DatasetIdentity(
         family=recipe.family,
         recipe=recipe.model_dump(mode="json"),

@@ -61,7 +61,7 @@ class EpochLog(UserCallback):
         self.reports = 0
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        from gen_jobs import families
+        from gen_jobs.core import registry
         from gen_jobs.core.console import say
 
         first = metrics[0]
@@ -72,7 +72,7 @@ class EpochLog(UserCallback):
             say(f"guard: {event}")
         if "stopped" in first:  # the driver raises with the reason; say where the last good state went
             return
-        epoch_line, warnings = families.get(self.family).load("describe_epoch")(first, self.epochs)
+        epoch_line, warnings = registry.get(self.family).load("describe_epoch")(first, self.epochs)
         say(epoch_line + ("  checkpoint saved" if checkpoint else ""))
         for warning in warnings:
             say(f"  {warning}")
@@ -83,12 +83,12 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from gen_jobs import families
+    from gen_jobs.core import registry
     from gen_jobs.core.cluster import connect
     from gen_jobs.training.harness import train_loop_per_worker
 
     storage.check_lasting(storage_uri, "--storage")
-    prepared = families.get(recipe.family).load("training").prepare(recipe)
+    prepared = registry.get(recipe.family).load("training").prepare(recipe)
     fs, path = storage.resolve(storage_uri)
     if not storage.is_s3(storage_uri):
         fs.create_dir(path, recursive=True)

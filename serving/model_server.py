@@ -71,14 +71,14 @@ class RecentIds:
 class ModelServer:
     def __init__(self, name: str, family: str, checkpoint_uri: str, gpu: bool, max_batch_size: int,
                  batch_wait_timeout_s: float, limits: dict):
-        from gen_jobs import families
+        from gen_jobs.core import registry
         from gen_jobs.core.checkpoint import weights_sha256
         from serving.config import Limits
 
         self.name, self.family = name, family
         self.limits = Limits(**limits)
         self.api = api_module(family)
-        self.sampler = families.get(family).load("sampler")(checkpoint_uri, "cuda" if gpu else "cpu")
+        self.sampler = registry.get(family).load("sampler")(checkpoint_uri, "cuda" if gpu else "cpu")
         self.weights_sha256 = weights_sha256(checkpoint_uri)
         self.max_batch_size = max_batch_size
         # Streaming requests whose client went away while their rows decode. An id is dropped when its rows

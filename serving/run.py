@@ -74,12 +74,12 @@ def newest_checkpoint(out: str, recipe_name: str) -> str | None:
 
 def demo_models(log=print) -> list[dict]:
     """The demo recipes' newest checkpoints under ./out, trained first where missing."""
-    from gen_jobs import families
+    from gen_jobs.core import registry
     from gen_jobs.core.recipes import load_recipe
     from gen_jobs.train import train
 
     models = []
-    demos = [families.get(f).demo for f in families.names()]
+    demos = [registry.get(f).demo for f in registry.names()]
     for recipe_name in [d.recipe for d in demos if d is not None]:
         uri = newest_checkpoint(DEMO_OUT, recipe_name)
         if uri is None:

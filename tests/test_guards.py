@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from gen_jobs import families
+from gen_jobs.core import registry
 from gen_jobs.core.recipes import load_recipe
 from gen_jobs.training.guard import scale_learning_rates, step_problem
 from gen_jobs.training.harness import Workers, run_epochs
@@ -21,7 +21,7 @@ BLOWS_UP = ["train.lr_g=1000", "train.lr_d=1000"]  # losses in the thousands aft
 def dcgan_task(*overrides: str):
     recipe = load_recipe("dcgan_digits", [*TINY, "train.quality_samples=100", *overrides])
     torch.manual_seed(recipe.train.seed)
-    Task = families.get("dcgan").load("training")
+    Task = registry.get("dcgan").load("training")
     return recipe, Task(recipe, Task.prepare(recipe), ONE_WORKER)
 
 

@@ -169,11 +169,11 @@ def test_a_shard_is_written_row_group_by_row_group_with_the_same_rows(random_che
     """A worker holds one row group, not the shard: shards larger than ROW_GROUP_BYTES are cut into several."""
     import pyarrow.parquet as pq
 
-    from gen_jobs import families, generate as generating
+    from gen_jobs.core import generate as generating, registry
 
     args = GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path), num_samples=200, rows_per_shard=200)
     identity, micro_batch = plan(args, log=lambda _: None)
-    family = families.get(identity.family)
+    family = registry.get(identity.family)
     sampler = family.load("sampler")(random_checkpoint, "cpu", family.load("recipe").model_validate(identity.recipe))
     generating.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "whole"), 0, 16)
     monkeypatch.setattr(generating, "ROW_GROUP_BYTES", 20_000)  # a few micro-batches of 16 rows a group

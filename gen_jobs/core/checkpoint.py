@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gen_jobs import __version__
-from gen_jobs.core import storage
+from gen_jobs.core import registry, storage
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.recipes import RecipeBase, recipe_from_dict
 
@@ -50,10 +50,8 @@ def read_recipe(uri: str) -> RecipeBase:
     has_weights = storage.exists(storage.join(uri, SAMPLER_WEIGHTS))
     if not storage.exists(recipe_uri) and has_weights and storage.exists(storage.join(uri, "config.json")):
         # A checkpoint made elsewhere (e.g. a HuggingFace save_pretrained folder): a family that reads it says so.
-        from gen_jobs import families
-
-        for name in families.names():
-            family = families.get(name)
+        for name in registry.names():
+            family = registry.get(name)
             if family.foreign_checkpoint:
                 return family.load("foreign_checkpoint")(uri)
     if not storage.exists(recipe_uri) or not has_weights:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gen_jobs.core import registry
 from gen_jobs.core.errors import UserError
 
 
@@ -131,12 +132,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def recipe_from_dict(data: dict[str, Any]) -> RecipeBase:
     """Validate a recipe mapping with its family's pydantic class."""
-    from gen_jobs import families
-
     family = data.get("family")
-    if family not in families.names():
-        raise UserError(f"recipe key 'family' is {family!r}; valid families: {', '.join(families.names())}")
-    cls = families.get(family).load("recipe")
+    if family not in registry.names():
+        raise UserError(f"recipe key 'family' is {family!r}; valid families: {', '.join(registry.names())}")
+    cls = registry.get(family).load("recipe")
     try:
         return cls.model_validate(data)
     except ValidationError as e:

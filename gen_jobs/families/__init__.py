@@ -1,30 +1,5 @@
-"""The registry of model families: one line per family.
+"""Model families: one package each (dcgan, gpt, music, style), plus `lm`, the parts gpt and music share.
 
-Each entry names a package whose `FAMILY` (a gen_jobs.core.family.Family) says what
-the family is made of; see gen_jobs/core/family.py for the contract. Adding a
-family means adding its package and one line here.
+A family's `__init__` declares `FAMILY` (gen_jobs.core.family.Family); the
+registry (gen_jobs.core.registry) names the families.
 """
-
-from __future__ import annotations
-
-import importlib
-
-from gen_jobs.core.family import Family
-
-REGISTRY: dict[str, str] = {
-    "dcgan": "gen_jobs.families.dcgan",
-    "gpt": "gen_jobs.families.gpt",
-    "music": "gen_jobs.families.music",
-    "style": "gen_jobs.families.style",
-}
-
-
-def names() -> list[str]:
-    return list(REGISTRY)
-
-
-def get(name: str) -> Family:
-    """The descriptor of family `name` (a KeyError names the valid ones)."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown model family {name!r}; valid families: {', '.join(REGISTRY)}")
-    return importlib.import_module(REGISTRY[name]).FAMILY

@@ -20,7 +20,7 @@ import shlex
 
 import yaml
 
-from gen_jobs.core import checkpoint, storage
+from gen_jobs.core import checkpoint, registry, storage
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.family import Preview
 from gen_jobs.data.manifest import Manifest, sha256
@@ -83,15 +83,13 @@ def write_card(out: str, manifest: Manifest, quality: dict | None, log=print) ->
     A README.md or quality.json there that raygen did not write (or that was edited
     since) is the user's: the card is refused, naming it, and nothing is written.
     """
-    from gen_jobs import families
-
     record = recorded(out)
     for name in CARD_FILES:
         uri = storage.join(out, name)
         if storage.exists(uri) and not is_raygens(out, name, record):
             raise UserError(f"{uri} is not the card raygen wrote (yours, or edited since): raygen leaves it as it is; "
                             "move it away to get a new card, or pass --no-card")
-    family = families.get(manifest.family)
+    family = registry.get(manifest.family)
     files: dict[str, bytes] = {QUALITY: json.dumps(quality or {}, indent=2, sort_keys=True).encode()}
     preview = family.load("preview")(out, manifest) if family.preview else Preview()
     if preview.picture is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
+from gen_jobs.core import registry
 from gen_jobs.data.manifest import DatasetIdentity, ShardEntry, read_shards
 from gen_jobs.quality.duplicates import duplicate_figures, duplicate_warnings
 
@@ -15,9 +16,7 @@ SCORED_ROWS = 10_000
 
 def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry], max_rows: int = SCORED_ROWS) -> dict | None:
     """The family's quality figures on the first `max_rows` rows of the dataset, with their duplicates."""
-    from gen_jobs import families
-
-    family = families.get(identity.family)
+    family = registry.get(identity.family)
     recipe = family.load("recipe").model_validate(identity.recipe)
     table = read_shards(out, entries, max_rows=max_rows)
     quality = family.load("score_dataset")(table, recipe, identity.checkpoint)

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import torch
 
+from gen_jobs.core import registry
 from gen_jobs.core.checkpoint import INFO_FILE
 from gen_jobs.core.console import report_progress
 from gen_jobs.core.recipes import RecipeBase
@@ -137,9 +138,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from gen_jobs import families
-
-    family = families.get(config["family"])
+    family = registry.get(config["family"])
     recipe = family.load("recipe").model_validate(config["recipe"])
     ctx = ray.train.get_context()
     workers = Workers(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())

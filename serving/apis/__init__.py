@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import model_validator
 
+from gen_jobs.core import registry
 from gen_jobs.core.recipes import StrictModel
 
 MAX_SEED = 2**63 - 1  # seeds are int64, like a dataset's seed column
@@ -63,14 +64,10 @@ def choice_seed(seed: int, k: int) -> int:
 
 def api_module(family: str) -> ModuleType | None:
     """The API module a family's descriptor names (gen_jobs.core.family.Family.serve_api), or None."""
-    from gen_jobs import families
-
-    name = families.get(family).serve_api
+    name = registry.get(family).serve_api
     return importlib.import_module(name) if name else None
 
 
 def all_api_modules() -> list[ModuleType]:
-    from gen_jobs import families
-
-    names = {families.get(f).serve_api for f in families.names()} - {None}
+    names = {registry.get(f).serve_api for f in registry.names()} - {None}
     return [importlib.import_module(name) for name in sorted(names)]
