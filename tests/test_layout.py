@@ -1,0 +1,74 @@
+"""The package layout's import direction: the core knows no face and no family, and families know no face.
+
+Read from the source (every `import`, those inside functions too), so a lazy
+import that runs up the layers fails here before it builds a cycle at run time.
+The layers, bottom up (docs/architecture.md):
+
+    gen_jobs/core/                           uses nothing above it; a family only by name, through core.registry
+    gen_jobs/training/, data/, quality/      the faces' library: never a command or serving
+    gen_jobs/families/                       never a command or serving
+    gen_jobs/<command>.py, serving/          use everything below
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+COMMANDS = {"cli", "cli_args", "train", "generate", "verify", "quality_report", "demo"}
+LIBRARY = ("core", "training", "data", "quality")
+
+
+def layer(module: str) -> str | None:
+    """The layer of a dotted module name inside raygen; None outside it (and for gen_jobs itself: its version)."""
+    parts = module.split(".")
+    if parts[0] == "serving":
+        return "serving"
+    if parts[0] != "gen_jobs" or len(parts) < 2 or parts[1] == "__version__":
+        return None
+    return "commands" if parts[1] in COMMANDS else parts[1]
+
+
+def imports(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth of its code (`from a import b` counts as a and a.b)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def modules(folder: str) -> list[Path]:
+    return sorted((REPO / "gen_jobs" / folder).rglob("*.py"))
+
+
+def upward(folder: str, forbidden: set[str]) -> list[str]:
+    return [f"{path.relative_to(REPO)} imports {name}" for path in modules(folder)
+            for name in sorted(imports(path)) if layer(name) in forbidden]
+
+
+def test_the_layers_are_folders_that_exist():
+    for folder in (*LIBRARY, "families"):
+        assert modules(folder), f"gen_jobs/{folder}/ holds no module"
+    assert {p.stem for p in (REPO / "gen_jobs").glob("*.py")} == COMMANDS | {"__init__"}
+
+
+def test_the_core_imports_no_face_and_no_family():
+    assert upward("core", {"commands", "serving", "training", "data", "quality", "families"}) == []
+
+
+@pytest.mark.parametrize("folder", ["training", "data", "quality", "families"])
+def test_the_library_and_the_families_import_no_command_and_no_serving(folder):
+    assert upward(folder, {"commands", "serving"}) == []
+
+
+def test_the_check_sees_a_lazy_import_that_runs_up(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from gen_jobs.generate import generate\n    import serving.app\n")
+    assert {layer(name) for name in imports(bad)} >= {"commands", "serving"}
