@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test check install install-test browser bench clean
+.PHONY: demo test check docs install install-test browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,13 @@ test: install-test browser
 check: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not ray and not slow"
 
+# The documentation site, built into site/ (strict: a broken link or a page out of the navigation fails).
+docs: install-test
+	DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+
 bench: install-test
 	$(BIN)/python bench/generate_throughput.py
 	$(BIN)/python bench/serve_load.py
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out site .pytest_cache
