@@ -1,7 +1,8 @@
-"""The README's commands, run as written (Sybil) from the root of a fresh copy of the repository.
+"""The commands of README.md and of the site's pages (docs/*.md), run as written (Sybil) from the root of a
+fresh copy of the repository.
 
-Every ```sh and ```console block of README.md is an example, in the README's
-order. A block runs in bash from a copy of the repository's files (its .venv
+Every ```sh and ```console block of README.md and of docs/*.md is an example, in
+each page's order. A block runs in bash from a copy of the repository's files (its .venv
 linked in and first on PATH, as `. .venv/bin/activate` leaves it), with
 RAYGEN_SMOKE_TEST=1 (gen_jobs/core/smoke.py: training one epoch, at most 64 rows:
 the commands stay as a user types them, their sizes shrink) and the session's
@@ -19,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from sybil import Sybil
@@ -42,7 +44,7 @@ def run_sh(example) -> None:
     script = example.parsed
     done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=RUN["root"], env=shell_env(script),
                           capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
-    assert done.returncode == 0, (f"README.md line {example.line}: exit {done.returncode}\n"
+    assert done.returncode == 0, (f"{page(example)} line {example.line}: exit {done.returncode}\n"
                                   f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
@@ -71,13 +73,18 @@ def run_console(example) -> None:
         printed = (done.stdout + done.stderr).splitlines()
         expected = [line for line in shown if line != "..."]
         missing = [line for line in expected if line not in printed]
-        assert not missing, f"README.md line {example.line}: `{command}` no longer prints {missing}; it printed:\n" + \
+        assert not missing, f"{page(example)} line {example.line}: `{command}` no longer prints {missing}; it printed:\n" + \
             "\n".join(printed[-40:])
 
 
 SYBIL = Sybil(parsers=[CodeBlockParser("sh", run_sh), CodeBlockParser("console", run_console), SkipParser()])
-README = SYBIL.parse(REPO / "README.md")
-EXAMPLES = list(README)
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+EXAMPLES = [example for path in PAGES for example in SYBIL.parse(path)]
+
+
+def page(example) -> str:
+    """The page an example is on, as the repository names it (README.md, docs/index.md)."""
+    return str(Path(example.path).relative_to(REPO))
 
 
 def is_skip(example) -> bool:
@@ -109,7 +116,7 @@ def copy(ray_cluster, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("skip, example", BLOCKS, ids=[f"line{e.line}" for _, e in BLOCKS])
+@pytest.mark.parametrize("skip, example", BLOCKS, ids=[f"{page(e)}:line{e.line}" for _, e in BLOCKS])
 def test_the_readme_command_runs_as_written(copy, skip, example):
     if skip is not None:
         skip.evaluate()
@@ -119,9 +126,9 @@ def test_the_readme_command_runs_as_written(copy, skip, example):
 def test_every_command_block_of_the_readme_is_run_or_says_why_not():
     """A command in a block Sybil does not run would go untested unseen: shell commands live in sh or console blocks,
     and every skip gives a reason."""
-    text = (REPO / "README.md").read_text()
-    hidden = [m.group(0) for m in re.finditer(r"^```(?!sh$|console$)[^\n]*\n(?:\$ |raygen |ray |make |\.venv/)[^\n]*",
-                                               text, re.M)]
+    hidden = [m.group(0) for path in PAGES
+              for m in re.finditer(r"^```(?!sh$|console$)[^\n]*\n(?:\$ |raygen |ray |make |\.venv/|python )[^\n]*",
+                                   path.read_text(), re.M)]
     assert hidden == [], "commands in blocks that are neither sh nor console"
     skips = [skip for skip, _ in BLOCKS if skip is not None]
     assert len(skips) == len([e for e in EXAMPLES if is_skip(e)]), "a skip directive that is not right before a block"
