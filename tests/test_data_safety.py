@@ -252,7 +252,8 @@ def test_the_demo_deletes_nothing_it_did_not_create(tmp_path):
 def test_a_job_keeps_its_pinned_checkpoint_when_the_folder_is_deleted(random_checkpoint, tmp_path):
     import shutil
 
-    from gen_jobs.generate import GenerateArgs, ShardWriter, pin_checkpoint, plan
+    from gen_jobs.data.shard_writer import ShardWriter, pin_checkpoint
+    from gen_jobs.generate import GenerateArgs, plan
 
     reference = tmp_path / "reference"
     make_dataset(random_checkpoint, str(reference))
@@ -268,7 +269,8 @@ def test_a_job_keeps_its_pinned_checkpoint_when_the_folder_is_deleted(random_che
 
 
 def test_a_worker_that_does_not_share_the_out_folder_refuses_to_write(random_checkpoint, tmp_path):
-    from gen_jobs.generate import GenerateArgs, ShardWriter, plan
+    from gen_jobs.data.shard_writer import ShardWriter
+    from gen_jobs.generate import GenerateArgs, plan
 
     out = tmp_path / "data"
     identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=20))

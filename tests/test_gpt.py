@@ -15,11 +15,12 @@ from gen_jobs.core.errors import UserError
 from gen_jobs.core.recipes import load_recipe
 from gen_jobs.core.seeding import row_seeds
 from gen_jobs.data.columns import object_column
+from gen_jobs.data.run_record import write_manifest
 from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents, split_documents
 from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
 from gen_jobs.families.gpt.sampler import ROW_SETTINGS, Sampler
 from gen_jobs.families.lm.decoding import pick_tokens
-from gen_jobs.generate import GenerateArgs, plan, write_manifest
+from gen_jobs.generate import GenerateArgs, plan
 
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.n_positions=64", "model.vocab_size=300",
             "model.dropout=0", "sampling.max_new_tokens=16", "train.epochs=1", "generate.batch_size=4"]

@@ -174,7 +174,8 @@ def test_a_long_primer_is_cut_or_refused_as_the_recipe_says(music_checkpoint):
 def test_primers_named_in_a_prompts_file_start_their_pieces_and_are_in_the_identity(music_checkpoint, tmp_path):
     import json
 
-    from gen_jobs.generate import GenerateArgs, plan, write_manifest
+    from gen_jobs.data.run_record import write_manifest
+    from gen_jobs.generate import GenerateArgs, plan
     from test_verify import write_in_process
 
     (tmp_path / "primers").mkdir()

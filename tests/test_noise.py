@@ -95,7 +95,7 @@ def test_rows_do_not_depend_on_shard_size_or_micro_batch(random_checkpoint, tmp_
 
 
 def test_shards_written_in_any_order_by_one_worker_equal_fresh_workers(random_checkpoint, tmp_path):
-    from gen_jobs.generate import ShardWriter
+    from gen_jobs.data.shard_writer import ShardWriter
 
     identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "a"), num_samples=60,
                                               rows_per_shard=20))

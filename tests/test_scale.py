@@ -28,7 +28,8 @@ from gen_jobs.data.manifest import (
     shard_name,
 )
 from gen_jobs.data.output_folder import survey
-from gen_jobs.generate import GenerateArgs, generate, plan, shards_to_write
+from gen_jobs.data.run_record import shards_to_write
+from gen_jobs.generate import GenerateArgs, generate, plan
 from gen_jobs.verify import problems
 
 pytestmark = pytest.mark.slow
@@ -169,15 +170,16 @@ def test_a_shard_is_written_row_group_by_row_group_with_the_same_rows(random_che
     """A worker holds one row group, not the shard: shards larger than ROW_GROUP_BYTES are cut into several."""
     import pyarrow.parquet as pq
 
-    from gen_jobs.core import generate as generating, registry
+    from gen_jobs.core import registry
+    from gen_jobs.data import shard_writer
 
     args = GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path), num_samples=200, rows_per_shard=200)
     identity, micro_batch = plan(args, log=lambda _: None)
     family = registry.get(identity.family)
     sampler = family.load("sampler")(random_checkpoint, "cpu", family.load("recipe").model_validate(identity.recipe))
-    generating.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "whole"), 0, 16)
-    monkeypatch.setattr(generating, "ROW_GROUP_BYTES", 20_000)  # a few micro-batches of 16 rows a group
-    cut, _ = generating.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "cut"), 0, 16)
+    shard_writer.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "whole"), 0, 16)
+    monkeypatch.setattr(shard_writer, "ROW_GROUP_BYTES", 20_000)  # a few micro-batches of 16 rows a group
+    cut, _ = shard_writer.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "cut"), 0, 16)
     whole_file, cut_file = pq.ParquetFile(tmp_path / "whole" / shard_name(0)), pq.ParquetFile(tmp_path / "cut" / shard_name(0))
     assert whole_file.num_row_groups == 1 and cut_file.num_row_groups > 3
     assert max(cut_file.metadata.row_group(i).num_rows for i in range(cut_file.num_row_groups)) < 200
@@ -223,7 +225,7 @@ def test_an_unfinished_runs_record_is_append_only_and_folded_every_so_often(rand
     not the whole list every 30 s); every COMPACT_EVERY pieces they fold into SHARD_LIST; --resume reads them all."""
     from gen_jobs.core.lease import Lease
     from gen_jobs.data.manifest import recorded_progress
-    from gen_jobs.generate import ProgressRecord
+    from gen_jobs.data.run_record import ProgressRecord
 
     out = tmp_path / "many"
     args = GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=2 * (INLINE_SHARDS + 1), rows_per_shard=2)

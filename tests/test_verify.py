@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from gen_jobs.data.manifest import read_manifest
-from gen_jobs.generate import GenerateArgs, ShardEntry, ShardWriter, plan, write_manifest
+from gen_jobs.data.manifest import ShardEntry, read_manifest
+from gen_jobs.data.run_record import write_manifest
+from gen_jobs.data.shard_writer import ShardWriter
+from gen_jobs.generate import GenerateArgs, plan
 from gen_jobs.verify import main as verify_main
 
 
