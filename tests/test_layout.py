@@ -6,7 +6,7 @@ The layers, bottom up (docs/architecture.md):
 
     gen_jobs/core/                           uses nothing above it; a family only by name, through core.registry
     gen_jobs/training/, data/, quality/      the faces' library: never a command or serving
-    gen_jobs/families/                       never a command or serving
+    gen_jobs/families/                       never a command or serving; a family never another (only lm/)
     gen_jobs/<command>.py, serving/          use everything below
 """
 
@@ -66,6 +66,17 @@ def test_the_core_imports_no_face_and_no_family():
 @pytest.mark.parametrize("folder", ["training", "data", "quality", "families"])
 def test_the_library_and_the_families_import_no_command_and_no_serving(folder):
     assert upward(folder, {"commands", "serving"}) == []
+
+
+def test_a_family_imports_no_other_family_only_the_shared_lm():
+    crossing = []
+    for folder in sorted(p for p in (REPO / "gen_jobs" / "families").iterdir() if (p / "__init__.py").is_file()):
+        for path in sorted(folder.rglob("*.py")):
+            for name in sorted(imports(path)):
+                parts = name.split(".")
+                if parts[:2] == ["gen_jobs", "families"] and len(parts) > 2 and parts[2] not in (folder.name, "lm"):
+                    crossing.append(f"{path.relative_to(REPO)} imports {name}")
+    assert crossing == []
 
 
 def test_the_check_sees_a_lazy_import_that_runs_up(tmp_path):

@@ -12,37 +12,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from gen_jobs.core.errors import UserError
-from gen_jobs.core.recipes import GuardConfig, RecipeBase, StrictModel
+from gen_jobs.core.recipes import RecipeBase, StrictModel
 from gen_jobs.families.gpt.data import TextDataConfig
+from gen_jobs.families.lm.config import DecoderConfig, TrainConfig
 
 
-class ModelConfig(StrictModel):
-    n_layer: int = Field(4, gt=0, le=96)
-    n_head: int = Field(4, gt=0, le=128)
-    n_embd: int = Field(128, gt=0, le=16384)
-    n_positions: int = Field(128, ge=16, le=32768, description="context length in tokens")
+class ModelConfig(DecoderConfig):
+    """A GPT-2 decoder and the size of the BPE vocabulary trained for it."""
+
     vocab_size: int = Field(2048, ge=260, le=262144, description="BPE vocabulary trained on the corpus")
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> "ModelConfig":
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        return self
-
-
-class TrainConfig(StrictModel):
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(16, gt=0, description="blocks of n_positions tokens per worker and step")
-    lr: float = Field(2e-3, gt=0)
-    warmup_steps: int = Field(50, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr * this")
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    seed: int = Field(0, ge=0)
-    checkpoint_every: int = Field(5, gt=0)
-    max_failures: int = Field(2, ge=0)
-    guard: GuardConfig = GuardConfig()
 
 
 class SamplingConfig(StrictModel):

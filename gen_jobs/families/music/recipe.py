@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from gen_jobs.core.recipes import RecipeBase, StrictModel
-from gen_jobs.families.gpt.recipe import TrainConfig  # the same LM training settings as text
+from gen_jobs.families.lm.config import DecoderConfig, TrainConfig  # what text and music share
 
 
 class TokenizerConfig(StrictModel):
@@ -28,20 +28,11 @@ class TokenizerConfig(StrictModel):
         return self
 
 
-class ModelConfig(StrictModel):
+class ModelConfig(DecoderConfig):
     """A GPT-2 decoder; its vocabulary is the tokenizer's."""
 
     n_layer: int = Field(3, gt=0, le=96)
-    n_head: int = Field(4, gt=0, le=128)
-    n_embd: int = Field(128, gt=0, le=16384)
     n_positions: int = Field(256, ge=16, le=32768, description="context length in tokens")
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> "ModelConfig":
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        return self
 
 
 class MusicDataConfig(StrictModel):
