@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(items) -> None:
     Order: the tests of the Serve app (`server`, started once per session) run together near the end, so
     the app's replicas hold no CPU while the other tests train and generate on the session's cluster;
     the tests of `raygen demo` run last, so the demo (started in the background when the session starts,
-    see `background_demo`) has the whole run to finish in.
+    see `start_demo`) has the whole run to finish in.
     """
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
@@ -75,10 +75,11 @@ def start_demo(cwd: Path, logs: Path) -> dict:
     """`raygen demo` as a new user runs it: in an empty working directory, default --out, no cluster to join
     (so it starts a Ray instance of its own, as `ray.init()` does on a laptop).
 
-    It runs beside the rest of the suite (its 14 minutes of training would otherwise run alone), at nice 10:
-    the tests' own jobs come first and it takes the CPU they leave idle (their waits on servers, processes
-    and Ray). Its Ray workers are niced by Ray on top of that, and live in a session of their own, so the
-    fault tests that kill the session cluster's workers by name never touch its workers.
+    It runs beside the rest of the suite (its 14 minutes of training would otherwise run alone) and takes
+    the CPU the tests leave idle while they wait on servers, processes and Ray. It starts at nice 10, so
+    its Ray workers run at nice 19 (Ray adds its worker niceness) against the session cluster's 15: when
+    both want the CPU, the tests' jobs get about two thirds of it. Its processes live in a session of their
+    own, so the fault tests that kill the session cluster's workers by name never touch its workers.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     stdout, stderr = open(logs / "stdout", "w"), open(logs / "stderr", "w")
