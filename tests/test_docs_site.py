@@ -68,3 +68,15 @@ def test_a_page_left_out_of_the_navigation_fails_the_build(tmp_path):
     (project / "docs" / "orphan.md").write_text("# Not in the navigation\n")
     done = build(project, tmp_path / "site")
     assert done.returncode != 0 and "orphan.md" in done.stdout + done.stderr
+
+
+def test_the_readme_is_a_page_that_starts_with_what_raygen_is():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 160, "the README is a page: the manual belongs on the site (docs/)"
+    first_paragraph = readme.split("\n\n")[1]
+    assert first_paragraph.startswith("raygen trains generative models"), first_paragraph
+
+
+def test_getting_started_shows_the_readmes_demo_output_without_a_copy(site):
+    assert "=== demo 1/4: dcgan" in page_text(site, "getting-started")
+    assert "=== demo 1/4" not in (REPO / "docs" / "getting-started.md").read_text()

@@ -33,7 +33,7 @@ def connect() -> None:
             raise
         raise UserError(f"the Ray cluster at {address} uses token authentication and this client has no token: "
                         "export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or "
-                        "RAY_AUTH_TOKEN (see the README's Ray notes)") from e
+                        "RAY_AUTH_TOKEN (see docs/deployment.md, Ray notes)") from e
 
 
 def _about_authentication(error: BaseException | None) -> bool:
