@@ -239,16 +239,12 @@ def _damaged(uri: str, raw: bytes, error: Exception, what: str) -> DamagedStateF
 
 def read_manifest(out: str) -> Manifest | None:
     """The dataset's manifest, None if there is none; DamagedStateFile (a UserError) if it cannot be read."""
-    uri = storage.join(out, MANIFEST)
-    raw = _read_state_file(uri, "manifest")
-    if raw is None:
-        return None
-    try:
+    def parse(raw: bytes) -> Manifest:
         data = json.loads(raw)
         named = data.get("shard_list")
         return Manifest.from_json(data, _listed_shards(out, named) if named is not None else None)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise _damaged(uri, raw, e, "manifest") from e
+
+    return _parse_state_file(storage.join(out, MANIFEST), "manifest", parse)
 
 
 # Past INLINE_SHARDS a manifest is a small header: 1,000 inline shard entries are ~200 KB.
@@ -262,6 +258,18 @@ def _read_state_file(uri: str, what: str, limit: int = STATE_FILE_LIMIT) -> byte
         return storage.read_small_file(uri, limit, what)
     except UserError as e:
         raise DamagedStateFile(str(e), {}) from e
+
+
+def _parse_state_file(uri: str, what: str, parse):
+    """`parse(bytes)` of the state file at `uri`; None if there is none. A file that cannot be read or parsed
+    (not JSON, a JSON list, the wrong shape) is a DamagedStateFile (a UserError) naming it as `what`."""
+    raw = _read_state_file(uri, what)
+    if raw is None:
+        return None
+    try:
+        return parse(raw)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise _damaged(uri, raw, e, what) from e
 
 
 def _listed_shards(out: str, named: dict) -> list[ShardEntry]:
@@ -341,14 +349,8 @@ def recorded_progress(out: str, identity: DatasetIdentity, pieces: list[str] = (
 
 
 def read_pending(out: str) -> DatasetIdentity | None:
-    uri = storage.join(out, PENDING)
-    raw = _read_state_file(uri, "pending record")
-    if raw is None:
-        return None
-    try:
-        return DatasetIdentity.model_validate_json(raw)
-    except ValueError as e:
-        raise _damaged(uri, raw, e, "pending record") from e
+    """What an unfinished run is making, None if no run is; DamagedStateFile if it cannot be read."""
+    return _parse_state_file(storage.join(out, PENDING), "pending record", DatasetIdentity.model_validate_json)
 
 
 def decode_tag(metadata: dict | None) -> dict | None:
