@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -58,14 +60,19 @@ def pytest_collection_modifyitems(items) -> None:
 def pytest_collection_finish(session) -> None:
     """Start `raygen demo` now when a selected test needs it (after `-m`/`-k` selection: `make check` never does)."""
     if any("demo" in getattr(item, "fixturenames", ()) for item in session.items):
-        temp = session.config._tmp_path_factory  # (the tmp_path_factory fixture, which a hook cannot request)
-        DEMO.update(start_demo(temp.mktemp("new-user"), temp.mktemp("demo-console")))
+        # (a hook cannot request tmp_path_factory: a folder of its own, removed at the end if the session passed)
+        temp = Path(tempfile.mkdtemp(prefix="raygen-demo-"))
+        (temp / "new-user").mkdir()
+        (temp / "demo-console").mkdir()
+        DEMO.update(start_demo(temp / "new-user", temp / "demo-console"), folder=temp)
 
 
 def pytest_sessionfinish(session) -> None:
     if "process" in DEMO and DEMO["process"].poll() is None:  # a run cut short: stop the demo and its Ray
         subprocess.run(["pkill", "-KILL", "-s", str(DEMO["process"].pid)])  # (Ray's workers have groups of their own)
         DEMO["process"].wait()
+    if "folder" in DEMO and session.testsfailed == 0:
+        shutil.rmtree(DEMO["folder"], ignore_errors=True)
 
 
 DEMO: dict = {}  # the background `raygen demo`: its process, working directory and output files

@@ -13,6 +13,7 @@ import io
 import json
 import os
 from typing import Any
+from unittest import mock
 
 import mkdocs_gen_files
 from pydantic import BaseModel
@@ -24,9 +25,9 @@ from gen_jobs.core.recipes import builtin_recipes, load_recipe
 
 def command_help(module: str) -> str:
     """What `raygen COMMAND --help` prints, at a fixed width."""
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
     out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+    with (mock.patch.dict(os.environ, {"COLUMNS": "100"}),  # argparse wraps to the terminal's width
+          contextlib.redirect_stdout(out), contextlib.suppress(SystemExit)):
         importlib.import_module(module).main(["--help"])
     return out.getvalue().rstrip()
 
