@@ -43,6 +43,8 @@ import httpx
 import numpy as np
 import torch
 
+from gen_jobs.core import registry
+
 QUIET = {"log_level": "WARNING", "enable_access_log": False}  # no per-request log lines to write and forward
 BODIES = {
     "image": ("/v1/images/generations", {"model": "image"}),
@@ -75,7 +77,6 @@ def make_checkpoints(folder: Path) -> dict[str, str]:
 
 
 def direct_p50_ms(kind: str, checkpoint: str, calls: int = 60) -> float:
-    from gen_jobs.core import registry
     from gen_jobs.data.images import encode_png
 
     torch.set_num_threads(1)  # a replica with num_cpus=1 runs torch on one thread too

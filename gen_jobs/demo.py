@@ -27,14 +27,13 @@ import numpy as np
 from pydantic import Field
 
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.core import storage
+from gen_jobs.core import registry, storage
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.recipes import StrictModel
 
 
 def demo_families() -> list[str]:
     """The families with demo defaults, in registry order."""
-    from gen_jobs.core import registry
 
     return [name for name in registry.names() if registry.get(name).demo is not None]
 
@@ -67,7 +66,6 @@ def new_demo_folder(out: str) -> str:
 
 def run_family(family: str, args: DemoArgs, log=print) -> dict:
     """Train, generate, verify; returns what to report (paths, quality, timings)."""
-    from gen_jobs.core import registry
     from gen_jobs.core.family import load_attribute
     from gen_jobs.core.recipes import load_recipe
     from gen_jobs.generate import GenerateArgs, generate
@@ -94,7 +92,7 @@ def run_family(family: str, args: DemoArgs, log=print) -> dict:
         log(f"[{family} 2/3] transforming the images in {source} ({per_input} outputs each, one per style) "
             f"with {args.workers} Ray Data workers")
         job = GenerateArgs(checkpoint=ckpt, out=dataset, input=source, samples_per_input=per_input,
-                           styles=",".join(str(k) for k in range(per_input)), workers=args.workers)
+                           labels=",".join(str(k) for k in range(per_input)), workers=args.workers)
     else:
         log(f"[{family} 2/3] generating {num_samples:,} samples with {args.workers} Ray Data workers")
         job = GenerateArgs(checkpoint=ckpt, out=dataset, num_samples=num_samples, workers=args.workers)

@@ -4,8 +4,7 @@
         [--prompt-column COL] [--samples-per-prompt K] | --input URI [--input-column COL]
         [--samples-per-input K]) [--rows-per-shard R] [--seed S]
         [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite] [--set k=v ...]
-        [--image-column COL] [--styles uniform|K[,K...]]      (style: the same as --input-column, --labels)
-        [--audio [--sample-rate HZ] [--soundfont SF2]]       (music: an `audio` WAV column)
+        [family options: music --audio [--sample-rate HZ] [--soundfont SF2]; style --styles, --image-column]
         [--wait-for-training SECONDS]    (start before the model finished training: wait for it)
         [--spread-keys]                  (shards under OUT/00/ .. OUT/ff/: S3 request rates per prefix)
     python -m gen_jobs.generate ...        # the same, for `ray job submit`
@@ -24,9 +23,12 @@ workers, first try or resumed, writes the same bytes. --resume regenerates only
 shards that are missing or differ from the size the manifest (or an unfinished
 run's shard list) records (one listing; see gen_jobs.data.run_record.shards_to_write).
 
+A family's own options (Family.generate_options) are declared by the family: --help shows them under
+its name, and they set its recipe keys or name a shared option; this module names no family.
+
 Safety: the run holds --out's lease (gen_jobs.core.lease) from start to end; it
-touches only files gen_jobs.data.output_folder proves are raygen's; the driver pins
-the checkpoint (read once, digest checked) for every actor; every shard checks
+touches only files gen_jobs.data.output_folder proves are raygen's; the driver reads
+the checkpoint once (checkpoint.pin) and every actor samples from that copy; every shard checks
 that the input files it read (prompts, images) still carry the size and
 modification time they had when the job was planned (gen_jobs.data.rows); an actor
 that cannot see the lease in a local --out is on a node that does not share it
@@ -38,13 +40,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.core import checkpoint, smoke, storage
+from gen_jobs.core import checkpoint, registry, smoke, storage
 from gen_jobs.core.console import format_seconds, progress
 from gen_jobs.core.errors import UserError
+from gen_jobs.core.family import Family, GenerateOption
 from gen_jobs.core.lease import Lease
 from gen_jobs.core.recipes import StrictModel, apply_overrides, recipe_from_dict
 from gen_jobs.data import output_folder
@@ -58,7 +62,7 @@ from gen_jobs.data.manifest import (
 )
 from gen_jobs.data.rows import RowSource, plan_images, plan_prompts
 from gen_jobs.data.run_record import ProgressRecord, remove_progress, shards_to_write, write_manifest
-from gen_jobs.data.shard_writer import ShardWriter, pin_checkpoint
+from gen_jobs.data.shard_writer import ShardWriter
 from gen_jobs.quality.card import write_card
 
 
@@ -78,10 +82,7 @@ class GenerateArgs(StrictModel):
     workers: int = Field(2, gt=0, le=4096)
     gpu: bool = False
     labels: str = "uniform"
-    styles: str | None = None  # style transfer's name for --labels
-    audio: bool = False
-    sample_rate: int | None = Field(None, ge=8_000, le=96_000)
-    soundfont: str | None = None
+    options: dict[str, bool | int | str] = {}  # a family's own options by name (Family.generate_options)
     resume: bool = False
     overwrite: bool = False
     filter: str | None = None
@@ -98,8 +99,9 @@ class GenerateArgs(StrictModel):
         record equal arguments.
         """
         words = []
-        for name, value in self.model_dump(exclude_defaults=True).items():
-            if name in ("out", "workers", "gpu", "resume", "overwrite", "card", "wait_for_training"):
+        given = self.model_dump(exclude_defaults=True)
+        for name, value in [*given.items(), *given.pop("options", {}).items()]:
+            if name in ("out", "workers", "gpu", "resume", "overwrite", "card", "wait_for_training", "options"):
                 continue
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool):
@@ -124,22 +126,24 @@ class GenerateArgs(StrictModel):
             raise ValueError("give exactly one of --num-samples N, --prompts URI or --input URI")
         return self
 
-    @field_validator("labels", "styles")
+    @field_validator("labels")
     @classmethod
-    def _labels(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_labels(v)
+    def _labels(cls, v: str) -> str:
+        parse_labels(v)
         return v
 
-    @model_validator(mode="after")
-    def _styles_or_labels(self) -> "GenerateArgs":
-        if self.styles is not None and self.labels != "uniform":
-            raise ValueError("give --styles or --labels, not both (they are the same setting)")
-        return self
-
-    def label_flag(self) -> tuple[str, str]:
-        """(the flag that chose the rows' classes, its value)."""
-        return ("--styles", self.styles) if self.styles is not None else ("--labels", self.labels)
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name, value in v.items():
+            option = family_options().get(name)
+            if option is None:
+                raise ValueError(f"{name!r} is no family's generate option; they are: {', '.join(family_options())}")
+            wanted = {"flag": bool, "int": int, "text": str}[option[1].kind]
+            if type(value) is not wanted:
+                raise ValueError(f"{option[1].flag} takes {'no value' if wanted is bool else wanted.__name__}, "
+                                 f"not {value!r}")
+        return v
 
 
 def parse_labels(spec: str) -> list[int] | None:
@@ -164,18 +168,13 @@ def parser() -> ArgumentParser:
     p.add_argument("--prompt-column", default="prompt", help="the prompts' text column (default: prompt)")
     p.add_argument("--samples-per-prompt", type=int, default=1, help="samples for each prompt")
     p.add_argument("--input", help="input images: a folder, Parquet file or folder (path or s3://); one row per image and sample")
-    p.add_argument("--input-column", "--image-column", dest="input_column", default="image",
-                   help="the input Parquet's image column (default: image)")
+    p.add_argument("--input-column", default="image", help="the input Parquet's image column (default: image)")
     p.add_argument("--samples-per-input", type=int, default=1, help="samples for each input image")
     p.add_argument("--rows-per-shard", type=int, help="rows per part file (default: the recipe's)")
     p.add_argument("--seed", type=int, help="base seed (default: the recipe's)")
     p.add_argument("--workers", type=int, default=2, help="sampler actors")
     p.add_argument("--gpu", action="store_true", help="one GPU per sampler actor")
     p.add_argument("--labels", default="uniform", help="'uniform' (drawn per row) or K[,K...] cycled by row id")
-    p.add_argument("--styles", help="style transfer: 'uniform' (drawn per row) or style indices K[,K...] cycled by row id")
-    p.add_argument("--audio", action="store_true", help="music: add an `audio` column (WAV) rendered from each piece")
-    p.add_argument("--sample-rate", type=int, help="music audio: samples per second, 8000-96000 (default: the recipe's, 22050)")
-    p.add_argument("--soundfont", help="music audio: a General MIDI .sf2 (default: an installed one, else a NumPy synthesiser)")
     p.add_argument("--filter", metavar="EXPR",
                    help="quality gate on the rows' per-row figures, e.g. 'confidence>=0.8' or 'in_key>=0.9, num_notes>=16': "
                         "a failing row retries with its next candidate (gen_jobs/data/gate.py)")
@@ -193,16 +192,45 @@ def parser() -> ArgumentParser:
                    help="override the checkpoint's recipe, e.g. sampling.temperature=0.7")
     p.add_argument("--no-card", dest="card", action="store_false",
                    help="do not write the dataset card (README.md, quality.json, pictures) at the end")
+    for family in (registry.get(name) for name in registry.names()):  # each family's own, under its name
+        if family.generate_options:
+            group = p.add_argument_group(f"{family.name} models")
+            for option in family.generate_options:
+                kind = ({"action": "store_true", "default": None} if option.kind == "flag"
+                        else {"type": int if option.kind == "int" else str, "metavar": option.metavar})
+                group.add_argument(option.flag, dest=OPTION + option.name, help=option.help, **kind)
     return p
+
+
+OPTION = "option:"  # the argparse dest prefix of family options, gathered into GenerateArgs.options
+
+
+def family_options() -> dict[str, tuple[Family, GenerateOption]]:
+    """Every family's generate options by name, with the family that declares it."""
+    return {option.name: (family, option) for family in map(registry.get, registry.names())
+            for option in family.generate_options}
+
+
+def parsed_args(namespace: dict[str, Any]) -> dict[str, Any]:
+    """argparse's namespace as GenerateArgs fields: the family options given gathered into `options`."""
+    options = {key[len(OPTION):]: value for key, value in namespace.items()
+               if key.startswith(OPTION) and value is not None}
+    return {**{k: v for k, v in namespace.items() if not k.startswith(OPTION)}, "options": options}
 
 
 # ---------------------------------------------------------------- one shard
 
 
-def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
-    import torch
+class Plan(NamedTuple):
+    """What a run writes: the dataset's identity, the sampler's micro-batch, and the checkpoint, read once."""
 
-    from gen_jobs.core import registry
+    identity: DatasetIdentity
+    micro_batch: int
+    checkpoint: checkpoint.Pinned
+
+
+def plan(args: GenerateArgs, log=print) -> Plan:
+    import torch
 
     storage.check_lasting(args.out, "--out")
     if args.wait_for_training:
@@ -210,26 +238,32 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
     ckpt = checkpoint.latest(args.checkpoint)  # a run folder names its newest checkpoint
     if ckpt != args.checkpoint.rstrip("/"):
         log(f"checkpoint: {ckpt} (the newest in {args.checkpoint})")
-    recipe = checkpoint.read_recipe(ckpt)
-    if args.set:
-        recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), args.set))
-    recipe = with_audio(recipe, args).for_dataset()
-    flag, spec = args.label_flag()
-    labels = parse_labels(spec)
+    pinned = checkpoint.pin(ckpt)  # files, weights' sha256 and recipe: the only read of the checkpoint
+    family = registry.get(pinned.recipe.family)
+    data = apply_overrides(pinned.recipe.model_dump(mode="json"), args.set)
+    args, label_flag = apply_family_options(args, family, ckpt, data)
+    recipe = recipe_from_dict(data) if args.set or args.options else pinned.recipe
+    recipe = recipe.for_dataset()
+    try:
+        labels = parse_labels(args.labels)
+    except ValueError as e:
+        raise UserError(f"{label_flag} {args.labels}: {e}") from None
     if labels is not None:
         classes = recipe.row_classes()
         if classes is None:
-            raise UserError(f"{flag} needs a class-conditional checkpoint; this model has no classes, use {flag} uniform")
+            raise UserError(f"{label_flag} needs a class-conditional checkpoint; this model has no classes, "
+                            f"use {label_flag} uniform")
         bad = [k for k in labels if k >= classes]
         if bad:
-            what = "styles" if flag == "--styles" else "classes"
-            raise UserError(f"{flag} {spec}: {what} {bad} out of range; this model has {what} 0..{classes - 1}")
-    source = row_source(args, registry.get(recipe.family), ckpt)
+            what = label_flag.removeprefix("--")
+            raise UserError(f"{label_flag} {args.labels}: {what} {bad} out of range; this model has {what} "
+                            f"0..{classes - 1}")
+    source = row_source(args, family, ckpt)
     identity = DatasetIdentity(
         family=recipe.family,
         recipe=recipe.model_dump(mode="json"),
         checkpoint=ckpt,
-        checkpoint_sha256=checkpoint.weights_sha256(ckpt),
+        checkpoint_sha256=pinned.sha256,
         seed=recipe.generate.seed if args.seed is None else args.seed,
         num_rows=args.num_samples or source.inputs * source.samples_per_input,
         rows_per_shard=args.rows_per_shard or recipe.generate.rows_per_shard,
@@ -240,24 +274,48 @@ def plan(args: GenerateArgs, log=print) -> tuple[DatasetIdentity, int]:
         torch_version=torch.__version__,
         key_layout="spread" if args.spread_keys else "flat",
     )
-    return identity, recipe.generate.batch_size
+    return Plan(identity, recipe.generate.batch_size, pinned)
 
 
-def with_audio(recipe, args: GenerateArgs):
-    """The recipe with --audio / --sample-rate / --soundfont applied as `audio.*` recipe keys."""
-    if not (args.audio or args.sample_rate or args.soundfont):
-        return recipe
-    if "audio" not in type(recipe).model_fields:
-        raise UserError(f"--audio, --sample-rate and --soundfont need a music checkpoint; this is a {recipe.family} model")
-    if not args.audio and not recipe.audio.enabled:
-        raise UserError("--sample-rate and --soundfont set how audio is rendered: add --audio to render it")
-    overrides = ["audio.enabled=true"]
-    if args.sample_rate:
-        overrides.append(f"audio.sample_rate={args.sample_rate}")
-    data = apply_overrides(recipe.model_dump(mode="json"), overrides)
-    if args.soundfont:
-        data["audio"]["soundfont"] = args.soundfont  # a path, set as is (not parsed as YAML)
-    return recipe_from_dict(data)
+def apply_family_options(args: GenerateArgs, family: Family, ckpt: str, recipe: dict) -> tuple[GenerateArgs, str]:
+    """Apply `args.options`, the family's own generate options, to the run.
+
+    An option that sets a recipe key sets it in `recipe` (the recipe as a mapping, after --set); one that is
+    the family's name for a shared option (style's --styles for --labels) becomes that option's value.
+    Returns the arguments and the flag that gave the rows' labels (--labels, or the family's name for it).
+    """
+    own = {option.name: option for option in family.generate_options}
+    shared, label_flag = {}, "--labels"
+    for name, value in args.options.items():
+        if name not in own:
+            owner, option = family_options()[name]
+            raise UserError(f"{option.flag} is an option of {owner.name} models; {ckpt} is a {family.name} model")
+        option = own[name]
+        if option.recipe_key:
+            *sections, key = option.recipe_key.split(".")
+            node = recipe
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[key] = value  # as typed: a path stays a path (not parsed as YAML, as --set values are)
+            continue
+        same = "--" + option.same_as.replace("_", "-")
+        if getattr(args, option.same_as) != GenerateArgs.model_fields[option.same_as].default:
+            raise UserError(f"give {option.flag} or {same}, not both (they are the same setting)")
+        shared[option.same_as] = value
+        if option.same_as == "labels":
+            label_flag = option.flag
+    for name in args.options:
+        needs = own[name].needs
+        if needs and not _recipe_value(recipe, needs):
+            flag = next((o.flag for o in own.values() if o.recipe_key == needs), f"--set {needs}=true")
+            raise UserError(f"{own[name].flag} sets how {needs.split('.')[0]} is made: add {flag} to make it")
+    return args.model_copy(update=shared), label_flag
+
+
+def _recipe_value(recipe: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        recipe = recipe.get(part, {}) if isinstance(recipe, dict) else {}
+    return recipe
 
 
 def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
@@ -278,18 +336,19 @@ def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
 
 
 def generate(args: GenerateArgs, log=print) -> Manifest:
-    identity, micro_batch = plan(args, log)
+    planned = plan(args, log)
     # One live run per --out: a second is refused; --resume / --overwrite take over a dead run's lease.
     with Lease(args.out, take_over=args.resume or args.overwrite) as lease:
-        return _generate(args, identity, micro_batch, lease, log)
+        return _generate(args, planned, lease, log)
 
 
-def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, lease: Lease, log) -> Manifest:
+def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
     import ray
     from ray.data import ActorPoolStrategy
 
     from gen_jobs.core.cluster import connect, quiet_data_progress
 
+    identity = planned.identity
     manifest, found = output_folder.prepare(args.out, identity, args.resume, args.overwrite, log)
     recorded = (manifest.shards if manifest is not None
                 else recorded_progress(args.out, identity, found.progress) if found.shards else [])
@@ -307,7 +366,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
     if todo:
         connect()
         quiet_data_progress()
-        pinned = ray.put(pin_checkpoint(identity))  # one copy for every actor, whatever happens to the folder
+        pinned = ray.put(planned.checkpoint)  # one copy for every actor, whatever happens to the folder
         stamps = ray.put(identity.source.stamps) if identity.source.stamps else None
     started = time.perf_counter()  # after Ray start-up: the rate is the pipeline's own
     if todo:
@@ -318,9 +377,9 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
             fn_constructor_kwargs={
                 "identity": identity.model_dump(mode="json"),
                 "out": storage.absolute(args.out),  # the workers' working directory may not be this one
-                "micro_batch": micro_batch,
+                "micro_batch": planned.micro_batch,
                 "device": "cuda" if args.gpu else "cpu",
-                "checkpoint_files": pinned,
+                "pinned": pinned,
                 "run_id": lease.run_id,
                 "input_stamps": stamps,
             },
@@ -375,7 +434,7 @@ def _generate(args: GenerateArgs, identity: DatasetIdentity, micro_batch: int, l
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         ns = parser().parse_args(argv)
-        args = validate_args(GenerateArgs, vars(ns))
+        args = validate_args(GenerateArgs, parsed_args(vars(ns)))
         args = args.model_copy(update={"num_samples": smoke.num_samples(args.num_samples)})
         manifest = generate(args)
         print(f"dataset: {args.out} ({manifest.num_rows:,} rows, {len(manifest.shards)} shards)", flush=True)

@@ -18,7 +18,7 @@ from pydantic import Field
 from ray.train import UserCallback
 
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.core import smoke, storage
+from gen_jobs.core import registry, smoke, storage
 from gen_jobs.core.console import progress
 from gen_jobs.core.errors import UserError, user_error_in
 from gen_jobs.core.recipes import SAFE_NAME, RecipeBase, StrictModel, load_recipe
@@ -61,7 +61,6 @@ class EpochLog(UserCallback):
         self.reports = 0
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        from gen_jobs.core import registry
         from gen_jobs.core.console import say
 
         first = metrics[0]
@@ -83,7 +82,6 @@ def train(recipe: RecipeBase, storage_uri: str, name: str, workers: int, gpu: bo
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from gen_jobs.core import registry
     from gen_jobs.core.cluster import connect
     from gen_jobs.training.harness import train_loop_per_worker
 

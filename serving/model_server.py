@@ -20,7 +20,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 from ray import serve
 
+from gen_jobs.core import checkpoint, registry
 from serving.apis import api_module
+from serving.config import Limits
 from serving.errors import ApiError
 
 
@@ -71,15 +73,13 @@ class RecentIds:
 class ModelServer:
     def __init__(self, name: str, family: str, checkpoint_uri: str, gpu: bool, max_batch_size: int,
                  batch_wait_timeout_s: float, limits: dict):
-        from gen_jobs.core import registry
-        from gen_jobs.core.checkpoint import weights_sha256
-        from serving.config import Limits
-
         self.name, self.family = name, family
         self.limits = Limits(**limits)
         self.api = api_module(family)
-        self.sampler = registry.get(family).load("sampler")(checkpoint_uri, "cuda" if gpu else "cpu")
-        self.weights_sha256 = weights_sha256(checkpoint_uri)
+        pinned = checkpoint.pin(checkpoint_uri)  # read once: the sampler's files, recipe and the weights' digest
+        with checkpoint.materialise(pinned) as folder:  # the sampler holds what it loaded; the folder can go
+            self.sampler = registry.get(family).load("sampler")(folder, "cuda" if gpu else "cpu", pinned.recipe)
+        self.weights_sha256 = pinned.sha256
         self.max_batch_size = max_batch_size
         # Streaming requests whose client went away while their rows decode. An id is dropped when its rows
         # end; one cancelled before its rows reached a batch never is, hence the bound (oldest out first).

@@ -26,6 +26,7 @@ import yaml
 from pydantic import Field
 
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
+from gen_jobs.core import registry
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.recipes import StrictModel
 
@@ -74,7 +75,6 @@ def newest_checkpoint(out: str, recipe_name: str) -> str | None:
 
 def demo_models(log=print) -> list[dict]:
     """The demo recipes' newest checkpoints under ./out, trained first where missing."""
-    from gen_jobs.core import registry
     from gen_jobs.core.recipes import load_recipe
     from gen_jobs.train import train
 

@@ -252,14 +252,13 @@ def test_the_demo_deletes_nothing_it_did_not_create(tmp_path):
 def test_a_job_keeps_its_pinned_checkpoint_when_the_folder_is_deleted(random_checkpoint, tmp_path):
     import shutil
 
-    from gen_jobs.data.shard_writer import ShardWriter, pin_checkpoint
+    from gen_jobs.data.shard_writer import ShardWriter
     from gen_jobs.generate import GenerateArgs, plan
 
     reference = tmp_path / "reference"
     make_dataset(random_checkpoint, str(reference))
-    identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "data"), num_samples=50,
+    identity, micro_batch, pinned = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "data"), num_samples=50,
                                               rows_per_shard=20))
-    pinned = pin_checkpoint(identity)
     shutil.rmtree(random_checkpoint)  # as Ray Train's num_to_keep would, while the job runs
     ShardWriter(identity.model_dump(mode="json"), str(tmp_path / "data"), micro_batch, "cpu", pinned)(
         {"shard": np.arange(identity.num_shards)})
@@ -273,11 +272,11 @@ def test_a_worker_that_does_not_share_the_out_folder_refuses_to_write(random_che
     from gen_jobs.generate import GenerateArgs, plan
 
     out = tmp_path / "data"
-    identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=20))
+    identity, micro_batch, pinned = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=20))
     with Lease(str(out)) as lease:
         with pytest.raises(UserError, match="is not shared with node"):
-            ShardWriter(identity.model_dump(mode="json"), str(out), micro_batch, "cpu", run_id="0" * 32)
-        ShardWriter(identity.model_dump(mode="json"), str(out), micro_batch, "cpu", run_id=lease.run_id)
+            ShardWriter(identity.model_dump(mode="json"), str(out), micro_batch, "cpu", pinned, run_id="0" * 32)
+        ShardWriter(identity.model_dump(mode="json"), str(out), micro_batch, "cpu", pinned, run_id=lease.run_id)
 
 
 def test_the_newest_checkpoint_of_a_run_skips_one_still_uploading(random_checkpoint, tmp_path):

@@ -6,7 +6,8 @@ every `module:attribute` its descriptor names loads; its built-in recipes
 validate with its recipe model; its `serve_api` module has what the Serve app
 calls; its sampler maps a batch of 3 rows of the row source it declares, and
 `to_table` makes them a 3-row Arrow table with the id and seed columns; every
-figure it reports has a meaning for the dataset card.
+figure it reports has a meaning for the dataset card; its own `raygen generate`
+options set keys its recipe has (or name a shared option) and clash with no other flag.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gen_jobs.core import registry
 from gen_jobs.core.family import load_attribute
 from gen_jobs.core.recipes import builtin_recipes, load_recipe
 from gen_jobs.core.row_seed import row_seeds
+from gen_jobs.generate import GenerateArgs, parser
 
 FAMILIES = registry.names()
 MODULE_PARTS = ("recipe", "training", "sampler", "to_table", "score_dataset", "describe_epoch", "figures", "preview",
@@ -71,6 +73,32 @@ def test_its_figures_have_meanings(name):
     assert family.figures is not None, f"{name} declares no figure meanings (Family.figures)"
     meanings = family.load("figures")
     assert meanings and all(isinstance(text, str) and text.strip() for text in meanings.values()), meanings
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_its_generate_options_set_its_recipe_keys_or_name_a_shared_option(name):
+    family = registry.get(name)
+    recipe = load_recipe(family.demo.recipe if family.demo else next(
+        r for r in builtin_recipes() if load_recipe(r).family == name)).model_dump()
+    for option in family.generate_options:
+        assert (option.recipe_key is None) != (option.same_as is None), f"{option.flag}: a recipe key or a shared option"
+        for key in filter(None, (option.recipe_key, option.needs)):
+            node = recipe
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{option.flag}: {name}'s recipe has no key {key}"
+                node = node[part]
+        if option.same_as:
+            assert option.same_as in GenerateArgs.model_fields and option.same_as != "options", option.flag
+    help_text = parser().format_help()
+    if family.generate_options:
+        section = help_text.split(f"\n{name} models:\n", 1)[1].split("\n\n", 1)[0]  # shown under its name
+        assert all(option.flag in section for option in family.generate_options), section
+
+
+def test_no_two_generate_options_share_a_flag():
+    flags = [option.flag for name in FAMILIES for option in registry.get(name).generate_options]
+    assert len(flags) == len(set(flags))
+    parser()  # argparse itself refuses a family flag that is also a shared one
 
 
 def png(size: int, shade: int) -> bytes:

@@ -101,11 +101,11 @@ def test_unconditional_and_prompted_shards(gpt_checkpoint, tmp_path):
     pq.write_table(pa.table({"prompt": PROMPTS[:3]}), prompts)
     out = tmp_path / "data"
     args = GenerateArgs(checkpoint=gpt_checkpoint, out=str(out), prompts=str(prompts), samples_per_prompt=2, rows_per_shard=4)
-    identity, micro_batch = plan(args)
-    assert identity.num_rows == 6
+    planned = plan(args)
+    assert planned.identity.num_rows == 6
     from test_verify import write_in_process
 
-    write_manifest(str(out), identity, write_in_process(identity, str(out), micro_batch))
+    write_manifest(str(out), planned.identity, write_in_process(planned, str(out)))
     table = read_rows(out)
     assert table.column_names == ["id", "seed", "prompt", "text", "num_prompt_tokens", "num_tokens", "perplexity",
                                   "copied_words", "copy", "finish_reason"]
@@ -246,12 +246,12 @@ def test_a_job_whose_prompts_change_after_planning_fails_in_one_line_and_writes_
     pq.write_table(pa.table({"prompt": PROMPTS}), prompts)
     args = GenerateArgs(checkpoint=gpt_checkpoint, out=str(tmp_path / "data"), prompts=str(prompts), rows_per_shard=2,
                         workers=1)
-    identity, micro_batch = plan(args)
+    planned = plan(args)
     pq.write_table(pa.table({"prompt": PROMPTS[::-1]}), prompts)  # rewritten while the job is queued
 
     def job() -> None:  # the planned job, run on Ray Data's actor pool as `raygen generate` runs it
         with Lease(args.out) as lease:
-            _generate(args, identity, micro_batch, lease, log=lambda _: None)
+            _generate(args, planned, lease, log=lambda _: None)
 
     assert run_main(job) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (after Ray Data's own log lines)

@@ -110,7 +110,7 @@ def test_a_music_dataset_with_audio_is_the_same_with_one_or_two_workers_and_data
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         generate(GenerateArgs(checkpoint=music_checkpoint, out=str(out), num_samples=6, rows_per_shard=2,
-                              workers=workers, audio=True, sample_rate=8000), log=lambda _: None)
+                              workers=workers, options={"audio": True, "sample_rate": 8000}), log=lambda _: None)
         outs.append(out)
     for k in range(3):
         name = f"part-{k:05d}.parquet"
@@ -157,7 +157,7 @@ def test_a_file_that_is_not_a_soundfont_and_audio_for_another_family(music_check
     assert result.returncode == 2 and "is not a SoundFont" in result.stderr
     result = run_cli("generate", "--checkpoint", random_checkpoint, "--out", str(tmp_path / "o"), "--num-samples", "2",
                      "--audio")
-    assert result.returncode == 2 and "need a music checkpoint; this is a dcgan model" in result.stderr
+    assert result.returncode == 2 and "--audio is an option of music models; " + random_checkpoint + " is a dcgan model" in result.stderr
 
 
 def test_a_long_primer_is_cut_or_refused_as_the_recipe_says(music_checkpoint):
@@ -184,8 +184,9 @@ def test_primers_named_in_a_prompts_file_start_their_pieces_and_are_in_the_ident
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["primers/a.mid", "corpus:bach/bwv347", None]))
     args = GenerateArgs(checkpoint=music_checkpoint, out=str(tmp_path / "data"), prompts=str(prompts),
                         samples_per_prompt=2, rows_per_shard=4, set=["sampling.primer_bars=1"])
-    identity, micro_batch = plan(args)
-    write_manifest(args.out, identity, write_in_process(identity, args.out, micro_batch))
+    planned = plan(args)
+    identity = planned.identity
+    write_manifest(args.out, identity, write_in_process(planned, args.out))
     rows = read_rows(tmp_path / "data").to_pylist()
     sampler = Sampler(music_checkpoint, recipe=load_recipe("music_chorales", [*TINY_MUSIC, "sampling.primer_bars=1"]))
     for row, primer in zip(rows, [chorale_midi("bach/bwv269")] * 2 + ["corpus:bach/bwv347"] * 2 + [None] * 2):
@@ -194,7 +195,7 @@ def test_primers_named_in_a_prompts_file_start_their_pieces_and_are_in_the_ident
         assert row["tokens"][: len(expected)] == expected  # the piece begins with its primer
     assert rows[0]["tokens"] != rows[1]["tokens"]  # two samples of one primer differ after it
     (tmp_path / "primers" / "a.mid").write_bytes(chorale_midi("bach/bwv153.1"))  # the named file changes
-    assert plan(args)[0].digest() != identity.digest()
+    assert plan(args).identity.digest() != identity.digest()
     prompts.write_text(json.dumps({"prompt": "primers/missing.mid"}))
     with pytest.raises(UserError, match="names .*missing.mid, which does not exist"):
         plan(args)

@@ -53,8 +53,8 @@ def test_images_for_seeds_s_and_s_plus_2_to_32_differ(random_checkpoint):
 
 def test_the_reported_seed_1629_dataset_has_no_duplicate_rows(random_checkpoint, tmp_path):
     out = tmp_path / "data"
-    identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=1000, seed=1629))
-    write_in_process(identity, str(out), micro_batch)
+    planned = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=1000, seed=1629))
+    write_in_process(planned, str(out))
     table = read_rows(out)
     images = [cell["bytes"] for cell in table.column("image").to_pylist()]
     assert len(set(images)) == 1000
@@ -87,9 +87,9 @@ def test_rows_do_not_depend_on_shard_size_or_micro_batch(random_checkpoint, tmp_
     tables = []
     for rows_per_shard, batch in [(100, 250), (17, 7), (64, 64)]:
         out = tmp_path / f"{rows_per_shard}-{batch}"
-        identity, _ = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=100,
-                                        rows_per_shard=rows_per_shard, seed=5))
-        write_in_process(identity, str(out), batch)
+        planned = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=100,
+                                    rows_per_shard=rows_per_shard, seed=5))
+        write_in_process(planned, str(out), batch)
         tables.append(read_rows(out).sort_by("id"))
     assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
 
@@ -97,12 +97,13 @@ def test_rows_do_not_depend_on_shard_size_or_micro_batch(random_checkpoint, tmp_
 def test_shards_written_in_any_order_by_one_worker_equal_fresh_workers(random_checkpoint, tmp_path):
     from gen_jobs.data.shard_writer import ShardWriter
 
-    identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "a"), num_samples=60,
-                                              rows_per_shard=20))
-    busy = ShardWriter(identity.model_dump(mode="json"), str(tmp_path / "a"), micro_batch, "cpu")
+    identity, micro_batch, pinned = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path / "a"),
+                                                      num_samples=60, rows_per_shard=20))
+    busy = ShardWriter(identity.model_dump(mode="json"), str(tmp_path / "a"), micro_batch, "cpu", pinned)
     busy({"shard": np.array([2, 0, 1])})  # one worker, shards out of order
     for k in range(3):  # a fresh worker per shard
-        ShardWriter(identity.model_dump(mode="json"), str(tmp_path / "b"), micro_batch, "cpu")({"shard": np.array([k])})
+        ShardWriter(identity.model_dump(mode="json"), str(tmp_path / "b"), micro_batch, "cpu", pinned)(
+            {"shard": np.array([k])})
     for k in range(3):
         name = f"part-{k:05d}.parquet"
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -153,8 +154,9 @@ def test_resume_refuses_a_dataset_made_on_another_device_or_noise(random_checkpo
     from conftest import run_cli
 
     out = tmp_path / "data"
-    identity, micro_batch = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=20, rows_per_shard=10))
-    write_in_process(identity, str(out), micro_batch)
+    planned = plan(GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=20, rows_per_shard=10))
+    write_in_process(planned, str(out))
+    identity = planned.identity
     pending = identity.model_copy(update={"device_kind": "cuda"})
     (out / "_pending.json").write_text(pending.model_dump_json())
     args = ["generate", "--checkpoint", random_checkpoint, "--out", str(out), "--num-samples", "20", "--rows-per-shard", "10"]

@@ -45,7 +45,7 @@ def big_dataset(tmp_path_factory, random_checkpoint_module):
     args = GenerateArgs(checkpoint=random_checkpoint_module, out=str(out), num_samples=NUM_SHARDS * ROWS_PER_SHARD,
                         rows_per_shard=ROWS_PER_SHARD, resume=True, card=False)
     started = time.perf_counter()
-    identity, _ = plan(args, log=lambda _: None)
+    identity = plan(args, log=lambda _: None).identity
     planned = time.perf_counter() - started
     out.mkdir(parents=True)
     stand_in = b"x" * SHARD_BYTES
@@ -115,7 +115,7 @@ def test_a_100k_shard_manifest_is_a_small_header_and_a_columnar_shard_list(big_d
 def test_an_unfinished_100k_shard_run_resumes_from_its_progress_record_without_reading_a_shard(big_dataset, tmp_path):
     """The record a run keeps of the shards it wrote (SHARD_LIST, without a manifest) vouches for them by size."""
     args, _ = big_dataset
-    identity, _ = plan(args, log=lambda _: None)
+    identity = plan(args, log=lambda _: None).identity
     digest, recorded = read_shard_list((Path(args.out) / SHARD_LIST).read_bytes())
     assert digest == identity.digest()
     recorded = recorded[:-1000]  # the run stopped before recording its last 1,000 shards
@@ -174,7 +174,7 @@ def test_a_shard_is_written_row_group_by_row_group_with_the_same_rows(random_che
     from gen_jobs.data import shard_writer
 
     args = GenerateArgs(checkpoint=random_checkpoint, out=str(tmp_path), num_samples=200, rows_per_shard=200)
-    identity, micro_batch = plan(args, log=lambda _: None)
+    identity, micro_batch, _ = plan(args, log=lambda _: None)
     family = registry.get(identity.family)
     sampler = family.load("sampler")(random_checkpoint, "cpu", family.load("recipe").model_validate(identity.recipe))
     shard_writer.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "whole"), 0, 16)
@@ -229,7 +229,7 @@ def test_an_unfinished_runs_record_is_append_only_and_folded_every_so_often(rand
 
     out = tmp_path / "many"
     args = GenerateArgs(checkpoint=random_checkpoint, out=str(out), num_samples=2 * (INLINE_SHARDS + 1), rows_per_shard=2)
-    identity, _ = plan(args, log=lambda _: None)
+    identity = plan(args, log=lambda _: None).identity
 
     def entry(k: int) -> ShardEntry:
         return ShardEntry(file=shard_name(k), first_id=2 * k, rows=2, sha256=f"{k:064x}", bytes=100)

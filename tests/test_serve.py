@@ -113,7 +113,7 @@ def test_images_edit_through_the_openai_client_stylises_as_the_batch_job_does(cl
     photo = (photos / "photo-0.png").read_bytes()
     answer = client.images.edit(model="styles", image=("photo.png", photo, "image/png"), prompt="retina")
     assert answer.data[0].style_name == "retina" and png(answer.data[0].b64_json).shape == (40, 43, 3)
-    generate(GenerateArgs(checkpoint=style_checkpoint, out=str(tmp_path / "out"), input=str(photos), styles="1",
+    generate(GenerateArgs(checkpoint=style_checkpoint, out=str(tmp_path / "out"), input=str(photos), options={"styles": "1"},
                           workers=1), log=lambda _: None)
     row = read_shards(str(tmp_path / "out"), read_manifest(str(tmp_path / "out")).shards, ["image"]).column("image")[0]
     assert base64.b64decode(answer.data[0].b64_json) == row.as_py()["bytes"]  # the dataset's row, byte for byte

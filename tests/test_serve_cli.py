@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, free_port, run_cli
-from gen_jobs.core.checkpoint import latest, weights_sha256
+from gen_jobs.core.checkpoint import latest, pin
 from serving.config import read_config
 
 
@@ -65,7 +65,7 @@ def test_raygen_serve_answers_then_stops_cleanly(ray_cluster, checkpoint):
         assert page.status_code == 200 and "raygen playground" in page.text
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
         served = models["data"][0]["raygen"]["weights_sha256"]
-        assert served == weights_sha256(latest(run_folder))  # its newest checkpoint (other tests may add to the run)
+        assert served == pin(latest(run_folder)).sha256  # its newest checkpoint (other tests may add to the run)
         image = httpx.post(f"http://127.0.0.1:{port}/v1/images/generations", json={"model": "digits", "seed": 1}, timeout=60)
         assert image.status_code == 200
         process.send_signal(signal.SIGTERM)

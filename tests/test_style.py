@@ -202,7 +202,7 @@ def test_a_folder_with_broken_files_is_stylised_the_same_by_one_or_two_workers_a
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         manifests.append(generate(GenerateArgs(checkpoint=style_checkpoint, out=str(out), input=str(photos),
-                                               samples_per_input=2, styles="0,1", workers=workers), log=lambda _: None))
+                                               samples_per_input=2, options={"styles": "0,1"}, workers=workers), log=lambda _: None))
         outs.append(out)
     names = sorted(p.name for p in outs[0].glob("part-*.parquet"))
     assert len(names) == 4  # 12 rows, 3 per shard
@@ -226,12 +226,12 @@ def test_a_folder_with_broken_files_is_stylised_the_same_by_one_or_two_workers_a
 
     (outs[0] / names[2]).unlink()  # resume writes the missing shard again, byte for byte
     generate(GenerateArgs(checkpoint=style_checkpoint, out=str(outs[0]), input=str(photos), samples_per_input=2,
-                          styles="0,1", workers=1, resume=True), log=lambda _: None)
+                          options={"styles": "0,1"}, workers=1, resume=True), log=lambda _: None)
     assert (outs[0] / names[2]).read_bytes() == (outs[1] / names[2]).read_bytes()
     (photos / "photo-3.png").write_bytes(png_bytes(Image.new("RGB", (9, 9))))  # a changed input is refused on resume
     with pytest.raises(UserError, match="input"):
         generate(GenerateArgs(checkpoint=style_checkpoint, out=str(outs[0]), input=str(photos), samples_per_input=2,
-                              styles="0,1", workers=1, resume=True), log=lambda _: None)
+                              options={"styles": "0,1"}, workers=1, resume=True), log=lambda _: None)
 
 
 def test_a_parquet_input_with_an_image_column_names_rows_by_index(ray_cluster, style_checkpoint, tmp_path):
@@ -297,7 +297,7 @@ def test_an_s3_prefix_of_images_is_stylised_into_an_s3_dataset(ray_cluster, s3_s
     for path in sorted(photo_folder(tmp_path / "photos", count=2).glob("*.png")):
         storage.write_bytes_atomic(f"s3://raygen/style-in/{path.name}", path.read_bytes())
     manifest = generate(GenerateArgs(checkpoint=style_checkpoint, out="s3://raygen/style-out", input="s3://raygen/style-in",
-                                     styles="1", workers=1), log=lambda _: None)
+                                     options={"styles": "1"}, workers=1), log=lambda _: None)
     assert manifest.quality["stylised"] == 2 and problems("s3://raygen/style-out")[0] == []
     table = pq.read_table(io.BytesIO(storage.read_bytes("s3://raygen/style-out/part-00000.parquet")))
     assert table.column("source").to_pylist() == ["s3://raygen/style-in/photo-0.png", "s3://raygen/style-in/photo-1.png"]

@@ -17,13 +17,16 @@ from gen_jobs.verify import main as verify_main
 
 def make_dataset(checkpoint: str, out: str, num_samples: int = 50, rows_per_shard: int = 20, seed: int = 0) -> None:
     args = GenerateArgs(checkpoint=checkpoint, out=out, num_samples=num_samples, rows_per_shard=rows_per_shard, seed=seed)
-    identity, micro_batch = plan(args)
-    write_manifest(out, identity, write_in_process(identity, out, micro_batch))
+    planned = plan(args)
+    write_manifest(out, planned.identity, write_in_process(planned, out))
 
 
-def write_in_process(identity, out: str, micro_batch: int) -> list[ShardEntry]:
-    """Every shard, written by one ShardWriter in this process; their manifest entries."""
-    writer = ShardWriter(identity.model_dump(mode="json"), out, micro_batch, "cpu")
+def write_in_process(planned, out: str, micro_batch: int | None = None) -> list[ShardEntry]:
+    """Every shard of a plan (generate.plan), written by one ShardWriter in this process (in micro-batches of
+    `micro_batch` rows, default the plan's); their manifest entries."""
+    identity = planned.identity
+    writer = ShardWriter(identity.model_dump(mode="json"), out, micro_batch or planned.micro_batch, "cpu",
+                         planned.checkpoint)
     columns = writer({"shard": np.arange(identity.num_shards)})
     return [ShardEntry(**{key: columns[key][k] for key in ShardEntry.model_fields}) for k in range(identity.num_shards)]
 
@@ -94,7 +97,7 @@ def test_a_run_folder_as_checkpoint_means_its_newest_checkpoint(random_checkpoin
     for name in ("checkpoint_2026-11-01_10-00-00.000000", "checkpoint_2026-11-02_10-00-00.000000"):
         shutil.copytree(random_checkpoint, run / name)
     said = []
-    identity, _ = plan(GenerateArgs(checkpoint=str(run), out=str(tmp_path / "data"), num_samples=10), log=said.append)
+    identity = plan(GenerateArgs(checkpoint=str(run), out=str(tmp_path / "data"), num_samples=10), log=said.append).identity
     newest = str(run / "checkpoint_2026-11-02_10-00-00.000000")
     assert identity.checkpoint == newest  # what the manifest records
     assert said == [f"checkpoint: {newest} (the newest in {run})"]

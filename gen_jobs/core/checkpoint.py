@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,24 +45,39 @@ def write(folder: Path, recipe: RecipeBase, weights: dict[str, dict], info: dict
 
 def read_recipe(uri: str) -> RecipeBase:
     """The recipe stored in a checkpoint; a clear error if `uri` is not a raygen checkpoint."""
+    names = _checkpoint_names(uri, [RECIPE_FILE, SAMPLER_WEIGHTS, "config.json"])
+    return _recipe(uri, names, lambda name: storage.read_bytes(storage.join(uri, name)))
+
+
+def _must_exist(uri: str) -> None:
     if not storage.exists(uri):
         raise UserError(f"checkpoint {uri} does not exist: pass the URI printed as 'checkpoint: ...' by raygen train")
-    recipe_uri = storage.join(uri, RECIPE_FILE)
-    has_weights = storage.exists(storage.join(uri, SAMPLER_WEIGHTS))
-    if not storage.exists(recipe_uri) and has_weights and storage.exists(storage.join(uri, "config.json")):
+
+
+def _checkpoint_names(uri: str, wanted: list[str]) -> set[str]:
+    """Which of the file names `wanted` the checkpoint folder holds (an error if the folder does not exist)."""
+    _must_exist(uri)
+    return {name for name in wanted if storage.exists(storage.join(uri, name))}
+
+
+def _recipe(uri: str, names: set[str], read) -> RecipeBase:
+    """The checkpoint's recipe, from its file names and `read(name) -> bytes` (not called without a
+    recipe.json); a clear error if the folder is no checkpoint."""
+    if RECIPE_FILE not in names and SAMPLER_WEIGHTS in names and "config.json" in names:
         # A checkpoint made elsewhere (e.g. a HuggingFace save_pretrained folder): a family that reads it says so.
         for name in registry.names():
             family = registry.get(name)
             if family.foreign_checkpoint:
                 return family.load("foreign_checkpoint")(uri)
-    if not storage.exists(recipe_uri) or not has_weights:
+    if RECIPE_FILE not in names or SAMPLER_WEIGHTS not in names:
         raise UserError(
             f"{uri} is not a raygen checkpoint (it needs {RECIPE_FILE} and {SAMPLER_WEIGHTS}) nor a "
             "HuggingFace causal-LM folder (config.json and model.safetensors): "
             "pass the folder printed as 'checkpoint: ...' by raygen train"
         )
+    recipe_uri = storage.join(uri, RECIPE_FILE)
     try:
-        data = json.loads(storage.read_bytes(recipe_uri))
+        data = json.loads(read(RECIPE_FILE))
     except json.JSONDecodeError as e:
         raise UserError(f"{recipe_uri} is not valid JSON ({e}); the checkpoint is damaged") from e
     return recipe_from_dict(data)
@@ -138,10 +154,6 @@ def training_history(uri: str) -> list[dict]:
     return _training_info(uri).get("history", [])
 
 
-def weights_sha256(uri: str) -> str:
-    return hashlib.sha256(storage.read_bytes(storage.join(uri, SAMPLER_WEIGHTS))).hexdigest()
-
-
 def load_state(folder: Path, stem: str) -> dict:
     from safetensors.torch import load_file
 
@@ -151,30 +163,48 @@ def load_state(folder: Path, stem: str) -> dict:
 TRAINING_ONLY = ("train_state.pt",)  # what sampling never reads
 
 
-def read_files(uri: str) -> dict[str, bytes]:
-    """A checkpoint's files (all but TRAINING_ONLY) as {relative path: bytes}: a copy that outlives the folder.
+@dataclass(frozen=True)
+class Pinned:
+    """A checkpoint read once, by `pin`: what sampling needs of it, as a copy that outlives its folder.
 
-    Generation pins the checkpoint this way, so Ray Train's num_to_keep (or a
-    user) deleting the folder while a job runs cannot change or break the job.
+    Generation and Serve pin their checkpoint this way, so Ray Train's num_to_keep (or a user)
+    deleting the folder while a job runs cannot change or break it, and the weights are read once.
     """
+
+    uri: str
+    files: dict[str, bytes]  # {relative path: bytes}, all but TRAINING_ONLY
+    sha256: str  # of SAMPLER_WEIGHTS: the checkpoint's identity in a dataset's manifest
+    recipe: RecipeBase
+
+
+def pin(uri: str) -> Pinned:
+    """Read checkpoint `uri` once: its files, its weights' sha256 and its recipe (parsed from the bytes read)."""
+    _must_exist(uri)
+    listing = storage.list_relative(uri, recursive=True)
+    foreign = None  # a folder made elsewhere, or no checkpoint: said before any file is read (it may be a dataset)
+    if RECIPE_FILE not in listing or SAMPLER_WEIGHTS not in listing:
+        foreign = _recipe(uri, set(listing), read=None)
     files = {}
-    for relative, size in storage.list_relative(uri, recursive=True).items():
+    for relative, size in listing.items():
         if size is None:  # a symbolic link: never followed out of the checkpoint's folder
             raise UserError(f"{storage.join(uri, relative)} is a symbolic link; a checkpoint is read only from its "
                             "own files: copy the file into the checkpoint folder instead of linking it")
         if relative.split("/")[-1] not in TRAINING_ONLY:
             files[relative] = storage.read_bytes(storage.join(uri, relative))
-    return files
+    recipe = foreign or _recipe(uri, set(files), files.__getitem__)
+    return Pinned(uri, files, hashlib.sha256(files[SAMPLER_WEIGHTS]).hexdigest(), recipe)
 
 
-def write_files(files: dict[str, bytes], folder: Path) -> Path:
-    """Materialise `read_files`' copy in a local folder (refusing names that would leave it)."""
-    for relative, data in files.items():
+def materialise(pinned: Pinned) -> tempfile.TemporaryDirectory:
+    """A temporary local folder holding the pinned files, for a sampler to load from (`with materialise(p) as
+    folder:`; removed on exit); file names that would leave it are refused."""
+    folder = tempfile.TemporaryDirectory(prefix="raygen-ckpt-")
+    for relative, data in pinned.files.items():
         parts = Path(relative).parts
         if Path(relative).is_absolute() or ".." in parts:
             raise UserError(f"a checkpoint file is named {relative!r}, which would land outside its folder")
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        (folder / relative).write_bytes(data)
+        (Path(folder.name) / relative).parent.mkdir(parents=True, exist_ok=True)
+        (Path(folder.name) / relative).write_bytes(data)
     return folder
 
 
@@ -184,9 +214,9 @@ class LocalCheckpoint:
     Use as a context manager: a temporary download is removed on exit.
     """
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, recipe: RecipeBase | None = None):
         self.uri = uri
-        self.recipe = read_recipe(uri)
+        self.recipe = recipe if recipe is not None else read_recipe(uri)  # given by a pinned checkpoint
         self._tmp = None
         if storage.is_s3(uri):
             self._tmp = tempfile.TemporaryDirectory(prefix="raygen-ckpt-")

@@ -26,6 +26,9 @@ and, as plain values:
     demo            its demo defaults (recipe name, rows, what to show, example files, input), or None
     foreign_checkpoint  a `module:function` that describes a checkpoint folder made
                     elsewhere (no raygen recipe.json) with a recipe, or None
+    generate_options    its own `raygen generate` flags (GenerateOption), which --help shows
+                    under the family's name: each sets a recipe key or is the family's name for
+                    a shared option (style's --styles is --labels)
 
 The shared core (generate, demo, checkpoint, manifest, serving) reaches a
 family only through this descriptor: it never tests a family's name.
@@ -59,6 +62,30 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class GenerateOption:
+    """A `raygen generate` flag of one family: `--sample-rate` for the name `sample_rate`.
+
+    Given, its value either sets `recipe_key` in the run's recipe (a flag sets it true; text is
+    set as typed, not parsed as YAML), so it is part of the dataset's identity like any recipe
+    key, or is the value of the shared option `same_as` under the family's own name. `needs`
+    is a recipe key that must be true for the value to matter (music's --sample-rate needs
+    audio.enabled, which --audio sets).
+    """
+
+    name: str
+    help: str
+    kind: Literal["flag", "int", "text"] = "text"
+    recipe_key: str | None = None
+    same_as: str | None = None
+    needs: str | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     recipe: str
@@ -74,6 +101,7 @@ class Family:
     foreign_checkpoint: str | None = None
     figures: str | None = None  # "module:DICT"
     preview: str | None = None  # "module:function"
+    generate_options: tuple[GenerateOption, ...] = ()
 
     def load(self, part: str) -> Any:
         """The object a `module:attribute` field names, imported on first use."""

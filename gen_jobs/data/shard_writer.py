@@ -3,7 +3,7 @@
     used by gen_jobs.generate (ShardWriter, in `map_batches`); nothing runs at import
 
 A ShardWriter actor builds the family's Sampler once, from the checkpoint the
-driver read and pinned (pin_checkpoint). For each shard it is given, it makes the
+driver read once (checkpoint.pin) and put in Ray's object store. For each shard it is given, it makes the
 shard's requests (row ids -> seeds, plus the shard's slice of prompts or input
 images: `requests`), runs them in the recipe's fixed micro-batches
 (`shard_batches`, through the --filter gate), and streams Parquet row groups of
@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gen_jobs.core import checkpoint, storage
+from gen_jobs.core import checkpoint, registry, storage
 from gen_jobs.core.errors import UserError
+from gen_jobs.core.lease import LEASE
 from gen_jobs.core.row_seed import row_seeds
 from gen_jobs.data.gate import check_columns, counts, gated
 from gen_jobs.data.manifest import (
     DatasetIdentity,
     ShardEntry,
-    sha256,
 )
 from gen_jobs.data.rows import input_names, read_inputs
 
@@ -39,21 +38,18 @@ from gen_jobs.data.rows import input_names, read_inputs
 class ShardWriter:
     """Ray Data callable class: {shard: k} -> writes part-k, returns its manifest entry.
 
-    `checkpoint_files` is the driver's pinned copy of the checkpoint (checkpoint.read_files),
-    checked against the identity's digest; without it the checkpoint is read from its URI.
+    `pinned` is the driver's pinned copy of the checkpoint (checkpoint.pin, or an ObjectRef
+    of it), whose weights' sha256 is the identity's: the actor writes its files to a local folder
+    once, for the sampler to load with the run's recipe, and removes it.
     `run_id` is the run's lease: a worker that cannot see it under a local --out is on a
     node that does not share that folder, and refuses to write there.
     `input_stamps` (ObjectRef or dict, `RowSource.stamps`) are the input files' stamps taken
     when the job was planned: every shard checks the files it read against them.
     """
 
-    def __init__(self, identity: dict, out: str, micro_batch: int, device: str,
-                 checkpoint_files=None, run_id: str | None = None, input_stamps=None):
-        import tempfile
-
+    def __init__(self, identity: dict, out: str, micro_batch: int, device: str, pinned,
+                 run_id: str | None = None, input_stamps=None):
         import ray
-
-        from gen_jobs.core import registry
 
         self.identity = DatasetIdentity.model_validate(identity)
         if run_id is not None:
@@ -61,17 +57,10 @@ class ShardWriter:
         family = registry.get(self.identity.family)
         self.identity.source.file_suffixes = list(family.prompt_files)  # implied by the family, not in the identity
         recipe = family.load("recipe").model_validate(self.identity.recipe)  # with the run's --set overrides
-        source = self.identity.checkpoint
-        if isinstance(checkpoint_files, ray.ObjectRef):  # the driver's pinned copy, in the object store
-            checkpoint_files = ray.get(checkpoint_files)
-        if checkpoint_files is not None:
-            self._pinned = tempfile.TemporaryDirectory(prefix="raygen-ckpt-")  # lives as long as this actor
-            source = str(checkpoint.write_files(checkpoint_files, Path(self._pinned.name)))
-        # The pinned copy was checked by the driver (pin_checkpoint); a checkpoint read by URI is checked here.
-        if checkpoint_files is None and checkpoint.weights_sha256(source) != self.identity.checkpoint_sha256:
-            raise UserError(f"the checkpoint {self.identity.checkpoint} changed after this job was planned "
-                            "(its weights' sha256 differs); start the job again")
-        self.sampler = family.load("sampler")(source, device, recipe)
+        if isinstance(pinned, ray.ObjectRef):  # one copy in the object store for every actor
+            pinned = ray.get(pinned)
+        with checkpoint.materialise(pinned) as folder:  # the sampler holds what it loaded; the folder can go
+            self.sampler = family.load("sampler")(folder, device, recipe)
         self.to_table = family.load("to_table")
         self.out = out
         self.micro_batch = micro_batch
@@ -100,21 +89,9 @@ class ShardWriter:
         return {**columns, "gate": gate, "refused": np.array([refused] * len(written))}
 
 
-def pin_checkpoint(identity: DatasetIdentity) -> dict[str, bytes]:
-    """The checkpoint's files, read once by the driver and checked against the identity's digest."""
-    from gen_jobs.core.checkpoint import SAMPLER_WEIGHTS
-
-    files = checkpoint.read_files(identity.checkpoint)
-    if sha256(files.get(SAMPLER_WEIGHTS, b"")) != identity.checkpoint_sha256:
-        raise UserError(f"the checkpoint {identity.checkpoint} changed while this job was planned; start it again")
-    return files
-
-
 def check_shared_folder(out: str, run_id: str) -> None:
     """A local --out must be the same folder on every node: this node must see the run's lease in it."""
     import socket
-
-    from gen_jobs.core.lease import LEASE
 
     if storage.is_s3(out):
         return

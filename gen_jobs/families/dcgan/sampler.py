@@ -31,8 +31,8 @@ class Sampler:
     """
 
     def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
-        with checkpoint.LocalCheckpoint(checkpoint_uri) as ckpt:
-            self.recipe: Recipe = recipe or ckpt.recipe
+        with checkpoint.LocalCheckpoint(checkpoint_uri, recipe) as ckpt:  # recipe.json is read only when none is given
+            self.recipe: Recipe = ckpt.recipe
             state = checkpoint.load_state(ckpt.path, "model")
         self.device = torch.device(device)
         self.G = Generator(self.recipe.model)

@@ -53,8 +53,8 @@ class Sampler:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-actor "Loading weights" bars only garble the job log
-        with checkpoint.LocalCheckpoint(checkpoint_uri) as ckpt:
-            self.recipe: Recipe = recipe or ckpt.recipe
+        with checkpoint.LocalCheckpoint(checkpoint_uri, recipe) as ckpt:  # recipe.json is read only when none is given
+            self.recipe: Recipe = ckpt.recipe
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)
                 self.model = AutoModelForCausalLM.from_pretrained(ckpt.path, local_files_only=True, use_safetensors=True)

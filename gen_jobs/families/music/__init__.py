@@ -11,7 +11,7 @@
     examples.py  the demo's .mid/.wav files and piano roll beside the dataset; the card's piano rolls
 """
 
-from gen_jobs.core.family import DemoDefaults, Family
+from gen_jobs.core.family import DemoDefaults, Family, GenerateOption
 
 FAMILY = Family(
     name="music",
@@ -28,4 +28,12 @@ FAMILY = Family(
     serve_api="serving.apis.music",
     demo=DemoDefaults(recipe="music_chorales", num_samples=200, show="files",
                       examples="gen_jobs.families.music.examples:write_examples"),
+    generate_options=(
+        GenerateOption("audio", "add an `audio` column (WAV) rendered from each piece", kind="flag",
+                       recipe_key="audio.enabled"),
+        GenerateOption("sample_rate", "audio: samples per second, 8000-96000 (default: the recipe's, 22050)",
+                       kind="int", recipe_key="audio.sample_rate", needs="audio.enabled", metavar="HZ"),
+        GenerateOption("soundfont", "audio: a General MIDI .sf2 (default: an installed one, else a NumPy synthesiser)",
+                       recipe_key="audio.soundfont", needs="audio.enabled", metavar="SF2"),
+    ),
 )

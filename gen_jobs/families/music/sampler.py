@@ -48,8 +48,8 @@ class Sampler:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        with checkpoint.LocalCheckpoint(checkpoint_uri) as ckpt:
-            self.recipe: Recipe = recipe or ckpt.recipe
+        with checkpoint.LocalCheckpoint(checkpoint_uri, recipe) as ckpt:  # recipe.json is read only when none is given
+            self.recipe: Recipe = ckpt.recipe
             tokenizer_file = ckpt.path / TOKENIZER_FILE
             if not tokenizer_file.is_file():
                 raise UserError(f"{checkpoint_uri} has no {TOKENIZER_FILE}: it is not a music checkpoint")

@@ -10,7 +10,7 @@
     examples.py  the before/after grid of the demo and the dataset card
 """
 
-from gen_jobs.core.family import DemoDefaults, Family
+from gen_jobs.core.family import DemoDefaults, Family, GenerateOption
 
 FAMILY = Family(
     name="style",
@@ -27,4 +27,10 @@ FAMILY = Family(
     demo=DemoDefaults(recipe="style_sample", num_samples=32, show="files",
                       input="gen_jobs.families.style.data:write_demo_inputs",
                       examples="gen_jobs.families.style.examples:write_examples"),
+    generate_options=(
+        GenerateOption("styles", "'uniform' (drawn per row) or style indices K[,K...] cycled by row id "
+                       "(style's name for --labels)", same_as="labels", metavar="uniform|K[,K...]"),
+        GenerateOption("image_column", "the input Parquet's image column (style's name for --input-column)",
+                       same_as="input_column", metavar="COL"),
+    ),
 )
