@@ -64,6 +64,7 @@ from gen_jobs.data.rows import RowSource, plan_images, plan_prompts
 from gen_jobs.data.run_record import ProgressRecord, remove_progress, shards_to_write, write_manifest
 from gen_jobs.data.shard_writer import ShardWriter
 from gen_jobs.quality.card import write_card
+from gen_jobs.quality.scoring import score
 
 
 class GenerateArgs(StrictModel):
@@ -411,7 +412,8 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
         if refused:
             raise UserError(refused)
 
-    result = write_manifest(args.out, identity, [good[k] for k in range(identity.num_shards)], lease,
+    entries = [good[k] for k in range(identity.num_shards)]
+    result = write_manifest(args.out, identity, entries, score(args.out, identity, entries), lease,
                             args.shaping_arguments(), known_gate if todo else None)
     remove_progress(args.out, progress_record.pieces if todo else found.progress)  # the manifest holds them now
     seconds = time.perf_counter() - started

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from gen_jobs.core import storage
 from gen_jobs.core.errors import UserError
+from gen_jobs.data import card_record as card
+from gen_jobs.data.card_record import CARD_RECORD
 from gen_jobs.data.manifest import (
     LEASE,
     MANIFEST,
@@ -46,8 +48,6 @@ from gen_jobs.data.manifest import (
     read_shard_list,
     shard_tag,
 )
-from gen_jobs.quality import card
-from gen_jobs.quality.card import CARD_RECORD
 
 # storage.write_bytes_atomic's temporaries of shards and state files, and the lease's leftovers
 TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_shards\.parquet|_progress-\d{6,}\.parquet|_pending\.json"

@@ -5,7 +5,7 @@
     shards_to_write   one listing decides which shards a run (or a --resume) writes
     ProgressRecord    every 30 s, the shards written since the last record (many-shard runs)
     gate_counts       --filter's counts over the dataset's shards
-    write_manifest    score the dataset, then record it: the manifest goes last
+    write_manifest    record the dataset with its figures: the manifest goes last
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from gen_jobs.data.manifest import (
     shard_list_bytes,
 )
 from gen_jobs.data.shard_reads import read_reports
-from gen_jobs.quality.scoring import score
 
 
 def shards_to_write(identity: DatasetIdentity, out: str, recorded: list[ShardEntry],
@@ -97,9 +96,11 @@ def gate_counts(out: str, entries: list[ShardEntry], known: dict[str, dict[str, 
     return dict(totals)
 
 
-def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry], lease: Lease | None = None,
-                   command: list[str] | None = None, known_gate: dict[str, dict[str, int]] | None = None) -> Manifest:
-    """Score the dataset, then record it: the manifest goes last, then the pending marker goes.
+def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry], quality: dict | None,
+                   lease: Lease | None = None, command: list[str] | None = None,
+                   known_gate: dict[str, dict[str, int]] | None = None) -> Manifest:
+    """Record the dataset with its quality figures (gen_jobs.quality.scoring.score): the manifest goes last,
+    then the pending marker goes.
 
     Under a lease, the lease is checked first: a run that lost it writes no manifest.
     `known_gate`: the gate counts of the shards this run wrote, by file (see gate_counts).
@@ -107,7 +108,7 @@ def write_manifest(out: str, identity: DatasetIdentity, entries: list[ShardEntry
     fs, path = storage.resolve(storage.join(out, entries[0].file))
     schema = pq.read_schema(path, filesystem=fs)
     manifest = Manifest(
-        **identity.model_dump(), shards=entries, schema_=schema_description(schema), quality=score(out, identity, entries),
+        **identity.model_dump(), shards=entries, schema_=schema_description(schema), quality=quality,
         gate_counts=gate_counts(out, entries, known_gate) if identity.gate else None, command=command,
     )
     if lease is not None:

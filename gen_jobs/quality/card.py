@@ -23,14 +23,17 @@ import yaml
 from gen_jobs.core import checkpoint, registry, storage
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.family import Preview
+from gen_jobs.data.card_record import (
+    CARD_FILES,
+    CARD_RECORD,
+    QUALITY,
+    README,
+    SAMPLES_PICTURE,
+    TRAINING_PICTURE,
+    is_raygens,
+    recorded,
+)
 from gen_jobs.data.manifest import Manifest, sha256
-
-README = "README.md"
-QUALITY = "quality.json"
-SAMPLES_PICTURE = "card-samples.png"
-TRAINING_PICTURE = "card-training.png"
-CARD_RECORD = "_card.json"
-CARD_FILES = (README, QUALITY, SAMPLES_PICTURE, TRAINING_PICTURE)
 
 # What the shared figures mean (each family's own come from its `figures`).
 SHARED_FIGURES = {
@@ -53,28 +56,6 @@ SHARED_FIGURES = {
     "training_copies.share": "flagged / rows: above 1% the model memorises",
 }
 NOT_FIGURES = {"summary", "warnings", "examples"}
-
-
-def is_record(data: object) -> bool:
-    """Whether parsed JSON has the shape of the card record raygen writes (`{"files": {name: sha256}}`)."""
-    return isinstance(data, dict) and isinstance(data.get("files"), dict)
-
-
-def recorded(out: str) -> dict[str, str]:
-    """{card file name: sha256} of what raygen last wrote into `out` ({} when it wrote no card)."""
-    try:
-        raw = storage.read_small_file(storage.join(out, CARD_RECORD), 1 << 20, "card record")
-        data = json.loads(raw) if raw is not None else None
-    except (ValueError, UserError):  # damaged or not raygen's: it records no card of raygen's
-        return {}
-    if not is_record(data):
-        return {}
-    return {name: digest for name, digest in data["files"].items() if name in CARD_FILES}
-
-
-def is_raygens(out: str, name: str, record: dict[str, str]) -> bool:
-    """Whether the card file `name` in `out` is as raygen wrote it (a file edited since is the user's)."""
-    return name in record and sha256(storage.read_bytes(storage.join(out, name))) == record[name]
 
 
 def write_card(out: str, manifest: Manifest, quality: dict | None, log=print) -> list[str]:

@@ -12,13 +12,19 @@ from gen_jobs.data.manifest import ShardEntry, read_manifest
 from gen_jobs.data.run_record import write_manifest
 from gen_jobs.data.shard_writer import ShardWriter
 from gen_jobs.generate import GenerateArgs, plan
+from gen_jobs.quality.scoring import score
 from gen_jobs.verify import main as verify_main
 
 
 def make_dataset(checkpoint: str, out: str, num_samples: int = 50, rows_per_shard: int = 20, seed: int = 0) -> None:
     args = GenerateArgs(checkpoint=checkpoint, out=out, num_samples=num_samples, rows_per_shard=rows_per_shard, seed=seed)
-    planned = plan(args)
-    write_manifest(out, planned.identity, write_in_process(planned, out))
+    write_dataset(plan(args), out)
+
+
+def write_dataset(planned, out: str) -> None:
+    """A plan's whole dataset, written in this process as `raygen generate` writes it: shards, figures, manifest."""
+    entries = write_in_process(planned, out)
+    write_manifest(out, planned.identity, entries, score(out, planned.identity, entries))
 
 
 def write_in_process(planned, out: str, micro_batch: int | None = None) -> list[ShardEntry]:

@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import REPO
 from gen_jobs.core import checkpoint as ckpt, storage
+from gen_jobs.data.card_record import CARD_RECORD, README
 from gen_jobs.generate import GenerateArgs, generate
-from gen_jobs.quality.card import CARD_RECORD, README
 from gen_jobs.quality_report import QualityArgs, quality_report
 from test_cli_errors import error_of
 from test_verify import make_dataset

@@ -15,7 +15,6 @@ from gen_jobs.core.errors import UserError
 from gen_jobs.core.recipes import load_recipe
 from gen_jobs.core.seeding import row_seeds
 from gen_jobs.data.columns import object_column
-from gen_jobs.data.run_record import write_manifest
 from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents, split_documents
 from gen_jobs.families.gpt.model import build_model, save as save_gpt, train_tokenizer
 from gen_jobs.families.gpt.sampler import ROW_SETTINGS, Sampler
@@ -103,9 +102,9 @@ def test_unconditional_and_prompted_shards(gpt_checkpoint, tmp_path):
     args = GenerateArgs(checkpoint=gpt_checkpoint, out=str(out), prompts=str(prompts), samples_per_prompt=2, rows_per_shard=4)
     planned = plan(args)
     assert planned.identity.num_rows == 6
-    from test_verify import write_in_process
+    from test_verify import write_dataset
 
-    write_manifest(str(out), planned.identity, write_in_process(planned, str(out)))
+    write_dataset(planned, str(out))
     table = read_rows(out)
     assert table.column_names == ["id", "seed", "prompt", "text", "num_prompt_tokens", "num_tokens", "perplexity",
                                   "copied_words", "copy", "finish_reason"]

@@ -174,9 +174,8 @@ def test_a_long_primer_is_cut_or_refused_as_the_recipe_says(music_checkpoint):
 def test_primers_named_in_a_prompts_file_start_their_pieces_and_are_in_the_identity(music_checkpoint, tmp_path):
     import json
 
-    from gen_jobs.data.run_record import write_manifest
     from gen_jobs.generate import GenerateArgs, plan
-    from test_verify import write_in_process
+    from test_verify import write_dataset
 
     (tmp_path / "primers").mkdir()
     (tmp_path / "primers" / "a.mid").write_bytes(chorale_midi("bach/bwv269"))
@@ -186,7 +185,7 @@ def test_primers_named_in_a_prompts_file_start_their_pieces_and_are_in_the_ident
                         samples_per_prompt=2, rows_per_shard=4, set=["sampling.primer_bars=1"])
     planned = plan(args)
     identity = planned.identity
-    write_manifest(args.out, identity, write_in_process(planned, args.out))
+    write_dataset(planned, args.out)
     rows = read_rows(tmp_path / "data").to_pylist()
     sampler = Sampler(music_checkpoint, recipe=load_recipe("music_chorales", [*TINY_MUSIC, "sampling.primer_bars=1"]))
     for row, primer in zip(rows, [chorale_midi("bach/bwv269")] * 2 + ["corpus:bach/bwv347"] * 2 + [None] * 2):
