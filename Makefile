@@ -25,15 +25,15 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/raygen demo
 
-# The playground's tests (tests/test_playground.py) drive Debian's Chromium: Playwright's own
+# The playground's tests (tests/serving/test_playground.py) drive Debian's Chromium: Playwright's own
 # browser download cannot run offline. Installed when missing and run as root; else the tests say so.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian's chromium for the playground tests"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || echo "could not install chromium: tests/test_playground.py will fail and say so"; \
-	  else echo "chromium is missing: run 'sudo apt-get install chromium' for tests/test_playground.py"; fi; }
+	      || echo "could not install chromium: tests/serving/test_playground.py will fail and say so"; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium' for tests/serving/test_playground.py"; fi; }
 
 test: install-test browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

@@ -59,7 +59,8 @@ def pytest_collection_modifyitems(items) -> None:
 
 def pytest_collection_finish(session) -> None:
     """Start `raygen demo` now when a selected test needs it (after `-m`/`-k` selection: `make check` never does)."""
-    if any("demo" in getattr(item, "fixturenames", ()) for item in session.items):
+    if not session.config.option.collectonly and any("demo" in getattr(item, "fixturenames", ())
+                                                     for item in session.items):
         # (a hook cannot request tmp_path_factory: a folder of its own, removed at the end if the session passed)
         temp = Path(tempfile.mkdtemp(prefix="raygen-demo-"))
         (temp / "new-user").mkdir()

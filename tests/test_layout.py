@@ -5,7 +5,7 @@ import that runs up the layers fails here before it builds a cycle at run time.
 The layers, bottom up (docs/architecture.md):
 
     gen_jobs/core/                           uses nothing above it; a family only by name, through core.registry
-    gen_jobs/training/, data/, quality/      the faces' library: never a command or serving
+    gen_jobs/training/, data/, quality/      the faces' library: never a command or serving; data/ never quality/
     gen_jobs/families/                       never a command or serving; a family never another (only lm/)
     gen_jobs/<command>.py, serving/          use everything below
 """
@@ -59,6 +59,17 @@ def test_the_layers_are_folders_that_exist():
     assert {p.stem for p in (REPO / "gen_jobs").glob("*.py")} == COMMANDS | {"__init__"}
 
 
+def test_the_tests_mirror_the_package():
+    """A test lives beside what it tests: a folder per library layer and per family, no test file loose at the
+    top but the checks over the whole package (this one and the family contract)."""
+    from gen_jobs.core import registry
+
+    tests = REPO / "tests"
+    for folder in (*LIBRARY, "serving", "deploy", "e2e", "docs", *(f"families/{name}" for name in registry.names())):
+        assert sorted((tests / folder).glob("test_*.py")), f"tests/{folder}/ holds no test"
+    assert sorted(p.name for p in tests.glob("test_*.py")) == ["test_family_contract.py", "test_layout.py"]
+
+
 def test_the_core_imports_no_face_and_no_family():
     assert upward("core", {"commands", "serving", "training", "data", "quality", "families"}) == []
 
@@ -66,6 +77,11 @@ def test_the_core_imports_no_face_and_no_family():
 @pytest.mark.parametrize("folder", ["training", "data", "quality", "families"])
 def test_the_library_and_the_families_import_no_command_and_no_serving(folder):
     assert upward(folder, {"commands", "serving"}) == []
+
+
+def test_the_data_face_imports_no_quality():
+    """quality/ reads datasets (data/); data/ never reaches back up: the figures are scored by the commands."""
+    assert upward("data", {"quality"}) == []
 
 
 def test_a_family_imports_no_other_family_only_the_shared_lm():

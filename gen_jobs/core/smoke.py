@@ -4,7 +4,7 @@
     RAYGEN_SMOKE_TEST=1 raygen generate ... --num-samples 1000000    # 64 rows
 
 The suite sets it when it runs the documented commands as written
-(tests/test_readme.py): the commands stay the ones a user types, their sizes
+(tests/docs/test_readme.py): the commands stay the ones a user types, their sizes
 shrink. Training runs one epoch (train.epochs=1); `--num-samples` is capped at
 MAX_ROWS. A scaled job says so in its first line.
 """

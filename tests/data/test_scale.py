@@ -1,7 +1,7 @@
 """A dataset of 100,000 shards: resuming it complete or unfinished and verifying it take time
 proportional to shards (one listing, the manifest and its shard list), not bytes.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/test_scale.py -s     # prints the figures
+    HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/resources/test_scale.py -s     # prints the figures
 
 The shards are tiny stand-in files of the size the manifest records (what a listing
 sees of real ones); the manifest is the one `raygen generate` would write for them,

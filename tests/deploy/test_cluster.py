@@ -153,7 +153,7 @@ def test_local_sh_up_two_workers_is_joined_then_down_leaves_no_trace(random_chec
         assert {n["node_ip"] for n in listed} == {"127.0.0.1"}, "every node on loopback"
 
         # The README's steps after `up` (source the env file, `raygen train`, `ray job submit`) run as written in
-        # tests/test_readme.py; here, raygen's own commands join through RAY_ADDRESS from the env file.
+        # tests/docs/test_readme.py; here, raygen's own commands join through RAY_ADDRESS from the env file.
         readme_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_A")}
         joined = subprocess.run(["bash", "-c", f"source {state}/env && raygen generate --checkpoint {run} "
                                  f"--out {out} --num-samples 40 --workers 2"], cwd=REPO, capture_output=True, text=True,

@@ -1,7 +1,7 @@
 """k8s/ checked offline, the way the API server and KubeRay would check it, plus against the code.
 
 - KubeRay kinds validate against the KubeRay v1.7.0 CRDs (../shared/kuberay-crds when it is
-  beside the checkout, else the copy kept in tests/data/kuberay-crds-v1.7.0.yaml.gz), strictly: a field the CRD does not define is an error (as with `kubectl apply
+  beside the checkout, else the copy kept in tests/resources/kuberay-crds-v1.7.0.yaml.gz), strictly: a field the CRD does not define is an error (as with `kubectl apply
   --validate=strict`). Built-in kinds, every pod template and all metadata validate
   with kubernetes-validate (strict).
 - Cross-checks: each RayJob entrypoint is a raygen job that parses its arguments and

@@ -1,11 +1,11 @@
 """Keep the part of OpenAI's API description that raygen's routes answer with, for the repository.
 
-    python tests/scripts/trim_openai_spec.py ../shared/openai-openapi/openapi.json tests/data/openai-openapi.json
+    python tests/scripts/trim_openai_spec.py ../shared/openai-openapi/openapi.json tests/resources/openai-openapi.json
 
 The full description (openai/openai-openapi, MIT licence) is 3.4 MB; the tests
 need only the paths raygen serves and the components their answers reach. The
 kept parts are byte-for-byte the same JSON values, so validating against the
-trimmed file is validating against the original (tests/test_openai_conformance.py
+trimmed file is validating against the original (tests/serving/test_openai_conformance.py
 checks this whenever the full file is beside the checkout).
 """
 

@@ -24,7 +24,6 @@ import copy
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -34,10 +33,10 @@ from PIL import Image
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import SERVE_API_KEY
+from conftest import REPO, SERVE_API_KEY
 
-FULL_SPEC = Path(__file__).resolve().parents[2] / "shared" / "openai-openapi" / "openapi.json"
-TRIMMED_SPEC = Path(__file__).resolve().parent / "data" / "openai-openapi.json"  # scripts/trim_openai_spec.py
+FULL_SPEC = REPO.parent / "shared" / "openai-openapi" / "openapi.json"
+TRIMMED_SPEC = REPO / "tests" / "resources" / "openai-openapi.json"  # scripts/trim_openai_spec.py
 STRICT, STREAMED = "urn:openai", "urn:openai-streamed"
 
 
@@ -100,9 +99,9 @@ def raygen_description(server) -> Description:
 def test_the_kept_part_of_the_description_is_the_published_one():
     import runpy
 
-    trim = runpy.run_path(str(Path(__file__).parent / "scripts" / "trim_openai_spec.py"))["trim"]
+    trim = runpy.run_path(str(REPO / "tests" / "scripts" / "trim_openai_spec.py"))["trim"]
     assert json.loads(TRIMMED_SPEC.read_text()) == trim(json.loads(FULL_SPEC.read_text())), (
-        "tests/data/openai-openapi.json is stale: rerun tests/scripts/trim_openai_spec.py")
+        "tests/resources/openai-openapi.json is stale: rerun tests/scripts/trim_openai_spec.py")
 
 
 def events(http: httpx.Client, path: str, body: dict) -> Iterator[dict]:

@@ -1,6 +1,6 @@
 """The playground page (GET / on the Serve app), end to end in a real headless browser.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/test_playground.py
+    HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/serving/test_playground.py
 
 Playwright drives Debian's Chromium (`apt-get install chromium`, which `make test`
 does as root; Playwright's own browser download cannot run offline) against the
