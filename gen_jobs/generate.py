@@ -433,10 +433,15 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
     return result
 
 
+def parse(argv: list[str] | None = None) -> GenerateArgs:
+    """The command line as validated arguments, a family's own options gathered into `options` (argparse exits
+    on an unknown flag; a bad value is a UserError)."""
+    return validate_args(GenerateArgs, parsed_args(vars(parser().parse_args(argv))))
+
+
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        ns = parser().parse_args(argv)
-        args = validate_args(GenerateArgs, parsed_args(vars(ns)))
+        args = parse(argv)
         args = args.model_copy(update={"num_samples": smoke.num_samples(args.num_samples)})
         manifest = generate(args)
         print(f"dataset: {args.out} ({manifest.num_rows:,} rows, {len(manifest.shards)} shards)", flush=True)

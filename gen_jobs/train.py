@@ -134,10 +134,14 @@ def _root_cause(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def parse(argv: list[str] | None = None) -> TrainArgs:
+    """The command line as validated arguments (argparse exits on an unknown flag; a bad value is a UserError)."""
+    return validate_args(TrainArgs, vars(parser().parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        ns = parser().parse_args(argv)
-        args = validate_args(TrainArgs, vars(ns))
+        args = parse(argv)
         recipe = load_recipe(args.recipe, smoke.train_settings(args.set))
         uri = train(recipe, args.storage, args.name or recipe.name, args.workers, args.gpu)
         print(f"checkpoint: {uri}", flush=True)

@@ -40,7 +40,7 @@ from gen_jobs.core.storage import expand_variables
 
 K8S = REPO / "k8s"
 CRDS = Path(os.environ.get("RAYGEN_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
-KEPT_CRDS = REPO / "tests" / "data" / "kuberay-crds-v1.7.0.yaml.gz"  # the same three CRDs, gzipped
+KEPT_CRDS = REPO / "tests" / "resources" / "kuberay-crds-v1.7.0.yaml.gz"  # the same three CRDs, gzipped
 KUBERNETES_VERSION = "1.33"  # the oldest Kubernetes the manifests promise to work on
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 RAY_VERSION = re.search(r"ray\[[^]]*\]==([\d.]+)", " ".join(PYPROJECT["project"]["dependencies"])).group(1)
@@ -61,7 +61,7 @@ CLUSTER_CHANGES = {
 }
 
 # The job modules RayJobs may run, with their argument parser and pydantic arguments.
-JOB_ARGUMENTS = {"gen_jobs.train": "TrainArgs", "gen_jobs.generate": "GenerateArgs"}
+JOB_ARGUMENTS = {"gen_jobs.train", "gen_jobs.generate"}  # the modules a RayJob may run
 
 
 def load_manifests() -> list[tuple[str, dict]]:
@@ -253,9 +253,7 @@ def entrypoint(doc: dict) -> tuple[str, list[str]]:
 def parsed_arguments(doc: dict):
     module_name, argv = entrypoint(doc)
     assert module_name in JOB_ARGUMENTS, f"{module_name} is not a raygen job module"
-    module = importlib.import_module(module_name)
-    namespace = module.parser().parse_args(argv)  # exits (SystemExit) on an unknown flag
-    return module_name, getattr(module, JOB_ARGUMENTS[module_name]).model_validate(vars(namespace))
+    return module_name, importlib.import_module(module_name).parse(argv)  # exits (SystemExit) on an unknown flag
 
 
 @pytest.mark.parametrize("module", sorted({entrypoint(doc)[0] for _, doc in RAY_JOBS}))

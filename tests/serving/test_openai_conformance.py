@@ -4,7 +4,7 @@ Typed clients generated from OpenAI's description (Go, Java, TypeScript, Rust)
 and validating gateways reject answers the lenient Python client accepts, so
 each route's answers are validated here with a JSON Schema 2020-12 validator
 against `../shared/openai-openapi/openapi.json` (when that folder is beside the
-checkout; else its part raygen's routes use, kept in tests/data by
+checkout; else its part raygen's routes use, kept in tests/resources by
 tests/scripts/trim_openai_spec.py), with the two adjustments its README names:
 `nullable: true` becomes `anyOf [..., null]`, and a streamed chunk may carry
 `finish_reason: null` before its choice ends. Which schema an answer must meet
