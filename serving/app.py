@@ -185,12 +185,12 @@ def build_app(args: AppConfig) -> Application:
             raise UserError(f"model {spec.name}: the {family} family has no HTTP API yet")
         deployment = ModelServer.options(
             name=f"model-{spec.name}",
-            ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": 1 if spec.gpu else 0},
+            ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.gpu},
             autoscaling_config=spec.autoscaling.model_dump(),
             max_ongoing_requests=spec.max_ongoing_requests,
             max_queued_requests=spec.max_queued_requests,
         )
-        handles[spec.name] = deployment.bind(spec.name, family, uri, spec.gpu, spec.batching.max_batch_size,
+        handles[spec.name] = deployment.bind(spec.name, family, uri, spec.gpu > 0, spec.batching.max_batch_size,
                                              spec.batching.batch_wait_timeout_s, config.limits.model_dump())
         models.append({"name": spec.name, "family": family})
     gateway = Gateway.options(

@@ -46,7 +46,9 @@ class ModelSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="the `model` clients ask for")
     checkpoint: Uri = Field(description="checkpoint folder, or a Ray Train run folder (its newest checkpoint); path or "
                                         "s3://; ${NAME} is read from the environment")
-    gpu: bool = Field(False, description="one GPU per replica (the sampler runs on cuda)")
+    gpu: float = Field(0, ge=0, le=1, description="GPUs per replica, its sampler on cuda when above 0: true or 1 a "
+                                                   "whole GPU, a fraction (0.25) a share of one that other replicas "
+                                                   "use too, false or 0 none")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per replica")
     autoscaling: Autoscaling = Autoscaling()
     batching: Batching = Batching()

@@ -140,7 +140,7 @@ def unplaced(status, config, resources: dict) -> list[str]:
             continue
         if demand <= resources.get("CPU", 0) and "to be scheduled" not in (deployment.message or ""):
             continue
-        needs = f"{model.num_cpus:g} CPU" + (" and 1 GPU" if model.gpu else "")
+        needs = f"{model.num_cpus:g} CPU" + (f" and {model.gpu:g} GPU" if model.gpu else "")
         lines.append(f"model {model.name} is not placed: a replica needs {needs}, the models need {demand:g} CPUs in "
                      f"all and the cluster has {resources.get('CPU', 0):g} ({resources.get('GPU', 0):g} GPUs): "
                      "lower num_cpus in a Serve config, serve fewer models, or add nodes")

@@ -23,8 +23,23 @@ from serving.config import read_config
 def test_the_shipped_serve_config_is_valid():
     document = yaml.safe_load((REPO / "serving" / "config.yaml").read_text())
     config = read_config(document, "serving/config.yaml")
-    assert [m.name for m in config.models] == ["dcgan_digits", "gpt_pydoc"]
+    from gen_jobs.core import registry
+
+    served = [registry.get(name).demo.recipe for name in registry.names() if registry.get(name).serve_api]
+    assert [m.name for m in config.models] == served  # one model of every family with an HTTP API
     assert document["applications"][0]["import_path"] == "serving.app:build_app"
+
+
+def test_a_model_may_have_a_whole_gpu_a_share_of_one_or_none():
+    from gen_jobs.core.errors import UserError
+
+    def gpu(value):
+        return read_config({"models": [{"name": "m", "checkpoint": "c", "gpu": value}]}, "test").models[0].gpu
+
+    assert (gpu(True), gpu(False), gpu(0.25), gpu(1)) == (1.0, 0.0, 0.25, 1.0)
+    for wrong in (1.5, -0.25, "half"):
+        with pytest.raises(UserError, match="gpu"):
+            gpu(wrong)
 
 
 @pytest.mark.parametrize("args, says", [
