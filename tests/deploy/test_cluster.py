@@ -133,7 +133,7 @@ def test_local_sh_up_two_workers_is_joined_then_down_leaves_no_trace(random_chec
     Path(random_checkpoint).rename(run / "checkpoint_000000")
     out = tmp_path / "digits"
 
-    # The README's example on this 2-core machine, with its default CPUs per node (the machine's, shared out).
+    # docs/deployment.md's example on this 2-core machine, with its default CPUs per node (the machine's, shared out).
     up = local_sh("up", "2", state=state, RAYGEN_WORKER_CPUS="")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -152,7 +152,7 @@ def test_local_sh_up_two_workers_is_joined_then_down_leaves_no_trace(random_chec
         assert sorted(n["is_head_node"] for n in listed if n["state"] == "ALIVE") == [False, False, True]
         assert {n["node_ip"] for n in listed} == {"127.0.0.1"}, "every node on loopback"
 
-        # The README's steps after `up` (source the env file, `raygen train`, `ray job submit`) run as written in
+        # docs/deployment.md's steps after `up` (source the env file, a `ray job submit` per family) run as written in
         # tests/docs/test_readme.py; here, raygen's own commands join through RAY_ADDRESS from the env file.
         readme_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_A")}
         joined = subprocess.run(["bash", "-c", f"source {state}/env && raygen generate --checkpoint {run} "

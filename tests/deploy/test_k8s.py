@@ -56,7 +56,12 @@ CLUSTER_CHANGES = {
     ("http_options", "host"): "0.0.0.0",  # reachable by the Kubernetes Service, not loopback only
     ("applications", 0, "args", "models", 0, "checkpoint"): "${RAYGEN_STORAGE}/runs/dcgan_digits",
     ("applications", 0, "args", "models", 1, "checkpoint"): "${RAYGEN_STORAGE}/runs/gpt_pydoc",
-    ("applications", 0, "args", "models", 1, "gpu"): True,
+    ("applications", 0, "args", "models", 2, "checkpoint"): "${RAYGEN_STORAGE}/runs/music_chorales",
+    ("applications", 0, "args", "models", 3, "checkpoint"): "${RAYGEN_STORAGE}/runs/style_sample",
+    # the decoders and the style network share one GPU node, a quarter GPU each (bench/replica_memory.py)
+    ("applications", 0, "args", "models", 1, "gpu"): 0.25,
+    ("applications", 0, "args", "models", 2, "gpu"): 0.25,
+    ("applications", 0, "args", "models", 3, "gpu"): 0.25,
     ("applications", 0, "args", "wait_for_training_s"): 86400,  # deployed with its train jobs, it waits for them
 }
 
@@ -78,8 +83,10 @@ MANIFESTS = load_manifests()
 
 @pytest.fixture(autouse=True)
 def cluster_environment(monkeypatch):
-    """RAYGEN_STORAGE as every pod has it, so job arguments and the Serve config expand as on the cluster."""
-    monkeypatch.setenv("RAYGEN_STORAGE", STORAGE)
+    """k8s/storage.yaml's settings (RAYGEN_STORAGE, RAYGEN_STYLE_INPUT) as every pod has them, so job arguments
+    and the Serve config expand as on the cluster."""
+    for name, value in STORAGE_CONFIG["data"].items():
+        monkeypatch.setenv(name, value)
 KUBERAY = [(name, doc) for name, doc in MANIFESTS if doc["apiVersion"].startswith("ray.io/")]
 BUILT_IN = [(name, doc) for name, doc in MANIFESTS if not doc["apiVersion"].startswith("ray.io/")]
 RAY_JOBS = [(name, doc) for name, doc in KUBERAY if doc["kind"] == "RayJob"]
@@ -294,6 +301,18 @@ def test_every_dataset_and_served_model_reads_what_a_train_job_writes():
     assert set(read) <= trained and set(served) <= trained, (read, served, trained)
 
 
+def test_every_family_is_trained_generated_and_served_on_the_cluster():
+    from gen_jobs.core import registry
+
+    jobs = [parsed_arguments(doc) for _, doc in RAY_JOBS]
+    trained = {args.recipe for module, args in jobs if module == "gen_jobs.train"}
+    generated = {args.checkpoint.rstrip("/").rsplit("/", 1)[-1] for module, args in jobs if module == "gen_jobs.generate"}
+    served = {m["name"] for m in serve_config()["applications"][0]["args"]["models"]}
+    for name in registry.names():
+        recipe = registry.get(name).demo.recipe
+        assert recipe in trained and recipe in generated and recipe in served, (name, trained, generated, served)
+
+
 def test_the_bucket_is_named_in_one_place():
     """Only k8s/storage.yaml names a bucket; every job and the Serve app write URIs under ${RAYGEN_STORAGE}."""
     for path in sorted(K8S.glob("*.yaml")):
@@ -306,6 +325,9 @@ def test_the_bucket_is_named_in_one_place():
         module, args = parsed_arguments(doc)
         uris = [args.storage] if module == "gen_jobs.train" else [args.checkpoint, args.out]
         assert all(uri.startswith(f"{STORAGE}/") for uri in uris), (name, uris)  # expanded as on the cluster
+        if module == "gen_jobs.generate" and args.input:  # what a job reads is named there too
+            setting = re.search(r"'\$\{(\w+)\}'", doc["spec"]["entrypoint"].split("--input", 1)[1]).group(1)
+            assert args.input == STORAGE_CONFIG["data"][setting], (name, args.input)
 
 
 def test_the_disruption_budget_counts_the_serve_workers_and_not_the_head():
@@ -360,9 +382,9 @@ def test_serve_config_is_a_valid_serve_deploy_config_whose_app_builds():
     module, attribute = app["import_path"].split(":")
     assert callable(getattr(importlib.import_module(module), attribute))
     models = read_config(config, "serveConfigV2").models
-    gpu_replicas = sum(m.autoscaling.max_replicas for m in models if m.gpu)
+    gpus_wanted = sum(m.autoscaling.max_replicas * m.gpu for m in models)  # every GPU replica at its most
     gpu_groups = [g for g in cluster_spec(RAY_SERVICE)["workerGroupSpecs"] if gpus_of(g)]
-    assert gpu_replicas and sum(g["maxReplicas"] for g in gpu_groups) >= gpu_replicas
+    assert gpus_wanted and sum(g["maxReplicas"] * int(gpus_of(g)) for g in gpu_groups) >= gpus_wanted
 
 
 # ------------------------------------------------------------------ versions, image, kustomization
@@ -551,11 +573,11 @@ def test_each_serve_replica_fits_in_the_pods_that_can_host_it():
     from serving.config import read_config
 
     for model in read_config(serve_config(), "serveConfigV2").models:
-        hosts = pod_cpus(RAY_SERVICE, gpu=model.gpu)
+        hosts = pod_cpus(RAY_SERVICE, gpu=model.gpu > 0)
         assert hosts and max(hosts) >= model.num_cpus, f"{model.name}: {model.num_cpus} CPUs fit no pod ({hosts})"
         # its replicas at their most fit the group at its most
         groups_cpu = sum(max(hosts) // model.num_cpus * g["maxReplicas"] for g in cluster_spec(RAY_SERVICE)["workerGroupSpecs"]
-                         if bool(gpus_of(g)) == model.gpu)
+                         if bool(gpus_of(g)) == (model.gpu > 0))
         assert groups_cpu >= model.autoscaling.max_replicas, model.name
 
 
