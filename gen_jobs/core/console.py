@@ -190,21 +190,34 @@ def quiet_libraries() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if handler.get_name() == "console":
             handler.setLevel(logging.ERROR)
-            # It writes to the sys.stderr of when ray.data was first imported, which a test's
-            # captured stream (or a redirect since) may have closed: write to today's.
-            if isinstance(handler, logging.StreamHandler):
-                try:
-                    handler.setStream(sys.stderr)
-                except ValueError:  # the old stream is closed and cannot be flushed
-                    handler.stream = sys.stderr
+            _write_to_current_stderr(handler)
     logging.getLogger("ray").setLevel(logging.ERROR)
     # Records of Ray's libraries propagate to the "ray" logger's own stderr handler whatever its level
     # ("Dataset ... execution finished" from a Ray Data thread): the handler itself is turned down too.
     for handler in logging.getLogger("ray").handlers:
         handler.setLevel(logging.ERROR)
+        _write_to_current_stderr(handler)
     # Serve's driver-side notices ("Started Serve in namespace ...") have a logger and handler of their own.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     _drop_shutdown_notices()
+
+
+class _CurrentStderr:
+    """Whatever sys.stderr is when a record is written (a redirect, a test's capture), not when a handler was made."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _write_to_current_stderr(handler: logging.Handler) -> None:
+    """Ray's handlers write to the sys.stderr of when they were made, which a redirect since (a test's capture)
+    may have closed: a Ray Data thread's late record would then print a "--- Logging error ---" traceback."""
+    if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
+            and not isinstance(handler.stream, _CurrentStderr):
+        handler.stream = _CurrentStderr()
 
 
 def _drop_shutdown_notices() -> None:
