@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 from pydantic import Field, field_validator, model_validator
 
 from gen_jobs.cli_args import ArgumentParser, run_main, validate_args
-from gen_jobs.core import checkpoint, registry, smoke, storage
+from gen_jobs.core import checkpoint, metrics, registry, smoke, storage
 from gen_jobs.core.console import format_seconds, progress
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.family import Family, GenerateOption
@@ -368,6 +368,7 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
         connect()
         quiet_data_progress()
         pinned = ray.put(planned.checkpoint)  # one copy for every actor, whatever happens to the folder
+        tags = metrics.generation_tags(storage.absolute(args.out))  # the run's metrics' labels (core/metrics.py)
         stamps = ray.put(identity.source.stamps) if identity.source.stamps else None
     started = time.perf_counter()  # after Ray start-up: the rate is the pipeline's own
     if todo:
@@ -383,6 +384,7 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
                 "pinned": pinned,
                 "run_id": lease.run_id,
                 "input_stamps": stamps,
+                "metric_tags": tags,
             },
             batch_size=1,
             # Up to `workers` actors, down to one if nodes go (a preempted node must not stall the job).
@@ -392,6 +394,7 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
         )
         rows_written, refused, known_gate = 0, "", {}
         rows_todo = sum(len(identity.shard_ids(k)) for k in todo)
+        metrics.generation().rows_left.set(rows_todo, tags)
         display = progress()
         progress_record = ProgressRecord(args.out, identity, lease, found.progress)
         for done, row in enumerate(written.iter_rows(), start=1):
@@ -405,6 +408,8 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
             rows_written += entry.rows
             elapsed = max(time.perf_counter() - started, 1e-9)
             rate = rows_written / elapsed
+            metrics.generation().rows_left.set(rows_todo - rows_written, tags)
+            metrics.generation().rows_per_second.set(rate, tags)
             display.update(f"generating: {rows_written:,}/{rows_todo:,} rows ({done}/{len(todo)} shards), "
                            f"{rate:,.0f} rows/s, about {format_seconds((rows_todo - rows_written) / rate)} left")
             progress_record.update(good)

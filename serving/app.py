@@ -28,6 +28,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from gen_jobs.core.errors import UserError
+from serving import request_metrics
 from serving.apis import api_module
 from serving.config import AppConfig, Limits
 from serving.errors import ApiError
@@ -73,6 +74,7 @@ class Gateway:
         if served is None:
             raise ApiError(404, f"the model {name!r} does not exist; served models: {', '.join(self.models)}",
                            param="model", code="model_not_found")
+        request_metrics.name_model(name)
         if served.kind != kind:
             raise ApiError(400, f"{name!r} is a {served.kind} model ({served.family}); it does not serve {kind} requests",
                            param="model")
@@ -87,6 +89,13 @@ class Gateway:
         return ApiError(504, f"the model did not answer within {self.limits.request_timeout_s:g} s "
                              "(limits.request_timeout_s); its rows were dropped: retry, or ask for less", code="timeout")
 
+    def refused(self, served: ServedModel, error: Exception) -> ApiError:
+        """The answer for a model call that raised; a full queue (503) is counted for the model."""
+        answer = api_error(error)
+        if answer.status == 503:
+            request_metrics.refused_for_a_full_queue(served.name)
+        return answer
+
     async def call(self, served: ServedModel, request) -> dict:
         response = served.handle.generate.remote(request)
         try:
@@ -98,7 +107,7 @@ class Gateway:
             response.cancel()  # the replica drops the request's rows
             raise self.timed_out() from None
         except Exception as e:
-            raise api_error(e) from e
+            raise self.refused(served, e) from e
         if isinstance(result, ApiError):
             raise result
         return result
@@ -118,7 +127,7 @@ class Gateway:
             chunks.cancel()
             raise self.timed_out() from None
         except Exception as e:
-            raise api_error(e) from e
+            raise self.refused(served, e) from e
         if isinstance(first, ApiError):
             raise first
         return StreamingResponse(_events(chunks, ends, self.timed_out()), media_type="text/event-stream")

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from serving import playground
+from serving import playground, request_metrics
 from serving.apis import all_api_modules
 from serving.config import Limits
 from serving.errors import ApiError
@@ -114,6 +114,8 @@ def http_app(gateway: Gateway) -> FastAPI:
                 return error_response(ApiError(
                     413, f"the request body has {int(length):,} bytes; this server accepts at most {limits.max_body_bytes:,}"))
         return await call_next(request)
+
+    app.add_middleware(request_metrics.MeasuredAnswers, router=app.router)  # added last: the outermost
 
     @app.exception_handler(ApiError)
     async def on_api_error(_: Request, error: ApiError):

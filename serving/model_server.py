@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 from ray import serve
 
-from gen_jobs.core import checkpoint, registry
+from gen_jobs.core import checkpoint, metrics, registry
 from serving.apis import api_module
 from serving.config import Limits
 from serving.errors import ApiError
@@ -85,6 +85,7 @@ class ModelServer:
         # end; one cancelled before its rows reached a batch never is, hence the bound (oldest out first).
         self.cancelled = RecentIds(CANCELLED_KEPT)
         self.rows_cancelled = 0  # rows ended early because nobody was listening any more
+        self.metrics, self.tags = metrics.serve(), {"model": name}  # (gen_jobs.core.metrics)
         for batched in (self._sample, self._sample_steps):
             batched.set_max_batch_size(max_batch_size)
             batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -149,6 +150,7 @@ class ModelServer:
     @serve.batch(batch_size_fn=count_rows)
     async def _sample(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         merged, starts = concat(batches)
+        self.metrics.batch_rows.observe(starts[-1], self.tags)
         out = await asyncio.to_thread(self.sampler, merged)
         return [{key: col[a:b] for key, col in out.items()} for a, b in zip(starts, starts[1:])]
 
@@ -156,6 +158,7 @@ class ModelServer:
     async def _sample_steps(self, batches: list[dict[str, np.ndarray]]) -> AsyncIterator[list]:
         """Per decoding step, each request's rows (copies of their state); StopIteration ends a request's stream."""
         merged, starts = concat(batches)
+        self.metrics.batch_rows.observe(starts[-1], self.tags)
         steps = self.sampler.stream(merged)
         ended = [False] * len(batches)
         while (rows := await asyncio.to_thread(next, steps, None)) is not None:
@@ -167,6 +170,7 @@ class ModelServer:
                         if row.finish_reason is None:
                             row.finish_reason = "cancelled"
                             self.rows_cancelled += 1
+                            self.metrics.rows_cancelled.inc(1, self.tags)
                 if ended[r]:
                     out.append(StopIteration)
                     continue

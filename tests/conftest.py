@@ -198,6 +198,7 @@ def ray_cluster(s3_server, tmp_path_factory):
     )
     dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
     CLUSTER["session_id"] = head.pid  # every process of this cluster, its workers too, is in the head's session
+    CLUSTER["metrics"] = f"http://127.0.0.1:{ports['metrics-export-port']}/metrics"  # the node's Prometheus endpoint
     try:
         _wait_for_http(dashboard, head, temp / "head.log")
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")

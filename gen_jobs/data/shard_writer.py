@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gen_jobs.core import checkpoint, registry, storage
+from gen_jobs.core import checkpoint, metrics, registry, storage
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.lease import LEASE
 from gen_jobs.core.row_seed import row_seeds
-from gen_jobs.data.gate import check_columns, counts, gated
+from gen_jobs.data.gate import ACCEPTED, REJECTED, check_columns, counts, gated
 from gen_jobs.data.manifest import (
     DatasetIdentity,
     ShardEntry,
@@ -45,10 +45,11 @@ class ShardWriter:
     node that does not share that folder, and refuses to write there.
     `input_stamps` (ObjectRef or dict, `RowSource.stamps`) are the input files' stamps taken
     when the job was planned: every shard checks the files it read against them.
+    `metric_tags` label what the actor adds to the run's metrics (gen_jobs.core.metrics); None: none.
     """
 
     def __init__(self, identity: dict, out: str, micro_batch: int, device: str, pinned,
-                 run_id: str | None = None, input_stamps=None):
+                 run_id: str | None = None, input_stamps=None, metric_tags: dict[str, str] | None = None):
         import ray
 
         self.identity = DatasetIdentity.model_validate(identity)
@@ -68,6 +69,7 @@ class ShardWriter:
             input_stamps = ray.get(input_stamps)
         # The input's listing / row groups, read once per actor, and the stamps every shard checks.
         self.input_cache: dict = {} if input_stamps is None else {"stamps": input_stamps}
+        self.metric_tags = metric_tags
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The batch's manifest entries, each with refused "" - or one row whose `refused` says why not.
@@ -77,16 +79,33 @@ class ShardWriter:
         would pass through Ray Data's retries and logs and keep the actor pool alive with it.
         """
         try:
-            written = [write_shard(self.sampler, self.to_table, self.identity, self.out, int(k), self.micro_batch,
-                                   self.input_cache) for k in batch["shard"]]
+            written = []
+            for k in batch["shard"]:
+                written.append(write_shard(self.sampler, self.to_table, self.identity, self.out, int(k),
+                                           self.micro_batch, self.input_cache))
+                if self.metric_tags is not None:
+                    count_written(written[-1], self.metric_tags)
         except UserError as e:
             # (a placeholder row of the batch's columns, never a manifest entry: the driver stops at `refused`)
-            written, refused = [(ShardEntry.model_construct(file="", first_id=-1, rows=0, sha256="", bytes=0), None)], str(e)
+            placeholder = ShardEntry.model_construct(file="", first_id=-1, rows=0, sha256="", bytes=0)
+            written, refused = [WrittenShard(placeholder, None, 0)], str(e)
         else:
             refused = ""
-        columns = {key: np.array([getattr(e, key) for e, _ in written]) for key in ShardEntry.model_fields}
-        gate = np.array([json.dumps(g) if g else "" for _, g in written])  # a gated shard's counts, as JSON
+        columns = {key: np.array([getattr(w.entry, key) for w in written]) for key in ShardEntry.model_fields}
+        gate = np.array([json.dumps(w.gate) if w.gate else "" for w in written])  # a gated shard's counts, as JSON
         return {**columns, "gate": gate, "refused": np.array([refused] * len(written))}
+
+
+def count_written(shard: "WrittenShard", tags: dict[str, str]) -> None:
+    """Add a written shard to the run's generation metrics (gen_jobs.core.metrics)."""
+    m = metrics.generation()
+    metrics.add(m.rows, shard.entry.rows, tags)
+    metrics.add(m.shards, 1, tags)
+    metrics.add(m.bytes, shard.entry.bytes, tags)
+    if shard.gate:
+        metrics.add(m.rows_retried, shard.gate["accepted_later"], tags)
+        metrics.add(m.rows_rejected, shard.gate["rejected"], tags)
+    metrics.add(m.bad_inputs, shard.bad_inputs, tags)
 
 
 def check_shared_folder(out: str, run_id: str) -> None:
@@ -183,12 +202,18 @@ def row_groups(batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
         yield pa.concat_tables(held)
 
 
+class WrittenShard(NamedTuple):
+    entry: ShardEntry  # the shard's manifest entry
+    gate: dict[str, int] | None  # a gated dataset's counts of the shard's rows (gate.counts)
+    bad_inputs: int  # rows whose input the family refused: a status other than "ok" or "rejected"
+
+
 def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, micro_batch: int,
-                input_cache: dict | None = None) -> tuple[ShardEntry, dict[str, int] | None]:
+                input_cache: dict | None = None) -> WrittenShard:
     """Write shard k as it is sampled, row group by row group, atomically (storage.AtomicWriter).
 
-    Returns its manifest entry and, for a gated dataset, its gate counts (from the rows as they
-    were written: the driver never reads the shards back to count them).
+    Returns its manifest entry and what its rows' `status` says (gate counts, bad inputs), from
+    the rows as they were written: the driver never reads the shards back to count them.
     """
     tag = identity.shard_tag(k)
     attempts, status = [], []
@@ -201,12 +226,15 @@ def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, 
             writer.write_table(group.replace_schema_metadata(schema.metadata), row_group_size=len(group))
             if identity.gate:
                 attempts.append(group.column("attempts").to_numpy())
+            if "status" in group.column_names:
                 status.append(np.asarray(group.column("status").to_pylist(), dtype=object))
         writer.close()
     ids = identity.shard_ids(k)
     entry = ShardEntry(file=identity.shard_name(k), first_id=ids.start, rows=len(ids), sha256=sink.sha256,
                        bytes=sink.size)
-    return entry, counts(np.concatenate(attempts), np.concatenate(status)) if identity.gate else None
+    status = np.concatenate(status) if status else np.array([], dtype=object)
+    bad_inputs = int(((status != ACCEPTED) & (status != REJECTED)).sum())
+    return WrittenShard(entry, counts(np.concatenate(attempts), status) if identity.gate else None, bad_inputs)
 
 
 # ---------------------------------------------------------------- the dataset

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import torch
 
-from gen_jobs.core import registry
+from gen_jobs.core import metrics as run_metrics, registry
 from gen_jobs.core.checkpoint import INFO_FILE
 from gen_jobs.core.console import report_progress
 from gen_jobs.core.recipes import RecipeBase
@@ -161,6 +161,26 @@ def train_loop_per_worker(config: dict) -> None:
     run_epochs(task, recipe, workers, start_epoch, report, rollbacks, history)
 
 
+class TrainingExport:
+    """What rank 0 adds to the run's training metrics (gen_jobs.core.metrics): steps, epochs, losses, guard events."""
+
+    def __init__(self, recipe: str):
+        self.metrics = run_metrics.training()
+        self.tags = run_metrics.training_tags(recipe)
+
+    def step(self, steps: int) -> None:
+        self.metrics.step.set(steps, self.tags)
+
+    def epoch(self, metrics: dict, losses: list[str], events: int) -> None:
+        self.metrics.epoch.set(metrics["epoch"], self.tags)
+        for name in losses:  # the per-epoch means of the step losses
+            self.metrics.loss.set(metrics[name], {**self.tags, "name": name})
+        self.guard_events(events)
+
+    def guard_events(self, count: int) -> None:
+        run_metrics.add(self.metrics.guard_events, count, self.tags)
+
+
 def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_epoch: int,
                report: Callable[[dict, Path | None], None], rollbacks: int = 0,
                history: list[dict] | None = None) -> None:
@@ -176,6 +196,7 @@ def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_e
     history = list(history or [])
     t = recipe.train
     guard = Guard(task, workers, t.guard, rollbacks)
+    exported = TrainingExport(recipe.name) if workers.rank == 0 and run_metrics.ray_running() else None
     try:
         guard.keep(start_epoch, {})
         steps_per_epoch = max(1, task.num_examples // (t.batch_size * workers.world))
@@ -189,6 +210,8 @@ def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_e
             shown = time.monotonic()
             for step in range(steps_per_epoch):
                 losses = task.train_step(batch_indices(order, step, t.batch_size, workers))
+                if exported:
+                    exported.step(epoch * steps_per_epoch + step + 1)
                 if workers.rank == 0 and time.monotonic() - shown >= PROGRESS_EVERY:
                     report_progress(f"epoch {epoch + 1}/{t.epochs} step {step + 1}/{steps_per_epoch}")
                     shown = time.monotonic()
@@ -214,6 +237,8 @@ def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_e
                     continue
                 stopped = {"epoch": guard.good_epoch, "stopped": guard.stop_message(problem, collapsed),
                            "rollbacks": guard.rollbacks, "guard_events": guard.take_events()}
+                if exported:
+                    exported.guard_events(len(stopped["guard_events"]))
                 # Rank 0 reports the last good state as a checkpoint, so the driver's result holds this report
                 # (Ray Train's result carries the latest checkpoint's metrics) and the state is kept.
                 report(stopped, guard.good if workers.rank == 0 else None)
@@ -224,6 +249,8 @@ def run_epochs(task: TrainingTask, recipe: RecipeBase, workers: Workers, start_e
                 metrics["guard_events"] = events
             metrics["seconds"] = round(time.perf_counter() - started, 2)
             history.append(metrics)
+            if exported:
+                exported.epoch(metrics, list(sums), len(events))
             last = epoch + 1 == t.epochs
             if workers.rank == 0 and (last or (epoch + 1) % t.checkpoint_every == 0):
                 with tempfile.TemporaryDirectory(prefix="raygen-ckpt-") as folder:

@@ -179,7 +179,7 @@ def test_a_shard_is_written_row_group_by_row_group_with_the_same_rows(random_che
     sampler = family.load("sampler")(random_checkpoint, "cpu", family.load("recipe").model_validate(identity.recipe))
     shard_writer.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "whole"), 0, 16)
     monkeypatch.setattr(shard_writer, "ROW_GROUP_BYTES", 20_000)  # a few micro-batches of 16 rows a group
-    cut, _ = shard_writer.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "cut"), 0, 16)
+    cut = shard_writer.write_shard(sampler, family.load("to_table"), identity, str(tmp_path / "cut"), 0, 16).entry
     whole_file, cut_file = pq.ParquetFile(tmp_path / "whole" / shard_name(0)), pq.ParquetFile(tmp_path / "cut" / shard_name(0))
     assert whole_file.num_row_groups == 1 and cut_file.num_row_groups > 3
     assert max(cut_file.metadata.row_group(i).num_rows for i in range(cut_file.num_row_groups)) < 200
