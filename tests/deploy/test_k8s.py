@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import gzip
 import importlib
+import json
 import os
 import re
 import shlex
@@ -444,6 +445,42 @@ def test_each_optional_component_builds_onto_the_base_and_validates(component, c
         monitor = built[("PodMonitor", "raygen-ray")]
         assert monitor["metadata"]["namespace"] == "raygen"
         assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+        dashboard = built[("ConfigMap", "raygen-grafana-dashboard")]
+        assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"  # what Grafana's sidecar loads
+        assert json.loads(dashboard["data"]["grafana-dashboard.json"]) == DASHBOARD
+
+
+DASHBOARD = json.loads((K8S / "components" / "monitoring" / "grafana-dashboard.json").read_text())
+
+
+def dashboard_panels() -> list[dict]:
+    return [panel for panel in DASHBOARD["panels"] if panel["type"] != "row"]
+
+
+def test_every_dashboard_query_names_a_metric_raygen_exports():
+    """Each panel's PromQL names only metrics gen_jobs.core.metrics exports (as Ray scrapes them: ray_raygen_...)."""
+    from gen_jobs.core.metrics import EXPORTED
+
+    exported = {f"{name}_{part}" for name, kind in EXPORTED.items() if kind == "histogram"
+                for part in ("bucket", "count", "sum")} | {n for n, kind in EXPORTED.items() if kind != "histogram"}
+    for panel in dashboard_panels():
+        assert panel["targets"] and panel["description"], panel["title"]
+        for target in panel["targets"]:
+            named = set(re.findall(r"\b(ray_[a-z0-9_]+)", target["expr"]))
+            assert named and named <= exported, (panel["title"], named - exported)
+
+
+def test_the_dashboard_has_a_row_for_jobs_training_and_serve_with_what_the_issue_asks():
+    rows = [panel["title"] for panel in DASHBOARD["panels"] if panel["type"] == "row"]
+    assert [r.split(" ")[0] for r in rows] == ["Generation", "Training", "Serve"]
+    queries = " ".join(t["expr"] for panel in dashboard_panels() for t in panel["targets"])
+    for wanted in ("rate(ray_raygen_generate_rows_total", "ray_raygen_generate_rows_left",
+                   "ray_raygen_generate_rows_rejected_total", "ray_raygen_generate_bad_inputs_total",
+                   "ray_raygen_train_loss", "ray_raygen_train_guard_events_total", "rate(ray_raygen_serve_requests_total",
+                   "histogram_quantile(0.99", "histogram_quantile(0.5", 'status=~"4..|5.."',
+                   "ray_raygen_serve_queue_refusals_total"):
+        assert wanted in queries, wanted
+    assert len({panel["id"] for panel in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
 
 
 def test_kustomization_lists_every_manifest_and_names_the_image():
