@@ -208,12 +208,25 @@ def test_the_heartbeat_never_writes_through_a_planted_link_and_release_removes_o
 
 
 def test_two_runs_started_together_get_the_lease_once(random_checkpoint, tmp_path):
-    script = ("import sys, time\nfrom gen_jobs.core.lease import Lease\nfrom gen_jobs.core.errors import UserError\n"
-              "try:\n    with Lease(sys.argv[1]):\n        print('got it', flush=True); time.sleep(3)\n"
+    # Each run imports, says "ready" and waits for "go", so all four really ask at once (on a loaded
+    # machine an import can outlast a holder that only sleeps, and a later run would then rightly get
+    # a released lease); the holder keeps the lease until the test has heard every outcome.
+    script = ("import sys\nfrom gen_jobs.core.lease import Lease\nfrom gen_jobs.core.errors import UserError\n"
+              "print('ready', flush=True); sys.stdin.readline()\n"
+              "try:\n    with Lease(sys.argv[1]):\n        print('got it', flush=True); sys.stdin.read()\n"
               "except UserError as e:\n    print('refused', flush=True)\n")
-    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data")], cwd=REPO, stdout=subprocess.PIPE,
-                             text=True) for _ in range(4)]
-    outcomes = sorted(run.communicate(timeout=60)[0].strip() for run in runs)
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data")], cwd=REPO, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        assert [run.stdout.readline().strip() for run in runs] == ["ready"] * 4
+        for run in runs:
+            run.stdin.write("go\n")
+            run.stdin.flush()
+        outcomes = sorted(run.stdout.readline().strip() for run in runs)
+    finally:
+        for run in runs:
+            run.stdin.close()
+            run.wait(timeout=60)
     assert outcomes == ["got it", "refused", "refused", "refused"]
 
 
