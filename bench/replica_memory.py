@@ -96,7 +96,8 @@ def main() -> None:
     args = p.parse_args()
     models, limits = served_models(Path(args.config))
     if args.one:
-        run = Path(checkpoint.latest(args.one)).parent.name if "checkpoint_" in args.one else Path(args.one).name
+        newest = checkpoint.latest(args.one)  # a run folder names its newest checkpoint; the config names the run
+        run = Path(args.one).name if newest != args.one.rstrip("/") else Path(newest).parent.name
         rows = models.get(run, {}).get("batching", {}).get("max_batch_size", 8)
         print(json.dumps(measure(args.one, args.device, rows, limits)))
         return

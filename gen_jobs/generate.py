@@ -394,7 +394,8 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
         )
         rows_written, refused, known_gate = 0, "", {}
         rows_todo = sum(len(identity.shard_ids(k)) for k in todo)
-        metrics.generation().rows_left.set(rows_todo, tags)
+        gauges = metrics.generation()
+        gauges.rows_left.set(rows_todo, tags)
         display = progress()
         progress_record = ProgressRecord(args.out, identity, lease, found.progress)
         for done, row in enumerate(written.iter_rows(), start=1):
@@ -408,8 +409,8 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
             rows_written += entry.rows
             elapsed = max(time.perf_counter() - started, 1e-9)
             rate = rows_written / elapsed
-            metrics.generation().rows_left.set(rows_todo - rows_written, tags)
-            metrics.generation().rows_per_second.set(rate, tags)
+            gauges.rows_left.set(rows_todo - rows_written, tags)
+            gauges.rows_per_second.set(rate, tags)
             display.update(f"generating: {rows_written:,}/{rows_todo:,} rows ({done}/{len(todo)} shards), "
                            f"{rate:,.0f} rows/s, about {format_seconds((rows_todo - rows_written) / rate)} left")
             progress_record.update(good)
