@@ -62,6 +62,7 @@ from gen_jobs.data.manifest import (
 )
 from gen_jobs.data.rows import RowSource, plan_images, plan_prompts
 from gen_jobs.data.run_record import ProgressRecord, remove_progress, shards_to_write, write_manifest
+from gen_jobs.data.shard_attempts import retries, start_registry
 from gen_jobs.data.shard_writer import ShardWriter
 from gen_jobs.quality.card import write_card
 from gen_jobs.quality.scoring import score
@@ -370,6 +371,7 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
         pinned = ray.put(planned.checkpoint)  # one copy for every actor, whatever happens to the folder
         tags = metrics.generation_tags(storage.absolute(args.out))  # the run's metrics' labels (core/metrics.py)
         stamps = ray.put(identity.source.stamps) if identity.source.stamps else None
+        attempts = start_registry()  # counts shards started again after their actor died (shard retries)
     started = time.perf_counter()  # after Ray start-up: the rate is the pipeline's own
     if todo:
         workers = min(args.workers, len(todo))
@@ -385,6 +387,7 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
                 "run_id": lease.run_id,
                 "input_stamps": stamps,
                 "metric_tags": tags,
+                "attempts": attempts,
             },
             batch_size=1,
             # Up to `workers` actors, down to one if nodes go (a preempted node must not stall the job).
@@ -424,7 +427,9 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
     remove_progress(args.out, progress_record.pieces if todo else found.progress)  # the manifest holds them now
     seconds = time.perf_counter() - started
     written_rows = sum(good[k].rows for k in todo)
-    log(f"wrote {written_rows:,} rows in {len(todo)} shard{'' if len(todo) == 1 else 's'} to {args.out} in {seconds:.1f} s")
+    retried = retries(attempts) if todo else 0
+    log(f"wrote {written_rows:,} rows in {len(todo)} shard{'' if len(todo) == 1 else 's'} to {args.out} in {seconds:.1f} s"
+        + (f" ({retried} shard{'' if retried == 1 else 's'} started again after its worker died)" if retried else ""))
     if result.gate_counts:
         c = result.gate_counts
         log(f"filter {identity.gate.describe()}: {c['accepted_first_try']:,} of {c['requested']:,} rows passed at the "

@@ -33,6 +33,7 @@ from gen_jobs.data.manifest import (
     ShardEntry,
 )
 from gen_jobs.data.rows import input_names, read_inputs
+from gen_jobs.data.shard_attempts import started_before
 
 
 class ShardWriter:
@@ -46,10 +47,13 @@ class ShardWriter:
     `input_stamps` (ObjectRef or dict, `RowSource.stamps`) are the input files' stamps taken
     when the job was planned: every shard checks the files it read against them.
     `metric_tags` label what the actor adds to the run's metrics (gen_jobs.core.metrics); None: none.
+    `attempts` is the run's ShardAttempts actor (gen_jobs.data.shard_attempts), asked before each shard so
+    that a shard started again after its actor died counts as a shard retry; None: not counted.
     """
 
     def __init__(self, identity: dict, out: str, micro_batch: int, device: str, pinned,
-                 run_id: str | None = None, input_stamps=None, metric_tags: dict[str, str] | None = None):
+                 run_id: str | None = None, input_stamps=None, metric_tags: dict[str, str] | None = None,
+                 attempts=None):
         import ray
 
         self.identity = DatasetIdentity.model_validate(identity)
@@ -70,6 +74,7 @@ class ShardWriter:
         # The input's listing / row groups, read once per actor, and the stamps every shard checks.
         self.input_cache: dict = {} if input_stamps is None else {"stamps": input_stamps}
         self.metric_tags = metric_tags
+        self.attempts = attempts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The batch's manifest entries, each with refused "" - or one row whose `refused` says why not.
@@ -81,6 +86,8 @@ class ShardWriter:
         try:
             written = []
             for k in batch["shard"]:
+                if started_before(self.attempts, int(k)) and self.metric_tags is not None:
+                    metrics.add(metrics.generation().shard_retries, 1, self.metric_tags)
                 written.append(write_shard(self.sampler, self.to_table, self.identity, self.out, int(k),
                                            self.micro_batch, self.input_cache))
                 if self.metric_tags is not None:

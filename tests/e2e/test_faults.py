@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import test_metrics
 from conftest import CLUSTER, REPO, TINY, restart_s3_server
 from gen_jobs.core import storage
 from gen_jobs.generate import GenerateArgs, generate
@@ -39,17 +40,21 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def start_generate(checkpoint: str, out: str, *extra: str) -> subprocess.Popen:
+def start_generate(checkpoint: str, out: str, *extra: str, num_samples: int = 3000,
+                   rows_per_shard: int = 100) -> subprocess.Popen:
     """`python -m gen_jobs.generate` as a driver on the session's cluster (RAY_ADDRESS), as `ray job submit` runs it."""
     cmd = [sys.executable, "-m", "gen_jobs.generate", "--checkpoint", checkpoint, "--out", out,
-           "--num-samples", "3000", "--rows-per-shard", "100", "--workers", "1", *extra]
+           "--num-samples", str(num_samples), "--rows-per-shard", str(rows_per_shard), "--workers", "1", *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_a_killed_sampler_actor_is_replaced_and_no_byte_changes(ray_cluster, checkpoint, tmp_path):
+    """SIGKILL the ShardWriter while it writes shard 1 (its temporary file exists): Ray restarts the actor and
+    sends it the shard again, the run says so and counts a shard retry, and no byte differs."""
     out, undisturbed = tmp_path / "data", tmp_path / "undisturbed"
-    proc = start_generate(checkpoint, str(out))
-    wait_for(lambda: (out / "part-00000.parquet").exists() or proc.poll() is not None, 120, "the first shard")
+    sizes = dict(num_samples=3000, rows_per_shard=1000)  # shards long enough to be killed in the middle of one
+    proc = start_generate(checkpoint, str(out), **sizes)
+    wait_for(lambda: list(out.glob(".part-00001.parquet.*")) or proc.poll() is not None, 120, "shard 1 to start")
     actors = pids_of("ShardWriter")
     assert actors, "no ShardWriter actor process found"
     for pid in actors:
@@ -58,10 +63,12 @@ def test_a_killed_sampler_actor_is_replaced_and_no_byte_changes(ray_cluster, che
     print(f"outcome: the driver exited {proc.returncode} after its sampler actor was killed")
     if proc.returncode != 0:  # Ray gave up on the task: the run must say so, and --resume must finish it
         assert "error" in log.lower(), log[-2000:]
-        generate(GenerateArgs(checkpoint=checkpoint, out=str(out), num_samples=3000, rows_per_shard=100, workers=1,
-                              resume=True), log=lambda *_: None)
-    generate(GenerateArgs(checkpoint=checkpoint, out=str(undisturbed), num_samples=3000, rows_per_shard=100, workers=1),
-             log=lambda *_: None)
+        generate(GenerateArgs(checkpoint=checkpoint, out=str(out), resume=True, workers=1, **sizes), log=lambda *_: None)
+    else:  # the shard ran again on the restarted actor: a shard retry, in the log and the run's metrics
+        assert "(1 shard started again after its worker died)" in log, log[-2000:]
+        expected = {("ray_raygen_generate_shard_retries", "counter"): 1}
+        assert test_metrics.wait_for(expected, str(out)) == expected
+    generate(GenerateArgs(checkpoint=checkpoint, out=str(undisturbed), workers=1, **sizes), log=lambda *_: None)
     assert problems(str(out))[0] == []
     assert shard_bytes(out) == shard_bytes(undisturbed)
 
