@@ -243,7 +243,8 @@ def plan(args: GenerateArgs, log=print) -> Plan:
     pinned = checkpoint.pin(ckpt)  # files, weights' sha256 and recipe: the only read of the checkpoint
     family = registry.get(pinned.recipe.family)
     data = apply_overrides(pinned.recipe.model_dump(mode="json"), args.set)
-    args, label_flag = apply_family_options(args, family, ckpt, data)
+    args, flags = apply_family_options(args, family, ckpt, data)
+    label_flag = flags.get("labels", "--labels")  # style says --styles
     recipe = recipe_from_dict(data) if args.set or args.options else pinned.recipe
     recipe = recipe.for_dataset()
     try:
@@ -279,15 +280,17 @@ def plan(args: GenerateArgs, log=print) -> Plan:
     return Plan(identity, recipe.generate.batch_size, pinned)
 
 
-def apply_family_options(args: GenerateArgs, family: Family, ckpt: str, recipe: dict) -> tuple[GenerateArgs, str]:
+def apply_family_options(args: GenerateArgs, family: Family, ckpt: str,
+                         recipe: dict) -> tuple[GenerateArgs, dict[str, str]]:
     """Apply `args.options`, the family's own generate options, to the run.
 
     An option that sets a recipe key sets it in `recipe` (the recipe as a mapping, after --set); one that is
     the family's name for a shared option (style's --styles for --labels) becomes that option's value.
-    Returns the arguments and the flag that gave the rows' labels (--labels, or the family's name for it).
+    Returns the arguments and {shared option: the family's flag that gave it} (style: {"labels": "--styles"}),
+    for errors to name the flag the user typed.
     """
     own = {option.name: option for option in family.generate_options}
-    shared, label_flag = {}, "--labels"
+    shared, flags = {}, {}
     for name, value in args.options.items():
         if name not in own:
             owner, option = family_options()[name]
@@ -303,15 +306,13 @@ def apply_family_options(args: GenerateArgs, family: Family, ckpt: str, recipe: 
         same = "--" + option.same_as.replace("_", "-")
         if getattr(args, option.same_as) != GenerateArgs.model_fields[option.same_as].default:
             raise UserError(f"give {option.flag} or {same}, not both (they are the same setting)")
-        shared[option.same_as] = value
-        if option.same_as == "labels":
-            label_flag = option.flag
+        shared[option.same_as], flags[option.same_as] = value, option.flag
     for name in args.options:
         needs = own[name].needs
         if needs and not _recipe_value(recipe, needs):
             flag = next((o.flag for o in own.values() if o.recipe_key == needs), f"--set {needs}=true")
             raise UserError(f"{own[name].flag} sets how {needs.split('.')[0]} is made: add {flag} to make it")
-    return args.model_copy(update=shared), label_flag
+    return args.model_copy(update=shared), flags
 
 
 def _recipe_value(recipe: dict, dotted: str) -> Any:
