@@ -2,6 +2,8 @@
 
 An API module holds its pydantic request schemas and
     KIND                          "text", "image", ...: what the routes check a model against
+    ENDPOINTS                     its JSON routes as `Endpoint`s: URL, body schema, the checks made before
+                                  a replica sees a request (the online route and a batch line both use them)
     add_routes(app, gateway)      its FastAPI routes (in the ingress)
     describe(sampler)             details listed by GET /v1/models (in the model's replica)
     async rows(sampler, request, limits)   request -> the sampler's batch (in the replica; ApiError on bad
@@ -16,6 +18,8 @@ descriptor's `serve_api`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -71,3 +75,24 @@ def api_module(family: str) -> ModuleType | None:
 def all_api_modules() -> list[ModuleType]:
     names = {registry.get(f).serve_api for f in registry.names()} - {None}
     return [importlib.import_module(name) for name in sorted(names)]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One JSON POST route of an API module.
+
+    `body` is its request schema; `check(body, limits)` makes the checks that need no model (limits
+    on n, sizes, tokens) and returns the body as the replica takes it (e.g. chat's
+    max_completion_tokens as max_tokens), or raises ApiError. The route and a batch line
+    (gen_jobs.data.requests) both validate with `body` and then call `check`: one code path.
+    """
+
+    url: str
+    kind: str
+    body: type[HttpBody]
+    check: Callable[[Any, Any], Any]
+
+
+def endpoints() -> dict[str, tuple[Endpoint, ModuleType]]:
+    """{url: (its Endpoint, its API module)} of every JSON route raygen serves."""
+    return {e.url: (e, api) for api in all_api_modules() for e in getattr(api, "ENDPOINTS", ())}

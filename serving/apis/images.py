@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import Field, field_validator
 
-from serving.apis import MAX_SEED, HttpBody, choice_seed
+from serving.apis import MAX_SEED, Endpoint, HttpBody, choice_seed
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
@@ -70,11 +70,19 @@ class ImageRequest(ImageAnswer):
     label: int | None = Field(None, ge=0, le=MAX_SEED, description="raygen extension: the class to draw")
 
 
+def check(body: ImageRequest, limits: Limits) -> ImageRequest:
+    body.check_limits(limits)
+    return body
+
+
+ENDPOINTS = (Endpoint("/v1/images/generations", KIND, ImageRequest, check),)
+
+
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.post("/v1/images/generations")
     async def images_generations(body: ImageRequest):
         served = gateway.model(body.model, KIND)
-        body.check_limits(gateway.limits)
+        body = check(body, gateway.limits)
         if body.seed is None:
             body = body.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
         return await gateway.call(served, body)

@@ -24,7 +24,7 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from serving.apis import MAX_SEED, HttpBody, choice_seed
+from serving.apis import MAX_SEED, Endpoint, HttpBody, choice_seed
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
@@ -62,16 +62,23 @@ class MusicAnswer(BaseModel):
     data: list[MusicPiece]
 
 
+def check(body: MusicRequest, limits: Limits) -> MusicRequest:
+    if body.n > limits.max_n:
+        raise ApiError(400, f"n {body.n} is above this server's limit of {limits.max_n} pieces per request", param="n")
+    if body.max_tokens is not None and body.max_tokens > limits.max_tokens:
+        raise ApiError(400, f"max_tokens {body.max_tokens} is above this server's limit of {limits.max_tokens}",
+                       param="max_tokens")
+    return body
+
+
+ENDPOINTS = (Endpoint("/v1/music/generations", KIND, MusicRequest, check),)
+
+
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.post("/v1/music/generations", response_model=MusicAnswer)
     async def music_generations(body: MusicRequest):
-        limits = gateway.limits
         served = gateway.model(body.model, KIND)
-        if body.n > limits.max_n:
-            raise ApiError(400, f"n {body.n} is above this server's limit of {limits.max_n} pieces per request", param="n")
-        if body.max_tokens is not None and body.max_tokens > limits.max_tokens:
-            raise ApiError(400, f"max_tokens {body.max_tokens} is above this server's limit of {limits.max_tokens}",
-                           param="max_tokens")
+        body = check(body, gateway.limits)
         if body.seed is None:
             body = body.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
         return await gateway.call(served, body)

@@ -30,7 +30,7 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import Field
 
-from serving.apis import MAX_SEED, MAX_TOP_K, HttpBody, choice_seed
+from serving.apis import MAX_SEED, MAX_TOP_K, Endpoint, HttpBody, choice_seed
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
@@ -95,21 +95,17 @@ class ChatRequest(SamplingFields):
         return sum(len(m.content) for m in self.messages)
 
 
-def add_routes(app: FastAPI, gateway: Gateway) -> None:
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
-        return await _serve(gateway, body, len(body.prompt_list()))
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest):
-        if body.max_completion_tokens is not None:
-            body = body.model_copy(update={"max_tokens": body.max_completion_tokens, "max_completion_tokens": None})
-        return await _serve(gateway, body, 1)
+def check_completion(body: CompletionRequest, limits: Limits) -> CompletionRequest:
+    return _check(body, limits, len(body.prompt_list()))
 
 
-async def _serve(gateway: Gateway, body: SamplingFields, num_prompts: int):
-    limits = gateway.limits
-    served = gateway.model(body.model, KIND)
+def check_chat(body: ChatRequest, limits: Limits) -> ChatRequest:
+    if body.max_completion_tokens is not None:
+        body = body.model_copy(update={"max_tokens": body.max_completion_tokens, "max_completion_tokens": None})
+    return _check(body, limits, 1)
+
+
+def _check(body: SamplingFields, limits: Limits, num_prompts: int) -> SamplingFields:
     if body.n * num_prompts > limits.max_n:
         raise ApiError(400, f"n x prompts = {body.n * num_prompts}; this server allows at most {limits.max_n} choices "
                             "per request", param="n")
@@ -122,6 +118,26 @@ async def _serve(gateway: Gateway, body: SamplingFields, num_prompts: int):
         raise ApiError(400, f"max_tokens {body.max_tokens} is above this server's limit of {limits.max_tokens}",
                        param="max_tokens")
     body.stop_strings()  # checked here, before any replica is involved
+    return body
+
+
+ENDPOINTS = (Endpoint("/v1/completions", KIND, CompletionRequest, check_completion),
+             Endpoint("/v1/chat/completions", KIND, ChatRequest, check_chat))
+
+
+def add_routes(app: FastAPI, gateway: Gateway) -> None:
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        return await _serve(gateway, body, check_completion)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        return await _serve(gateway, body, check_chat)
+
+
+async def _serve(gateway: Gateway, body: SamplingFields, check):
+    served = gateway.model(body.model, KIND)
+    body = check(body, gateway.limits)
     if body.seed is None:
         body = body.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
     if body.stream:
