@@ -2,7 +2,7 @@
 
     raygen generate --checkpoint URI --out URI (--num-samples N | --prompts URI
         [--prompt-column COL] [--samples-per-prompt K] | --input URI [--input-column COL]
-        [--samples-per-input K]) [--rows-per-shard R] [--seed S]
+        [--samples-per-input K] | --requests FILE.jsonl) [--rows-per-shard R] [--seed S]
         [--workers W] [--gpu] [--labels uniform|K[,K...]] [--resume] [--overwrite] [--set k=v ...]
         [family options: music --audio [--sample-rate HZ] [--soundfont SF2]; style --styles, --image-column]
         [--wait-for-training SECONDS]    (start before the model finished training: wait for it)
@@ -60,6 +60,7 @@ from gen_jobs.data.manifest import (
     ShardEntry,
     recorded_progress,
 )
+from gen_jobs.data.requests import plan_requests
 from gen_jobs.data.rows import RowSource, plan_images, plan_prompts
 from gen_jobs.data.run_record import ProgressRecord, remove_progress, shards_to_write, write_manifest
 from gen_jobs.data.shard_attempts import retries, start_registry
@@ -78,6 +79,7 @@ class GenerateArgs(StrictModel):
     input: storage.Uri | None = None
     input_column: str = "image"
     samples_per_input: int = Field(1, gt=0)
+    requests: storage.Uri | None = None  # OpenAI batch input lines (gen_jobs.data.requests)
     set: list[str] = []
     rows_per_shard: int | None = Field(None, gt=0)
     seed: int | None = Field(None, ge=0)
@@ -123,9 +125,10 @@ class GenerateArgs(StrictModel):
 
     @model_validator(mode="after")
     def _rows_from_one_source(self) -> "GenerateArgs":
-        given = [self.num_samples is not None, self.prompts is not None, self.input is not None]
+        given = [self.num_samples is not None, self.prompts is not None, self.input is not None,
+                 self.requests is not None]
         if sum(given) != 1:
-            raise ValueError("give exactly one of --num-samples N, --prompts URI or --input URI")
+            raise ValueError("give exactly one of --num-samples N, --prompts URI, --input URI or --requests URI")
         return self
 
     @field_validator("labels")
@@ -172,6 +175,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--input", help="input images: a folder, Parquet file or folder (path or s3://); one row per image and sample")
     p.add_argument("--input-column", default="image", help="the input Parquet's image column (default: image)")
     p.add_argument("--samples-per-input", type=int, default=1, help="samples for each input image")
+    p.add_argument("--requests", metavar="FILE.jsonl",
+                   help="OpenAI batch input file (path or s3://): row i answers request line i as the model's HTTP "
+                        "route would (gen_jobs/data/requests.py)")
     p.add_argument("--rows-per-shard", type=int, help="rows per part file (default: the recipe's)")
     p.add_argument("--seed", type=int, help="base seed (default: the recipe's)")
     p.add_argument("--workers", type=int, default=2, help="sampler actors")
@@ -203,6 +209,9 @@ def parser() -> ArgumentParser:
                 group.add_argument(option.flag, dest=OPTION + option.name, help=option.help, **kind)
     return p
 
+
+# What answers the lines of a --requests dataset on the ShardWriters: the online routes' own code.
+ANSWERER = "serving.batch_lines:Answerer"
 
 OPTION = "option:"  # the argparse dest prefix of family options, gathered into GenerateArgs.options
 
@@ -328,6 +337,13 @@ def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
             raise UserError(f"--prompts needs a model that continues prompts (text, music); {ckpt} is a "
                             f"{family.name} model")
         return plan_prompts(storage.absolute(args.prompts), args.prompt_column, args.samples_per_prompt, family.prompt_files)
+    if args.requests:
+        if family.serve_api is None:
+            raise UserError(f"--requests needs a model with an HTTP API; {ckpt} is a {family.name} model, which has none")
+        for flag, given in (("--filter", args.filter), ("--labels", args.labels != "uniform")):
+            if given:
+                raise UserError(f"{flag} does not apply to --requests: each line's body says what it asks for")
+        return plan_requests(storage.absolute(args.requests))
     if args.input:
         if family.rows_from != "images":
             raise UserError(f"--input needs a model that transforms images (style transfer); {ckpt} is a "
@@ -389,6 +405,7 @@ def _generate(args: GenerateArgs, planned: Plan, lease: Lease, log) -> Manifest:
                 "input_stamps": stamps,
                 "metric_tags": tags,
                 "attempts": attempts,
+                "answerer": ANSWERER,
             },
             batch_size=1,
             # Up to `workers` actors, down to one if nodes go (a preempted node must not stall the job).

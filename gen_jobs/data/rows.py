@@ -3,6 +3,7 @@
     --num-samples N   ids:     row i is (id i, its seed)
     --prompts URI     prompts: row i is sample i % K of prompt i // K (K = --samples-per-prompt)
     --input URI       images:  row i is sample i % K of input image i // K
+    --requests URI    requests: row i is request line i of an OpenAI batch input file (gen_jobs.data.requests)
 
 A source is planned once, in the driver (`plan_prompts`, `plan_images`): it
 checks the input, counts its rows and takes a content digest (sha256 of the
@@ -44,8 +45,8 @@ from gen_jobs.data.images import IMAGE_SUFFIXES
 class RowSource(BaseModel):
     """What the rows are made from; part of the dataset identity."""
 
-    kind: Literal["ids", "prompts", "images"] = "ids"
-    uri: str | None = None  # the input (prompts file, image folder or Parquet)
+    kind: Literal["ids", "prompts", "images", "requests"] = "ids"
+    uri: str | None = None  # the input (prompts file, image folder or Parquet, requests file)
     column: str | None = None  # the input's column (Parquet, JSONL)
     sha256: str | None = None  # digest of the input's bytes, in source order
     inputs: int = 0  # input rows (prompts or images)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from gen_jobs.core import checkpoint, metrics, registry, storage
 from gen_jobs.core.errors import UserError
+from gen_jobs.core.family import load_attribute
 from gen_jobs.core.lease import LEASE
 from gen_jobs.core.row_seed import row_seeds
 from gen_jobs.data.gate import ACCEPTED, REJECTED, check_columns, counts, gated
@@ -32,6 +33,7 @@ from gen_jobs.data.manifest import (
     DatasetIdentity,
     ShardEntry,
 )
+from gen_jobs.data.requests import answered_batches
 from gen_jobs.data.rows import input_names, read_inputs
 from gen_jobs.data.shard_attempts import started_before
 
@@ -47,13 +49,15 @@ class ShardWriter:
     `input_stamps` (ObjectRef or dict, `RowSource.stamps`) are the input files' stamps taken
     when the job was planned: every shard checks the files it read against them.
     `metric_tags` label what the actor adds to the run's metrics (gen_jobs.core.metrics); None: none.
+    `answerer` ("module:attribute") names what answers the lines of a requests dataset (gen_jobs.data.requests):
+    the generate command names serving.batch_lines.Answerer, so this face imports no serving code.
     `attempts` is the run's ShardAttempts actor (gen_jobs.data.shard_attempts), asked before each shard so
     that a shard started again after its actor died counts as a shard retry; None: not counted.
     """
 
     def __init__(self, identity: dict, out: str, micro_batch: int, device: str, pinned,
                  run_id: str | None = None, input_stamps=None, metric_tags: dict[str, str] | None = None,
-                 attempts=None):
+                 attempts=None, answerer: str | None = None):
         import ray
 
         self.identity = DatasetIdentity.model_validate(identity)
@@ -67,6 +71,11 @@ class ShardWriter:
         with checkpoint.materialise(pinned) as folder:  # the sampler holds what it loaded; the folder can go
             self.sampler = family.load("sampler")(folder, device, recipe)
         self.to_table = family.load("to_table")
+        self.answer = None
+        if self.identity.source.kind == "requests":
+            if answerer is None:
+                raise ValueError("a requests dataset needs `answerer` (gen_jobs.generate.ANSWERER)")
+            self.answer = load_attribute(answerer)(self.sampler, family.name, self.identity.source.sha256, micro_batch)
         self.out = out
         self.micro_batch = micro_batch
         if isinstance(input_stamps, ray.ObjectRef):
@@ -89,7 +98,7 @@ class ShardWriter:
                 if started_before(self.attempts, int(k)) and self.metric_tags is not None:
                     metrics.add(metrics.generation().shard_retries, 1, self.metric_tags)
                 written.append(write_shard(self.sampler, self.to_table, self.identity, self.out, int(k),
-                                           self.micro_batch, self.input_cache))
+                                           self.micro_batch, self.input_cache, self.answer))
                 if self.metric_tags is not None:
                     count_written(written[-1], self.metric_tags)
         except UserError as e:
@@ -158,8 +167,11 @@ def requests(identity: DatasetIdentity, ids: np.ndarray, inputs: np.ndarray | No
 
 
 def shard_batches(sampler, to_table, identity: DatasetIdentity, k: int, micro_batch: int,
-                  input_cache: dict | None = None) -> Iterator[pa.Table]:
-    """Shard k's rows, one micro-batch's table at a time."""
+                  input_cache: dict | None = None, answer=None) -> Iterator[pa.Table]:
+    """Shard k's rows, one micro-batch's table at a time (`answer`: a requests dataset's answerer)."""
+    if identity.source.kind == "requests":  # each row a request line, answered through the family's HTTP API
+        yield from answered_batches(answer, identity, k, micro_batch, input_cache)
+        return
     ids = np.arange(identity.shard_ids(k).start, identity.shard_ids(k).stop, dtype=np.int64)
     per = identity.source.samples_per_input
     inputs = names = None
@@ -216,7 +228,7 @@ class WrittenShard(NamedTuple):
 
 
 def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, micro_batch: int,
-                input_cache: dict | None = None) -> WrittenShard:
+                input_cache: dict | None = None, answer=None) -> WrittenShard:
     """Write shard k as it is sampled, row group by row group, atomically (storage.AtomicWriter).
 
     Returns its manifest entry and what its rows' `status` says (gate counts, bad inputs), from
@@ -226,7 +238,7 @@ def write_shard(sampler, to_table, identity: DatasetIdentity, out: str, k: int, 
     attempts, status = [], []
     with storage.AtomicWriter(storage.join(out, identity.shard_name(k))) as sink:
         writer = None
-        for group in row_groups(shard_batches(sampler, to_table, identity, k, micro_batch, input_cache)):
+        for group in row_groups(shard_batches(sampler, to_table, identity, k, micro_batch, input_cache, answer)):
             if writer is None:  # the schema, with HuggingFace's features and raygen's tag, from the first rows
                 schema = group.schema.with_metadata({**(group.schema.metadata or {}), **tag})
                 writer = pq.ParquetWriter(sink, schema, compression="zstd")

@@ -37,6 +37,13 @@ from gen_jobs.data.manifest import Manifest, sha256
 
 # What the shared figures mean (each family's own come from its `figures`).
 SHARED_FIGURES = {
+    # a requests dataset (raygen generate --requests): its answers by HTTP status code
+    **{f"status_codes.{code}": meaning for code, meaning in {
+        "200": "lines answered (column response holds the route's answer)",
+        "400": "lines the route refused (an unknown field, a value out of range, a route of another kind of model): "
+               "their response is OpenAI's error body, naming the field",
+        "404": "lines naming a route that batch lines may not name",
+    }.items()},
     "duplicates.rows": "rows the duplicate figures rest on",
     "duplicates.blank": "rows with nothing to compare (empty text, a blank image): not counted as copies. A text "
                         "model writes an empty text when its end-of-text token comes first; the row keeps its place "
@@ -72,7 +79,8 @@ def write_card(out: str, manifest: Manifest, quality: dict | None, log=print) ->
                             "move it away to get a new card, or pass --no-card")
     family = registry.get(manifest.family)
     files: dict[str, bytes] = {QUALITY: json.dumps(quality or {}, indent=2, sort_keys=True).encode()}
-    preview = family.load("preview")(out, manifest) if family.preview else Preview()
+    # (a requests dataset's rows are answers as JSON, not the family's columns: its card has no excerpts)
+    preview = family.load("preview")(out, manifest) if family.preview and manifest.source.kind != "requests" else Preview()
     if preview.picture is not None:
         files[SAMPLES_PICTURE] = preview.picture
     history = checkpoint.training_history(manifest.checkpoint) if storage.exists(manifest.checkpoint) else []

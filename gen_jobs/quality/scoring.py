@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.compute as pc
 
 from gen_jobs.core import registry
@@ -15,7 +16,10 @@ SCORED_ROWS = 10_000
 
 
 def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry], max_rows: int = SCORED_ROWS) -> dict | None:
-    """The family's quality figures on the first `max_rows` rows of the dataset, with their duplicates."""
+    """The family's quality figures on the first `max_rows` rows of the dataset, with their duplicates
+    (a requests dataset: its answers by status code, `answer_counts`)."""
+    if identity.source.kind == "requests":
+        return answer_counts(read_shards(out, entries, columns=["status_code"]))
     family = registry.get(identity.family)
     recipe = family.load("recipe").model_validate(identity.recipe)
     table = read_shards(out, entries, max_rows=max_rows)
@@ -41,3 +45,14 @@ def score(out: str, identity: DatasetIdentity, entries: list[ShardEntry], max_ro
                             "(column copy): the model memorises; train on more data or stop earlier")
     quality["warnings"] = warnings
     return quality
+
+
+def answer_counts(table) -> dict:
+    """A requests dataset's figures: how many lines were answered, and how many refused, by status code."""
+    codes = table.column("status_code").to_numpy()
+    by_code = {str(code): int(n) for code, n in zip(*np.unique(codes, return_counts=True))}
+    answered = by_code.get("200", 0)
+    refused = ", ".join(f"{n:,} with {code}" for code, n in by_code.items() if code != "200")
+    summary = f"{len(codes):,} requests: {answered:,} answered" + (f", {refused}" if refused else "")
+    warnings = [] if answered else ["no request was answered: every line's answer is an error (column response)"]
+    return {"summary": summary, "status_codes": by_code, "warnings": warnings}

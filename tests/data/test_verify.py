@@ -11,7 +11,7 @@ import pytest
 from gen_jobs.data.manifest import ShardEntry, read_manifest
 from gen_jobs.data.run_record import write_manifest
 from gen_jobs.data.shard_writer import ShardWriter
-from gen_jobs.generate import GenerateArgs, plan
+from gen_jobs.generate import ANSWERER, GenerateArgs, plan
 from gen_jobs.quality.scoring import score
 from gen_jobs.verify import main as verify_main
 
@@ -32,7 +32,7 @@ def write_in_process(planned, out: str, micro_batch: int | None = None) -> list[
     `micro_batch` rows, default the plan's); their manifest entries."""
     identity = planned.identity
     writer = ShardWriter(identity.model_dump(mode="json"), out, micro_batch or planned.micro_batch, "cpu",
-                         planned.checkpoint)
+                         planned.checkpoint, answerer=ANSWERER)
     columns = writer({"shard": np.arange(identity.num_shards)})
     return [ShardEntry(**{key: columns[key][k] for key in ShardEntry.model_fields}) for k in range(identity.num_shards)]
 

@@ -165,6 +165,38 @@ def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, che
             assert (answer.choices[0].text, answer.choices[0].finish_reason) == (row["text"], row["finish_reason"])
 
 
+def test_a_requests_dataset_answers_each_seeded_line_as_the_online_route_does(http, checkpoint, gpt_checkpoint,
+                                                                            music_checkpoint, tmp_path):
+    """`raygen generate --requests`: each line's answer equals what its route answers for the same body (all but
+    the answer's `id` and `created`, which a dataset row makes a function of its line)."""
+    bodies = [
+        (gpt_checkpoint, "/v1/completions", {"model": "pydoc", "prompt": "def ", "seed": 11, "max_tokens": 6}),
+        (gpt_checkpoint, "/v1/completions", {"model": "pydoc", "prompt": ["a", "b"], "n": 2, "seed": 12, "max_tokens": 4}),
+        (gpt_checkpoint, "/v1/chat/completions", {"model": "pydoc", "seed": 13, "max_completion_tokens": 5,
+                                                  "messages": [{"role": "system", "content": "Be brief."},
+                                                               {"role": "user", "content": "What is a list?"}]}),
+        (checkpoint, "/v1/images/generations", {"model": "digits", "seed": 14, "n": 2}),
+        (checkpoint, "/v1/images/generations", {"model": "digits", "seed": 15, "label": 3, "size": "32x32"}),
+        (music_checkpoint, "/v1/music/generations", {"model": "chorales", "seed": 16, "max_tokens": 12}),
+    ]
+    for ckpt in (gpt_checkpoint, checkpoint, music_checkpoint):
+        mine = [(url, body) for c, url, body in bodies if c == ckpt]
+        requests = tmp_path / f"{len(mine)}-{mine[0][0].split('/')[2]}.jsonl"
+        requests.write_text("".join(json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": url, "body": body}) + "\n"
+                                    for i, (url, body) in enumerate(mine)))
+        out = tmp_path / requests.stem
+        generate(GenerateArgs(checkpoint=ckpt, requests=str(requests), out=str(out), workers=1), log=lambda *_: None)
+        rows = read_shards(str(out), read_manifest(str(out)).shards).to_pylist()
+        assert [row["custom_id"] for row in rows] == [f"line-{i}" for i in range(len(mine))]
+        for row, (url, body) in zip(rows, mine):
+            online = http.post(url, json=body)
+            assert row["status_code"] == online.status_code == 200, online.text
+            answered, expected = json.loads(row["response"]), online.json()
+            for key in ("id", "created"):
+                answered.pop(key, None), expected.pop(key, None)
+            assert answered == expected, url
+
+
 @pytest.mark.parametrize("path, body, status, says", [
     ("/v1/completions", b"{not json", 400, "not valid JSON"),
     ("/v1/completions", {"model": "pydoc", "prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),

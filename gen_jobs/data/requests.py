@@ -1,0 +1,168 @@
+"""Requests as a row source: OpenAI's batch input format, answered by the model's own HTTP API code.
+
+    raygen generate --checkpoint CKPT --requests FILE.jsonl --out OUT      (FILE local or s3://)
+
+One request per line, as OpenAI's Batch API takes them:
+
+    {"custom_id": "q-1", "method": "POST", "url": "/v1/completions", "body": {"model": "pydoc", "prompt": "def "}}
+
+Row i is line i (blank lines do not count). Planning (`plan_requests`, in the driver) reads the
+file once: every line must be a JSON object with a text `custom_id` unique in the file,
+`"method": "POST"`, a text `url` and an object `body`; a file that breaks this is refused, naming
+its first bad lines, before any row is written (OpenAI's "validating" step).
+
+Each line is then answered as the online route answers it, on the ShardWriter, by an answerer the
+generate command names (`serving.batch_lines.Answerer`: the data face imports no serving code): the
+body is validated by the route's own schema and checks (serving.apis.Endpoint) and turned into
+sampler rows by its API module, the rows of many lines are sampled together in the recipe's
+micro-batches, and the API module writes each answer. A line the model cannot answer (an unknown
+route, a route of another kind of model, an unknown field, a value out of range) gets OpenAI's
+error body with its status code and does not stop the job. A line without a `seed` gets the row's
+seed (from the dataset's seed and the row id, as every raygen row), put in its body, so the
+answer records it; a line with one gets exactly what the online route answers for that body.
+
+The rows: `id`, `seed` (the row's seed, as in every raygen dataset: it answers a line whose body names
+none; every answer records the seeds it used, `choices[k].seed` or `data[k].seed`), `custom_id`,
+`status_code` and `response` (the answer body as JSON text).
+An answer's `id` is derived from the dataset's input digest and the line's custom_id, and its
+`created` is 0, so a row stays a pure function of (checkpoint, recipe, seed, line): the batch's
+own record says when it ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from gen_jobs.core import storage
+from gen_jobs.core.errors import UserError
+
+MAX_LISTED = 5  # bad lines named in one error
+FIELDS = ("custom_id", "method", "url", "body")
+
+
+# ---------------------------------------------------------------- planning (driver)
+
+
+def plan_requests(uri: str):
+    """A requests source: every line checked once, streamed (the file is never held whole)."""
+    from gen_jobs.data.rows import RowSource, _digested_lines
+
+    if not storage.exists(uri):
+        raise UserError(f"requests file {uri} does not exist")
+    stamps = dict(zip([uri], storage.stamps([uri])))  # before the read: a later write changes the stamp
+    digest = hashlib.sha256()
+    seen: dict[bytes, int] = {}  # 16-byte digest of each custom_id -> its line (a 50,000-line file: ~5 MB)
+    problems: list[str] = []
+    count = 0
+    for n, raw in enumerate(_digested_lines(uri, digest), start=1):
+        if not raw.strip():
+            continue
+        count += 1
+        problem = line_problem(raw)
+        if problem is None:
+            custom_id = json.loads(raw)["custom_id"]
+            key = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()
+            if key in seen:
+                problem = f"custom_id {custom_id!r} is also line {seen[key]}'s; each request needs its own"
+            else:
+                seen[key] = n
+        if problem is not None:
+            problems.append(f"line {n}: {problem}")
+    if problems:
+        more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
+        raise UserError(f"{uri} is not a batch input file: {'; '.join(problems[:MAX_LISTED])}{more}. Each line is "
+                        '{"custom_id": "...", "method": "POST", "url": "/v1/...", "body": {...}}')
+    if count == 0:
+        raise UserError(f"{uri} holds no requests")
+    return RowSource(kind="requests", uri=uri, sha256=digest.hexdigest(), inputs=count, stamps=stamps)
+
+
+def line_problem(raw: bytes) -> str | None:
+    """What is wrong with one line of a batch input file, or None."""
+    try:
+        record = json.loads(raw)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return f"not JSON ({e.msg})"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [f for f in FIELDS if f not in record]
+    if missing:
+        return f"no {', '.join(missing)}"
+    extra = sorted(set(record) - set(FIELDS))
+    if extra:
+        return f"unknown field {extra[0]!r}"
+    if not isinstance(record["custom_id"], str) or not record["custom_id"]:
+        return "custom_id must be a non-empty string"
+    if record["method"] != "POST":
+        return f"method is {record['method']!r}; batch requests are POST"
+    if not isinstance(record["url"], str):
+        return "url must be a string such as /v1/completions"
+    if not isinstance(record["body"], dict):
+        return "body must be a JSON object"
+    return None
+
+
+# ---------------------------------------------------------------- a shard's lines (workers)
+
+
+def read_lines(uri: str, start: int, stop: int) -> list[dict]:
+    """Requests [start, stop) of a batch input file, parsed (blank lines do not count)."""
+    fs, path = storage.resolve(uri)
+    out, n = [], 0
+    with fs.open_input_stream(path) as f:
+        for line in io.TextIOWrapper(f, encoding="utf-8", newline="\n"):
+            if not line.strip():
+                continue
+            if n >= start:
+                out.append(json.loads(line))
+            n += 1
+            if n >= stop:
+                break
+    return out
+
+
+SCHEMA = pa.schema([("id", pa.int64()), ("seed", pa.int64()), ("custom_id", pa.string()),
+                    ("status_code", pa.int32()), ("response", pa.string())])
+
+
+class Answer(NamedTuple):
+    status_code: int
+    body: dict  # the route's answer, or OpenAI's {"error": {...}}
+
+
+def answers_table(ids: np.ndarray, seeds: np.ndarray, lines: list[dict], answers: list[Answer]) -> pa.Table:
+    """The dataset rows of answered lines (`seeds`: the rows' seeds, as in every raygen dataset)."""
+    return pa.table({
+        "id": pa.array(ids, pa.int64()),
+        "seed": pa.array(seeds, pa.int64()),
+        "custom_id": pa.array([line["custom_id"] for line in lines], pa.string()),
+        "status_code": pa.array([a.status_code for a in answers], pa.int32()),
+        "response": pa.array([json.dumps(a.body, ensure_ascii=False) for a in answers], pa.string()),
+    }, schema=SCHEMA)
+
+
+def answered_batches(answer: Callable[[list[dict], np.ndarray], list[Answer]], identity, k: int, micro_batch: int,
+                     input_cache: dict | None) -> Iterator[pa.Table]:
+    """Shard k's rows of a requests dataset, `micro_batch` lines at a time (`answer`: lines, their rows' seeds ->
+    their answers; serving.batch_lines.Answerer)."""
+    from gen_jobs.core.row_seed import row_seeds
+    from gen_jobs.data.rows import check_unchanged
+
+    source = identity.source
+    ids = np.arange(identity.shard_ids(k).start, identity.shard_ids(k).stop, dtype=np.int64)
+    lines = read_lines(source.uri, int(ids[0]), int(ids[-1]) + 1)
+    stamps = (input_cache or {}).get("stamps")
+    if stamps is not None:  # the file read must be the one planned
+        check_unchanged([source.uri], stamps)
+    for i in range(0, len(ids), micro_batch):
+        part, seeds, some = ids[i: i + micro_batch], row_seeds(identity.seed, ids[i: i + micro_batch]), lines[i: i + micro_batch]
+        yield answers_table(part, seeds, some, answer(some, seeds))
