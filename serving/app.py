@@ -30,8 +30,9 @@ from ray.serve.handle import DeploymentHandle
 from gen_jobs.core.errors import UserError
 from serving import request_metrics
 from serving.apis import api_module
-from serving.config import AppConfig, Limits
+from serving.config import AppConfig, Limits, batch_storage
 from serving.errors import ApiError
+from serving.files import FileStore
 from serving.model_server import ModelServer
 
 
@@ -47,13 +48,14 @@ class ServedModel:
 @serve.ingress()
 class Gateway:
     def __init__(self, models: list[dict], handles: dict[str, DeploymentHandle], limits: dict,
-                 api_key_sha256: str | None):
+                 api_key_sha256: str | None, storage_root: str):
         self.models = {m["name"]: ServedModel(m["name"], m["family"], api_module(m["family"]).KIND, handles[m["name"]])
                        for m in models}
         self.limits = Limits(**limits)
         self.api_key_sha256 = api_key_sha256
         self.created = int(time.time())
         self._descriptions: dict[str, dict] = {}
+        self.files = FileStore(storage_root)  # uploaded batch input files (serving.files), in storage
 
     def __serve_build_asgi_app__(self):
         from serving.http import http_app
@@ -209,4 +211,4 @@ def build_app(args: AppConfig) -> Application:
         ray_actor_options={"num_cpus": 0},  # parsing and routing only: no CPU held back from the samplers
     )
     # Only the key's SHA-256 travels into the deployment's arguments, never the key.
-    return gateway.bind(models, handles, config.limits.model_dump(), api_key_digest(config))
+    return gateway.bind(models, handles, config.limits.model_dump(), api_key_digest(config), batch_storage(config))

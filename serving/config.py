@@ -78,6 +78,10 @@ class Limits(StrictModel):
     max_primer_measures: int = Field(1_000, gt=0, description="measures of a MusicXML primer, all parts together")
     primer_timeout_s: float = Field(5, gt=0, le=600, description="parsing one MusicXML primer (in a child process, "
                                                                  "killed at the deadline)")
+    max_file_bytes: int = Field(200 * 2**20, gt=0, description="an uploaded file (POST /v1/files): OpenAI's limit "
+                                                               "for a batch input file, 200 MB")
+    max_file_lines: int = Field(50_000, gt=0, description="lines (requests) of an uploaded batch input file: OpenAI's "
+                                                         "limit, 50,000")
     request_timeout_s: float = Field(60, gt=0, le=3600, description="a request's deadline, streams included: past it "
                                                                   "its rows are dropped and the answer is a 504")
 
@@ -98,6 +102,10 @@ class AppConfig(StrictModel):
         "RAYGEN_API_KEY",
         description="environment variable holding the API key; when it is set, requests need `Authorization: Bearer <key>`",
     )
+    batch_storage: Uri | None = Field(
+        None, description="where uploaded files, batch records and batch outputs live (a folder or s3:// prefix, "
+                          "shared by every replica); default: ${RAYGEN_STORAGE}/batch-api when RAYGEN_STORAGE is set "
+                          "(on KubeRay, k8s/storage.yaml), else out/batch-api")
     wait_for_training_s: float = Field(
         0, ge=0, le=7 * 24 * 3600,
         description="how long the app builder waits for each checkpoint to hold a finished training's model "
@@ -132,3 +140,15 @@ def read_config(data: Any, source: str) -> AppConfig:
         return AppConfig.model_validate(data)
     except ValidationError as e:
         raise UserError(f"{source}: {describe_validation_error(e, AppConfig, 'config key')}") from e
+
+
+def batch_storage(config: AppConfig) -> str:
+    """The absolute URI of the app's file and batch storage (replicas may run in another working directory)."""
+    import os
+
+    from gen_jobs.core import storage
+
+    if config.batch_storage is not None:
+        return storage.absolute(config.batch_storage)
+    shared = os.environ.get("RAYGEN_STORAGE")
+    return storage.join(shared, "batch-api") if shared else storage.absolute("out/batch-api")

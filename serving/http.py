@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from serving import playground, request_metrics
+from serving import files, playground, request_metrics
 from serving.apis import all_api_modules
 from serving.config import Limits
 from serving.errors import ApiError
@@ -88,6 +88,9 @@ def foreign_origin(origin: str | None, host: str | None) -> bool:
     return origin == "null" or urlparse(origin).netloc.lower() != (host or "").lower()
 
 
+FORM_SLACK = 64 * 1024  # a file upload's multipart framing and fields, besides the file itself
+
+
 def http_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="raygen", description="OpenAI-compatible sampling from raygen's model families")
     limits = gateway.limits
@@ -110,9 +113,10 @@ def http_app(gateway: Gateway) -> FastAPI:
             length = request.headers.get("content-length")
             if length is None or not length.isdigit():
                 return error_response(ApiError(411, "send the request body with a Content-Length header"))
-            if int(length) > limits.max_body_bytes:
+            largest = limits.max_file_bytes + FORM_SLACK if path == "/v1/files" else limits.max_body_bytes
+            if int(length) > largest:
                 return error_response(ApiError(
-                    413, f"the request body has {int(length):,} bytes; this server accepts at most {limits.max_body_bytes:,}"))
+                    413, f"the request body has {int(length):,} bytes; this server accepts at most {largest:,}"))
         return await call_next(request)
 
     app.add_middleware(request_metrics.MeasuredAnswers, router=app.router)  # added last: the outermost
@@ -154,6 +158,7 @@ def http_app(gateway: Gateway) -> FastAPI:
 
     for api in all_api_modules():
         api.add_routes(app, gateway)
+    files.add_routes(app, gateway)
     keyless = gateway.api_key_sha256 is None  # (then /v1/models names them to anyone anyway)
     playground.add_routes(app, [(m.name, m.kind) for m in gateway.models.values()] if keyless else None)
     return app

@@ -297,7 +297,7 @@ def style_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_checkpoint):
+def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_checkpoint, tmp_path_factory):
     """The raygen app on a free loopback port; yields its base URL. Started once, by the first test that needs
     it (the tests that do run last: see pytest_collection_modifyitems), and shut down with the session."""
     from ray import serve
@@ -315,7 +315,9 @@ def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_chec
         {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.2, "max_ongoing_requests": 1,
          "max_queued_requests": 1, "batching": {"max_batch_size": 1}},
     ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512,
-               "max_prompt_chars": 5_000, "max_input_pixels": 1_000_000, "max_input_bytes": 3_000_000})
+               "max_prompt_chars": 5_000, "max_input_pixels": 1_000_000, "max_input_bytes": 3_000_000,
+               "max_file_lines": 100, "max_file_bytes": 1_000_000},
+       batch_storage=str(tmp_path_factory.mktemp("batch-api")))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     try:

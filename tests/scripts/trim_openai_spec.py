@@ -15,7 +15,8 @@ import json
 import sys
 
 PATHS = {"/models": ["get"], "/models/{model}": ["get"], "/completions": ["post"], "/chat/completions": ["post"],
-         "/images/generations": ["post"], "/images/edits": ["post"]}
+         "/images/generations": ["post"], "/images/edits": ["post"], "/files": ["get", "post"],
+         "/files/{file_id}": ["get", "delete"]}
 EXTRA_COMPONENTS = ["ErrorResponse"]
 
 

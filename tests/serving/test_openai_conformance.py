@@ -255,3 +255,21 @@ def test_the_check_fails_when_a_required_field_goes_or_a_type_changes(openai, ht
     image = http.post("/v1/images/generations", json={"model": "digits", "seed": 1}).json()
     image["data"][0]["revised_prompt"] = None  # what raygen sent before: the description allows only a string
     assert openai.errors(image, openai.schema_ref("/images/generations", "post"))
+
+
+def test_files_answers_conform(openai, http):
+    upload = http.post("/v1/files", data={"purpose": "batch"},
+                       files={"file": ("r.jsonl", b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", '
+                                                  b'"body": {"model": "pydoc", "prompt": "x"}}\n')})
+    openai.check(upload.json(), openai.schema_ref("/files", "post"), "POST /v1/files")
+    file_id = upload.json()["id"]
+    openai.check(http.get(f"/v1/files/{file_id}").json(), openai.schema_ref("/files/{file_id}", "get"),
+                 "GET /v1/files/{id}")
+    for params in ({}, {"purpose": "batch", "limit": 1}, {"after": "file-" + "f" * 32}):
+        openai.check(http.get("/v1/files", params=params).json(), openai.schema_ref("/files", "get"),
+                     f"GET /v1/files {params}")
+    openai.check(http.delete(f"/v1/files/{file_id}").json(), openai.schema_ref("/files/{file_id}", "delete"),
+                 "DELETE /v1/files/{id}")
+    missing = http.get(f"/v1/files/{file_id}")
+    assert missing.status_code == 404
+    openai.check(missing.json(), "#/components/schemas/ErrorResponse", "a 404 of GET /v1/files/{id}")
