@@ -30,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from gen_jobs.core.errors import UserError
 from serving import request_metrics
 from serving.apis import api_module
+from serving.batches import BatchStore
 from serving.config import AppConfig, Limits, batch_storage
 from serving.errors import ApiError
 from serving.files import FileStore
@@ -48,14 +49,16 @@ class ServedModel:
 @serve.ingress()
 class Gateway:
     def __init__(self, models: list[dict], handles: dict[str, DeploymentHandle], limits: dict,
-                 api_key_sha256: str | None, storage_root: str):
+                 api_key_sha256: str | None, storage_root: str, checkpoints: dict[str, str], batch_job: dict):
         self.models = {m["name"]: ServedModel(m["name"], m["family"], api_module(m["family"]).KIND, handles[m["name"]])
                        for m in models}
         self.limits = Limits(**limits)
         self.api_key_sha256 = api_key_sha256
         self.created = int(time.time())
         self._descriptions: dict[str, dict] = {}
-        self.files = FileStore(storage_root)  # uploaded batch input files (serving.files), in storage
+        # The Files and Batches APIs (serving.files, serving.batches): records in storage, shared by every replica.
+        self.storage_root, self.checkpoints, self.batch_job = storage_root, checkpoints, batch_job
+        self.files, self.batches = FileStore(storage_root), BatchStore(storage_root)
 
     def __serve_build_asgi_app__(self):
         from serving.http import http_app
@@ -183,7 +186,7 @@ def build_app(args: AppConfig) -> Application:
     from gen_jobs.core import checkpoint, storage
 
     config = AppConfig.model_validate(args) if isinstance(args, dict) else args
-    models, handles = [], {}
+    models, handles, checkpoints = [], {}, {}
     for spec in config.models:
         if config.wait_for_training_s:  # deployed with (or before) its training jobs, as `kubectl apply -k k8s/` does
             checkpoint.wait_until_trained(spec.checkpoint, config.wait_for_training_s,
@@ -204,6 +207,7 @@ def build_app(args: AppConfig) -> Application:
         handles[spec.name] = deployment.bind(spec.name, family, uri, spec.gpu > 0, spec.batching.max_batch_size,
                                              spec.batching.batch_wait_timeout_s, config.limits.model_dump())
         models.append({"name": spec.name, "family": family})
+        checkpoints[spec.name] = uri  # what a batch naming this model is answered with (serving.batch_job)
     gateway = Gateway.options(
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
@@ -211,4 +215,5 @@ def build_app(args: AppConfig) -> Application:
         ray_actor_options={"num_cpus": 0},  # parsing and routing only: no CPU held back from the samplers
     )
     # Only the key's SHA-256 travels into the deployment's arguments, never the key.
-    return gateway.bind(models, handles, config.limits.model_dump(), api_key_digest(config), batch_storage(config))
+    return gateway.bind(models, handles, config.limits.model_dump(), api_key_digest(config), batch_storage(config),
+                        checkpoints, {"workers": config.batch_workers, "rows_per_shard": config.batch_rows_per_shard})

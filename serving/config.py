@@ -106,6 +106,9 @@ class AppConfig(StrictModel):
         None, description="where uploaded files, batch records and batch outputs live (a folder or s3:// prefix, "
                           "shared by every replica); default: ${RAYGEN_STORAGE}/batch-api when RAYGEN_STORAGE is set "
                           "(on KubeRay, k8s/storage.yaml), else out/batch-api")
+    batch_workers: int = Field(2, gt=0, le=4096, description="ShardWriter actors of each batch's Ray job")
+    batch_rows_per_shard: int = Field(100, gt=0, description="requests per shard of a batch's dataset: its "
+                                                              "request_counts move a shard at a time")
     wait_for_training_s: float = Field(
         0, ge=0, le=7 * 24 * 3600,
         description="how long the app builder waits for each checkpoint to hold a finished training's model "

@@ -21,7 +21,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
@@ -31,7 +31,6 @@ from gen_jobs.core import storage
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
-    from serving.app import Gateway
     from serving.config import Limits
 
 FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")  # what this server names files: nothing else reaches a path
@@ -116,7 +115,14 @@ class FileStore:
         storage.delete_file(self.uri(file_id))
 
 
-def add_routes(app: FastAPI, gateway: Gateway) -> None:
+class FilesHost(Protocol):
+    """What the routes need of the gateway (serving.app.Gateway)."""
+
+    files: FileStore
+    limits: Limits
+
+
+def add_routes(app: FastAPI, gateway: FilesHost) -> None:
     @app.post("/v1/files")
     async def create_file(request: Request):
         upload, purpose = await _read_upload(request)

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from serving import files, playground, request_metrics
+from serving import batches, files, playground, request_metrics
 from serving.apis import all_api_modules
 from serving.config import Limits
 from serving.errors import ApiError
@@ -159,6 +159,7 @@ def http_app(gateway: Gateway) -> FastAPI:
     for api in all_api_modules():
         api.add_routes(app, gateway)
     files.add_routes(app, gateway)
+    batches.add_routes(app, gateway)
     keyless = gateway.api_key_sha256 is None  # (then /v1/models names them to anyone anyway)
     playground.add_routes(app, [(m.name, m.kind) for m in gateway.models.values()] if keyless else None)
     return app

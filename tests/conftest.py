@@ -317,7 +317,8 @@ def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_chec
     ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512,
                "max_prompt_chars": 5_000, "max_input_pixels": 1_000_000, "max_input_bytes": 3_000_000,
                "max_file_lines": 100, "max_file_bytes": 1_000_000},
-       batch_storage=str(tmp_path_factory.mktemp("batch-api")))
+       batch_storage=str(tmp_path_factory.mktemp("batch-api")), batch_workers=1,
+       batch_rows_per_shard=10)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     try:

@@ -16,7 +16,8 @@ import sys
 
 PATHS = {"/models": ["get"], "/models/{model}": ["get"], "/completions": ["post"], "/chat/completions": ["post"],
          "/images/generations": ["post"], "/images/edits": ["post"], "/files": ["get", "post"],
-         "/files/{file_id}": ["get", "delete"]}
+         "/files/{file_id}": ["get", "delete"], "/batches": ["get", "post"], "/batches/{batch_id}": ["get"],
+         "/batches/{batch_id}/cancel": ["post"]}
 EXTRA_COMPONENTS = ["ErrorResponse"]
 
 

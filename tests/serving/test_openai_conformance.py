@@ -273,3 +273,35 @@ def test_files_answers_conform(openai, http):
     missing = http.get(f"/v1/files/{file_id}")
     assert missing.status_code == 404
     openai.check(missing.json(), "#/components/schemas/ErrorResponse", "a 404 of GET /v1/files/{id}")
+
+
+def test_batches_answers_and_output_lines_conform(openai, http):
+    """A batch's answers (created, listed, retrieved until done, a cancel of a finished batch is a 400), and each line
+    of its output and error files: response.body as its endpoint answers, or OpenAI's ErrorResponse."""
+    import time
+
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "pydoc", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "seed": i}}
+             for i in range(3)]
+    lines.append({**lines[0], "custom_id": "bad", "body": {**lines[0]["body"], "n": 0}})
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    file_id = http.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", data)}).json()["id"]
+    created = http.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                                             "completion_window": "24h"}).json()
+    openai.check(created, openai.schema_ref("/batches", "post"), "POST /v1/batches")
+    deadline = time.monotonic() + 240
+    while (batch := http.get(f"/v1/batches/{created['id']}").json())["status"] not in ("completed", "failed"):
+        openai.check(batch, openai.schema_ref("/batches/{batch_id}", "get"), f"a {batch['status']} batch")
+        assert time.monotonic() < deadline, batch
+        time.sleep(1)
+    openai.check(batch, openai.schema_ref("/batches/{batch_id}", "get"), "a finished batch")
+    assert batch["status"] == "completed", batch
+    openai.check(http.get("/v1/batches", params={"limit": 2}).json(), openai.schema_ref("/batches", "get"),
+                 "GET /v1/batches")
+    refused = http.post(f"/v1/batches/{batch['id']}/cancel")
+    assert refused.status_code == 400
+    openai.check(refused.json(), "#/components/schemas/ErrorResponse", "cancelling a finished batch")
+    for file_id, ref in ((batch["output_file_id"], openai.schema_ref("/chat/completions", "post")),
+                         (batch["error_file_id"], "#/components/schemas/ErrorResponse")):
+        for line in http.get(f"/v1/files/{file_id}/content").text.splitlines():
+            openai.check(json.loads(line)["response"]["body"], ref, f"a line of {file_id}")

@@ -1,0 +1,132 @@
+"""OpenAI's Batches API on the Serve app (serving/batches.py, serving/batch_job.py), end to end with the official
+client: files.create -> batches.create -> poll batches.retrieve -> files.content, each batch a real Ray job on the
+session's cluster (conftest.server: batches of 10 requests a shard, one ShardWriter).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+POLL_S = 240  # a batch job starts a Ray driver and a ShardWriter: tens of seconds here
+
+
+def upload(client, lines: list[dict]) -> str:
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    return client.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch").id
+
+
+def completion(custom_id: str, **body) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/completions",
+            "body": {"model": "pydoc", "prompt": "def ", "max_tokens": 6, **body}}
+
+
+def wait(client, batch_id: str, until: tuple[str, ...] = ("completed", "failed", "cancelled", "expired")):
+    deadline = time.monotonic() + POLL_S
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in until:
+            return batch
+        assert time.monotonic() < deadline, f"batch {batch_id} still {batch.status} after {POLL_S} s"
+        time.sleep(1)
+
+
+def lines_of(client, file_id: str) -> list[dict]:
+    return [json.loads(line) for line in client.files.content(file_id).read().decode().splitlines()]
+
+
+def test_a_batch_answers_every_line_once_as_the_online_route_does(client, http):
+    lines = [completion(f"q{i}", seed=100 + i, prompt=["def ", "A list"][i % 2]) for i in range(12)]
+    lines.append(completion("too-hot", temperature=5))
+    lines.append(completion("unseeded"))
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
+                                  completion_window="24h", metadata={"run": "test"})
+    assert batch.status == "validating" and batch.metadata == {"run": "test"}
+    done = wait(client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts.total == 14 and done.request_counts.completed == 13 and done.request_counts.failed == 1
+    assert done.model == "pydoc" and done.in_progress_at and done.finalizing_at and done.completed_at
+    assert done.usage.output_tokens > 0
+    output, errors = lines_of(client, done.output_file_id), lines_of(client, done.error_file_id)
+    assert sorted(o["custom_id"] for o in output + errors) == sorted(line["custom_id"] for line in lines)
+    assert [e["custom_id"] for e in errors] == ["too-hot"] and errors[0]["response"]["status_code"] == 400
+    assert "temperature" in errors[0]["response"]["body"]["error"]["message"]
+    by_id = {o["custom_id"]: o for o in output}
+    for line in lines[:12]:
+        online = http.post("/v1/completions", json=line["body"]).json()
+        answered = by_id[line["custom_id"]]["response"]["body"]
+        assert answered["choices"] == online["choices"] and answered["usage"] == online["usage"]
+    assert by_id["unseeded"]["response"]["body"]["choices"][0]["seed"] >= 0  # the row's seed, recorded
+    assert done.id in [b.id for b in client.batches.list()]
+
+
+def test_a_file_that_fails_validation_fails_the_batch_naming_its_lines(client):
+    lines = [completion("a"), completion("a"), {**completion("b"), "url": "/v1/chat/completions"},
+             completion("c", model="nope"), completion("d", model="digits")]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
+                                  completion_window="24h")
+    done = wait(client, batch.id)
+    assert done.status == "failed" and done.failed_at
+    found = {(e.line, e.code) for e in done.errors.data}
+    assert found == {(2, "duplicate_custom_id"), (3, "mismatched_endpoint"), (4, "model_not_found"),
+                     (5, "invalid_model")}, done.errors
+
+
+def test_a_cancelled_batch_keeps_the_rows_it_finished_and_no_more(client):
+    lines = [completion(f"q{i}", seed=i, max_tokens=32, n=8) for i in range(100)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
+                                  completion_window="24h")
+    started = wait(client, batch.id, until=("in_progress", "completed", "failed"))
+    assert started.status == "in_progress", started
+    deadline = time.monotonic() + POLL_S
+    while client.batches.retrieve(batch.id).request_counts.completed < 10:  # the first shard landed
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "completed"), cancelling
+    done = wait(client, batch.id)
+    if done.status == "completed":
+        pytest.skip("the batch finished before the cancel reached it")
+    assert done.status == "cancelled" and done.cancelled_at and done.cancelling_at
+    output = lines_of(client, done.output_file_id)
+    ids = [o["custom_id"] for o in output]
+    assert 10 <= len(ids) < 100 and len(set(ids)) == len(ids) and len(ids) % 10 == 0  # whole shards, each once
+    assert ids == [f"q{i}" for i in range(len(ids))]
+
+
+def test_unknown_batches_files_and_endpoints_are_4xx(http):
+    assert http.get("/v1/batches/batch_" + "0" * 32).status_code == 404
+    assert http.post("/v1/batches/nope/cancel").status_code == 404
+    missing = http.post("/v1/batches", json={"input_file_id": "file-" + "0" * 32, "endpoint": "/v1/completions",
+                                             "completion_window": "24h"})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "file_id"
+    for body, param in [({"input_file_id": "x", "endpoint": "/v1/embeddings", "completion_window": "24h"}, "endpoint"),
+                        ({"input_file_id": "x", "endpoint": "/v1/completions", "completion_window": "1h"},
+                         "completion_window")]:
+        answer = http.post("/v1/batches", json=body)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+
+
+def test_the_docs_batch_example_runs_against_the_server(server, tmp_path):
+    """examples/batch.py on examples/batch.jsonl, as the docs show it, from another working directory."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, SERVE_API_KEY
+
+    env = {**os.environ, "OPENAI_BASE_URL": f"{server}/v1", "OPENAI_API_KEY": SERVE_API_KEY}
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "batch.py"), str(REPO / "examples" / "batch.jsonl"),
+                           "--model", "pydoc", "--timeout", str(POLL_S)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=POLL_S + 60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = done.stdout.splitlines()
+    assert any(line.endswith(": completed: 3 answered, 1 errors of 4") for line in printed), done.stdout
+    assert sorted(line.split(":")[0] for line in printed if not line.startswith("batch ")) == \
+        ["imports", "lists", "too-hot", "with-statement"]
+    assert any(line.startswith("too-hot: 400: ") and "temperature" in line for line in printed)
