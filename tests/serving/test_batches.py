@@ -99,6 +99,40 @@ def test_a_cancelled_batch_keeps_the_rows_it_finished_and_no_more(client):
     assert ids == [f"q{i}" for i in range(len(ids))]
 
 
+def test_two_batches_at_once_each_answer_their_own_lines(client):
+    ids = {}
+    for name in ("a", "b"):
+        lines = [completion(f"{name}{i}", seed=i) for i in range(15)]
+        batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
+                                      completion_window="24h")
+        ids[batch.id] = {line["custom_id"] for line in lines}
+    for batch_id, custom_ids in ids.items():
+        done = wait(client, batch_id)
+        assert done.status == "completed" and done.request_counts.completed == 15, done
+        assert {o["custom_id"] for o in lines_of(client, done.output_file_id)} == custom_ids
+
+
+def test_a_killed_batch_job_fails_its_batch_saying_why(client):
+    import os
+    import signal
+    import subprocess
+
+    lines = [completion(f"q{i}", seed=i, max_tokens=32, n=8) for i in range(100)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
+                                  completion_window="24h")
+    started = wait(client, batch.id, until=("in_progress", "completed", "failed"))
+    assert started.status == "in_progress", started
+    # (the job's driver runs in a process session of its own: found by its command line, which names the batch)
+    found = subprocess.run(["pgrep", "-f", f"serving.batch_job .*{batch.id}"], capture_output=True, text=True)
+    drivers = [int(pid) for pid in found.stdout.split()]
+    assert drivers, "the batch's job driver was not found"
+    for pid in drivers:
+        os.kill(pid, signal.SIGKILL)
+    done = wait(client, batch.id)
+    assert done.status == "failed" and done.failed_at, done
+    assert done.errors.data[0].code == "job_failed" and f"ray job logs {batch.id}" in done.errors.data[0].message
+
+
 def test_unknown_batches_files_and_endpoints_are_4xx(http):
     assert http.get("/v1/batches/batch_" + "0" * 32).status_code == 404
     assert http.post("/v1/batches/nope/cancel").status_code == 404
