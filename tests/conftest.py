@@ -304,6 +304,7 @@ def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_chec
 
     from serving.app import build_app
     from serving.config import AppConfig
+    from serving.run import shut_down_serve
 
     os.environ["RAYGEN_API_KEY"] = SERVE_API_KEY  # read (and hashed) by build_app
     # Five replicas of 0.2 CPU leave one of the cluster's two CPUs for the batch jobs some tests run.
@@ -320,13 +321,14 @@ def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_chec
        batch_storage=str(tmp_path_factory.mktemp("batch-api")), batch_workers=1,
        batch_rows_per_shard=10)
     port = free_port()
+    shut_down_serve(print)  # a Serve left by a failed test would keep its own port: serve.start would not move it
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     try:
         # Under a route prefix, as behind a shared ingress: every route and guard must still apply.
         serve.run(build_app(config), name="raygen", route_prefix="/raygen", blocking=False)
         yield f"http://127.0.0.1:{port}/raygen"
     finally:
-        serve.shutdown()
+        shut_down_serve(print)
         del os.environ["RAYGEN_API_KEY"]
 
 

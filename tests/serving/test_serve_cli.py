@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import yaml
 from conftest import BIN, REPO, free_port, run_cli
 from gen_jobs.core.checkpoint import latest, pin
 from serving.config import read_config
+from serving.run import shut_down_serve
 
 
 def test_the_shipped_serve_config_is_valid():
@@ -61,21 +63,66 @@ def test_a_bad_config_key_is_named(tmp_path):
     assert result.returncode == 2 and "replicas" in result.stderr and "autoscaling" in result.stderr
 
 
+class RaygenServe:
+    """`raygen serve ARGS` in `cwd`, its console read by a thread: a wait keeps its deadline even while the
+    command prints nothing, and a pipe nobody reads never blocks the command. On leaving the `with`, a
+    command still running is killed and whatever Serve it left on the session's cluster is shut down, so one
+    failed test cannot take the cluster's CPUs (and the port of the later tests' Serve app) with it."""
+
+    def __init__(self, *args: str, cwd: Path | str):
+        self.process = subprocess.Popen([str(BIN / "raygen"), "serve", *args], cwd=cwd, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env={**os.environ})
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def said(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.said:
+            assert self.process.poll() is None and time.monotonic() < deadline, self.said
+            time.sleep(0.2)
+        return self.said
+
+    def stop(self, sig: int, timeout: float) -> int:
+        """Send `sig`; the exit status, once the rest of what the command printed is read."""
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.reader.join(timeout=30)
+        return code
+
+    def __enter__(self) -> RaygenServe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+            shut_down_serve(print)
+
+
+def serve_is_running() -> bool:
+    """Whether Serve's controller runs on the session's cluster (this process is connected to it)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
 def test_raygen_serve_answers_then_stops_cleanly(ray_cluster, checkpoint):
     port = free_port()
     run_folder = str(Path(checkpoint).parent)  # a Ray Train run folder: its newest checkpoint is served
-    process = subprocess.Popen(
-        [str(BIN / "raygen"), "serve", "--model", f"digits={run_folder}", "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ},
-    )
-    try:
-        lines = []
-        deadline = time.monotonic() + 180
-        while not any(line.startswith("playground: ") for line in lines):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-            lines.append(process.stdout.readline())
-        assert f"serving on http://127.0.0.1:{port}" in "".join(lines)
-        assert f"playground: http://127.0.0.1:{port}/" in "".join(lines)
+    with RaygenServe("--model", f"digits={run_folder}", "--port", str(port), cwd=REPO) as server:
+        said = server.wait_for("playground: ", timeout=180)
+        assert f"serving on http://127.0.0.1:{port}" in said
+        assert f"playground: http://127.0.0.1:{port}/" in said
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)  # the address printed is the page
         assert page.status_code == 200 and "raygen playground" in page.text
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
@@ -83,15 +130,11 @@ def test_raygen_serve_answers_then_stops_cleanly(ray_cluster, checkpoint):
         assert served == pin(latest(run_folder)).sha256  # its newest checkpoint (other tests may add to the run)
         image = httpx.post(f"http://127.0.0.1:{port}/v1/images/generations", json={"model": "digits", "seed": 1}, timeout=60)
         assert image.status_code == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=90) == 0
-        assert "stopping Serve" in process.stdout.read()
+        assert server.stop(signal.SIGTERM, timeout=200) == 0
+        assert "stopping Serve" in server.said
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert not serve_is_running(), "Serve still runs on the cluster after `raygen serve` stopped"
 
 
 def test_models_without_num_cpus_share_the_cluster_and_chosen_ones_keep_theirs():
@@ -109,24 +152,14 @@ def test_a_model_that_cannot_be_placed_is_said_in_words_and_ctrl_c_stops_the_wai
     # Three replicas of 1 CPU each on the session's 2-CPU cluster: one can never be placed.
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump({"models": [{"name": n, "checkpoint": checkpoint, "num_cpus": 1} for n in "abc"]}))
-    process = subprocess.Popen([str(BIN / "raygen"), "serve", "serve.yaml", "--port", str(free_port())], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
-    try:
-        lines, deadline = [], time.monotonic() + 120
-        while not any("is not placed" in line for line in lines):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-            lines.append(process.stdout.readline())
-        said = "".join(lines)
+    with RaygenServe("serve.yaml", "--port", str(free_port()), cwd=tmp_path) as server:
+        said = server.wait_for("is not placed", timeout=180)
         assert "needs 1 CPU, the models need 3 CPUs in all and the cluster has 2" in said
         assert "lower num_cpus in a Serve config" in said and "serving on" not in said
-        process.send_signal(signal.SIGINT)  # Ctrl-C while Serve still waits for the replica
-        assert process.wait(timeout=60) == 0
-        rest = process.stdout.read()
-        assert "stopping Serve" in rest and "graceful_shutdown" not in rest and "Started Serve" not in said + rest
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert server.stop(signal.SIGINT, timeout=200) == 0  # Ctrl-C while Serve still waits for the replica
+        rest = server.said[len(said):]
+        assert "stopping Serve" in rest and "graceful_shutdown" not in rest and "Started Serve" not in server.said
+        assert not serve_is_running(), "Serve still runs on the cluster after Ctrl-C"
 
 
 def test_a_server_for_other_machines_needs_a_key_or_says_it_does_not(capsys, monkeypatch):
