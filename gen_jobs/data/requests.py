@@ -50,31 +50,53 @@ FIELDS = ("custom_id", "method", "url", "body")
 # ---------------------------------------------------------------- planning (driver)
 
 
+class CheckedLine(NamedTuple):
+    """One request line of a batch input file, checked on its own and against the lines before it."""
+
+    number: int  # the line's number in the file, from 1 (blank lines have numbers but are not requests)
+    request: dict | None  # the parsed line; None when it is not a request (a duplicate custom_id still is one)
+    code: str | None  # "invalid_request" or "duplicate_custom_id" (OpenAI's BatchError codes), None when fine
+    problem: str | None  # what is wrong, in words
+
+
+def checked_lines(uri: str, digest=None) -> Iterator[CheckedLine]:
+    """Every request line of a batch input file, streamed (the file is never held whole) and checked: JSON,
+    the four fields (`line_problem`), a custom_id no earlier line has. `digest` (a hashlib object), when
+    given, is fed the file's bytes as they are read."""
+    from gen_jobs.data.rows import _digested_lines
+
+    seen: dict[bytes, int] = {}  # 16-byte digest of each custom_id -> its line (a 50,000-line file: ~5 MB)
+    for number, raw in enumerate(_digested_lines(uri, digest or hashlib.sha256()), start=1):
+        if not raw.strip():
+            continue
+        problem = line_problem(raw)
+        if problem is not None:
+            yield CheckedLine(number, None, "invalid_request", problem)
+            continue
+        request = json.loads(raw)
+        key = hashlib.blake2b(request["custom_id"].encode(), digest_size=16).digest()
+        if key in seen:
+            yield CheckedLine(number, request, "duplicate_custom_id",
+                              f"custom_id {request['custom_id']!r} is also line {seen[key]}'s; each request needs its own")
+            continue
+        seen[key] = number
+        yield CheckedLine(number, request, None, None)
+
+
 def plan_requests(uri: str):
-    """A requests source: every line checked once, streamed (the file is never held whole)."""
-    from gen_jobs.data.rows import RowSource, _digested_lines
+    """A requests source: every line checked once, streamed (`checked_lines`)."""
+    from gen_jobs.data.rows import RowSource
 
     if not storage.exists(uri):
         raise UserError(f"requests file {uri} does not exist")
     stamps = dict(zip([uri], storage.stamps([uri])))  # before the read: a later write changes the stamp
     digest = hashlib.sha256()
-    seen: dict[bytes, int] = {}  # 16-byte digest of each custom_id -> its line (a 50,000-line file: ~5 MB)
     problems: list[str] = []
     count = 0
-    for n, raw in enumerate(_digested_lines(uri, digest), start=1):
-        if not raw.strip():
-            continue
+    for line in checked_lines(uri, digest):
         count += 1
-        problem = line_problem(raw)
-        if problem is None:
-            custom_id = json.loads(raw)["custom_id"]
-            key = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()
-            if key in seen:
-                problem = f"custom_id {custom_id!r} is also line {seen[key]}'s; each request needs its own"
-            else:
-                seen[key] = n
-        if problem is not None:
-            problems.append(f"line {n}: {problem}")
+        if line.problem is not None:
+            problems.append(f"line {line.number}: {line.problem}")
     if problems:
         more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
         raise UserError(f"{uri} is not a batch input file: {'; '.join(problems[:MAX_LISTED])}{more}. Each line is "
