@@ -97,5 +97,7 @@ class Answerer:
         return body
 
 
-def line_digest(input_sha256: str, custom_id: str) -> str:
-    return hashlib.sha256(f"{input_sha256}\0{custom_id}".encode()).hexdigest()[:32]
+def line_digest(scope: str, custom_id: str) -> str:
+    """32 hex digits naming one request line: a function of its custom_id and its scope (the digest of
+    the input file, for an answer's id; the batch's id, for the batch output line's request_id)."""
+    return hashlib.sha256(f"{scope}\0{custom_id}".encode()).hexdigest()[:32]

@@ -31,6 +31,7 @@ from gen_jobs.core import storage
 from serving.apis import HttpBody
 from serving.errors import ApiError
 from serving.files import FileStore
+from serving.records import RecordStore
 
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
 WINDOW_S = {"24h": 24 * 3600}
@@ -93,43 +94,17 @@ class CreateBatch(HttpBody):
     metadata: dict[str, str] | None = Field(None, max_length=16)
 
 
-class BatchStore:
+class BatchStore(RecordStore[BatchRecord]):
     """The batches under `<root>/batches/`: the record at `<id>.json`, the job's dataset and job spec under `<id>/`."""
 
     def __init__(self, root: str):
+        super().__init__(storage.join(root, "batches"), BatchRecord, BATCH_ID, "batch")
         self.root = root
-        self.folder = storage.join(root, "batches")
-
-    def uri(self, batch_id: str) -> str:
-        if not BATCH_ID.match(batch_id):
-            raise ApiError(404, f"no batch {batch_id!r}", param="batch_id")
-        return storage.join(self.folder, batch_id)
-
-    def get(self, batch_id: str) -> BatchRecord:
-        record = self.uri(batch_id) + ".json"
-        if not storage.exists(record):
-            raise ApiError(404, f"no batch {batch_id!r}", param="batch_id")
-        return BatchRecord.model_validate_json(storage.read_bytes(record))
-
-    def save(self, record: BatchRecord) -> BatchRecord:
-        storage.write_bytes_atomic(self.uri(record.id) + ".json", record.model_dump_json().encode())
-        return record
 
     def update(self, batch_id: str, **changes) -> BatchRecord:
         """The record with `changes`, written back (one writer at a time: the batch's job, or a route
         that finds the job gone)."""
-        return self.save(self.get(batch_id).model_copy(update=changes))
-
-    def all(self) -> list[BatchRecord]:
-        names = storage.list_names(self.folder) if storage.exists(self.folder) else []
-        records = []
-        for name in names:
-            if name.endswith(".json") and BATCH_ID.match(name[:-5]):
-                try:
-                    records.append(self.get(name[:-5]))
-                except ApiError:
-                    continue
-        return records
+        return self.put(self.get(batch_id).model_copy(update=changes))
 
     def job_spec_uri(self, batch_id: str) -> str:
         return storage.join(self.uri(batch_id), "job.json")
@@ -208,7 +183,7 @@ def _start(batches: BatchStore, record: BatchRecord, spec: dict) -> None:
 
     from ray.job_submission import JobSubmissionClient
 
-    batches.save(record)
+    batches.put(record)
     storage.write_bytes_atomic(batches.job_spec_uri(record.id), json.dumps(spec).encode())
     try:
         client = JobSubmissionClient(_cluster_address())

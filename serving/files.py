@@ -17,6 +17,7 @@ in pieces while its lines are counted; past `limits.max_file_bytes` or `limits.m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 
 from gen_jobs.core import storage
 from serving.errors import ApiError
+from serving.records import RecordStore
 
 if TYPE_CHECKING:
     from serving.config import Limits
@@ -51,59 +53,32 @@ class FileRecord(BaseModel):
     lines: int = 0  # raygen: the file's lines (its requests, for purpose batch)
 
 
-class FileStore:
+class FileStore(RecordStore[FileRecord]):
     """The files under `<root>/files/`: bytes at `<id>`, the record at `<id>.json`."""
 
     def __init__(self, root: str):
-        self.folder = storage.join(root, "files")
+        super().__init__(storage.join(root, "files"), FileRecord, FILE_ID, "file")
 
-    def uri(self, file_id: str) -> str:
-        if not FILE_ID.match(file_id):
-            raise ApiError(404, f"no file {file_id!r}", param="file_id")
-        return storage.join(self.folder, file_id)
-
-    def get(self, file_id: str) -> FileRecord:
-        record = self.uri(file_id) + ".json"
-        if not storage.exists(record):
-            raise ApiError(404, f"no file {file_id!r}", param="file_id")
-        return FileRecord.model_validate_json(storage.read_bytes(record))
-
-    def save(self, chunks: Iterator[bytes], filename: str, purpose: str, limits: Limits) -> FileRecord:
-        """Write a file from its pieces, refusing it (and keeping nothing) past the limits."""
-        file_id = f"file-{uuid.uuid4().hex}"
-        size, newlines, last = 0, 0, b"\n"
-        with storage.AtomicWriter(self.uri(file_id)) as sink:
-            for chunk in chunks:
-                size += len(chunk)
-                newlines += chunk.count(b"\n")
-                last = chunk[-1:] or last
-                if size > limits.max_file_bytes:
-                    raise ApiError(413, f"the file is larger than this server's limit of {limits.max_file_bytes:,} "
-                                        "bytes (limits.max_file_bytes)", param="file")
-                if newlines > limits.max_file_lines:
-                    raise ApiError(400, f"the file has more than {limits.max_file_lines:,} lines, this server's limit "
-                                        "(limits.max_file_lines): split it into several batches", param="file")
-                sink.write(chunk)
-        lines = newlines + (last != b"\n")
-        if lines > limits.max_file_lines:  # (one more: a last line without its newline)
-            storage.delete_file(self.uri(file_id))
-            raise ApiError(400, f"the file has {lines:,} lines; this server's limit is {limits.max_file_lines:,} "
+    @contextlib.contextmanager
+    def writing(self, filename: str, purpose: str, limits: Limits | None = None) -> Iterator[FileSink]:
+        """A new file, written piece by piece in the `with` block (`sink.write`); its record is written
+        once the block ends whole (`sink.record`). Past `limits` (None: none) it is refused, keeping nothing."""
+        sink = FileSink(f"file-{uuid.uuid4().hex}", limits)
+        with storage.AtomicWriter(self.uri(sink.id)) as sink.out:  # the bytes appear only if the block ends well
+            yield sink
+        if limits is not None and sink.lines > limits.max_file_lines:  # (one more: a last line without its newline)
+            storage.delete_file(self.uri(sink.id))
+            raise ApiError(400, f"the file has {sink.lines:,} lines; this server's limit is {limits.max_file_lines:,} "
                                 "(limits.max_file_lines)", param="file")
-        record = FileRecord(id=file_id, bytes=size, created_at=int(time.time()), filename=filename, purpose=purpose,
-                            lines=lines)
-        storage.write_bytes_atomic(self.uri(file_id) + ".json", record.model_dump_json().encode())
-        return record
+        sink.record = self.put(FileRecord(id=sink.id, bytes=sink.size, created_at=int(time.time()), filename=filename,
+                                          purpose=purpose, lines=sink.lines))
 
-    def all(self) -> list[FileRecord]:
-        names = storage.list_names(self.folder) if storage.exists(self.folder) else []
-        records = []
-        for name in names:
-            if name.endswith(".json") and FILE_ID.match(name[:-5]):
-                try:
-                    records.append(self.get(name[:-5]))
-                except ApiError:  # deleted since the listing
-                    continue
-        return records
+    def save(self, chunks: Iterator[bytes], filename: str, purpose: str, limits: Limits | None = None) -> FileRecord:
+        """A new file from its pieces (`writing`)."""
+        with self.writing(filename, purpose, limits) as sink:
+            for chunk in chunks:
+                sink.write(chunk)
+        return sink.record
 
     def chunks(self, file_id: str) -> Iterator[bytes]:
         self.get(file_id)  # 404 for a file that is not (or no longer) there
@@ -113,6 +88,32 @@ class FileStore:
         self.get(file_id)
         storage.delete_file(self.uri(file_id) + ".json")  # the record first: a half-deleted file is never listed
         storage.delete_file(self.uri(file_id))
+
+
+class FileSink:
+    """A file being written (FileStore.writing): its bytes and lines counted as they pass."""
+
+    def __init__(self, file_id: str, limits: Limits | None):
+        self.id, self.limits = file_id, limits
+        self.size, self.newlines, self.last = 0, 0, b"\n"
+        self.out: storage.AtomicWriter | None = None
+        self.record: FileRecord | None = None  # once the file is whole
+
+    @property
+    def lines(self) -> int:
+        return self.newlines + (self.last != b"\n")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.newlines += chunk.count(b"\n")
+        self.last = chunk[-1:] or self.last
+        if self.limits is not None and self.size > self.limits.max_file_bytes:
+            raise ApiError(413, f"the file is larger than this server's limit of {self.limits.max_file_bytes:,} "
+                                "bytes (limits.max_file_bytes)", param="file")
+        if self.limits is not None and self.newlines > self.limits.max_file_lines:
+            raise ApiError(400, f"the file has more than {self.limits.max_file_lines:,} lines, this server's limit "
+                                "(limits.max_file_lines): split it into several batches", param="file")
+        self.out.write(chunk)
 
 
 class FilesHost(Protocol):
