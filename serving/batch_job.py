@@ -18,7 +18,6 @@ already written go to the output files, and the batch is `cancelled`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -27,10 +26,10 @@ import threading
 from collections.abc import Iterator
 
 from gen_jobs.core import storage
-from gen_jobs.data.requests import line_problem
+from gen_jobs.data.requests import checked_lines
+from serving.batch_lines import line_digest
 from serving.batches import BatchErrorItem, BatchErrors, BatchStore, RequestCounts, now
-from serving.config import Limits
-from serving.files import FileStore
+from serving.files import FileRecord, FileStore
 
 MAX_ERRORS = 100
 WATCH_S = 2.0
@@ -42,26 +41,19 @@ def validate(input_uri: str, endpoint: str, kinds: dict[str, str]) -> tuple[list
 
     wanted_kind = endpoints()[endpoint][0].kind
     problems: list[BatchErrorItem] = []
-    seen: set[bytes] = set()
     model, lines = None, 0
 
     def problem(code: str, message: str, line: int, param: str | None = None) -> None:
         if len(problems) < MAX_ERRORS:
             problems.append(BatchErrorItem(code=code, message=message, line=line, param=param))
 
-    for n, raw in enumerate(storage.read_bytes(input_uri).split(b"\n"), start=1):
-        if not raw.strip():
-            continue
+    for line in checked_lines(input_uri):  # streamed: JSON, the four fields, unique custom_ids
         lines += 1
-        wrong = line_problem(raw)
-        if wrong is not None:
-            problem("invalid_request", wrong, n)
+        if line.code is not None:
+            problem(line.code, line.problem, line.number, "custom_id" if line.code == "duplicate_custom_id" else None)
+        if line.request is None:
             continue
-        request = json.loads(raw)
-        key = hashlib.blake2b(request["custom_id"].encode(), digest_size=16).digest()
-        if key in seen:
-            problem("duplicate_custom_id", f"custom_id {request['custom_id']!r} is used by an earlier line", n, "custom_id")
-        seen.add(key)
+        request, n = line.request, line.number
         if request["url"] != endpoint:
             problem("mismatched_endpoint", f"url {request['url']!r} is not the batch's endpoint {endpoint!r}", n, "url")
         name = request["body"].get("model")
@@ -80,8 +72,8 @@ def validate(input_uri: str, endpoint: str, kinds: dict[str, str]) -> tuple[list
     return problems, model, lines
 
 
-def output_lines(data_uri: str, keep_ok: bool) -> Iterator[bytes]:
-    """The batch output lines of the shards written under `data_uri`, ok answers or the others, in row order."""
+def answered_rows(data_uri: str) -> Iterator[dict]:
+    """The rows ({custom_id, status_code, response}) of the shards written under `data_uri`, in row order."""
     import pyarrow.parquet as pq
 
     names = sorted(n for n in storage.list_names(data_uri) if n.startswith("part-") and n.endswith(".parquet")) \
@@ -90,30 +82,47 @@ def output_lines(data_uri: str, keep_ok: bool) -> Iterator[bytes]:
         fs, path = storage.resolve(storage.join(data_uri, name))
         shard = pq.ParquetFile(path, filesystem=fs)
         for group in range(shard.num_row_groups):
-            for row in shard.read_row_group(group, columns=["custom_id", "status_code", "response"]).to_pylist():
-                if (row["status_code"] == 200) != keep_ok:
-                    continue
-                request_id = hashlib.sha256(f"{data_uri}\0{row['custom_id']}".encode()).hexdigest()[:32]
-                yield (json.dumps({"id": f"batch_req_{request_id}", "custom_id": row["custom_id"],
-                                   "response": {"status_code": row["status_code"], "request_id": request_id,
-                                                "body": json.loads(row["response"])},
-                                   "error": None}, ensure_ascii=False) + "\n").encode()
+            yield from shard.read_row_group(group, columns=["custom_id", "status_code", "response"]).to_pylist()
 
 
-def usage_of(data_uri: str) -> dict | None:
-    """Tokens of a text batch's answers (None when the answers count none)."""
-    prompt = completion = 0
-    counted = False
-    for line in output_lines(data_uri, keep_ok=True):
-        usage = json.loads(line)["response"]["body"].get("usage")
-        if usage:
-            counted = True
-            prompt += usage.get("prompt_tokens", 0)
-            completion += usage.get("completion_tokens", 0)
-    if not counted:
-        return None
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + completion}
+class Usage:
+    """Tokens of a text batch's answers, added up as they pass (`answer`: None when no answer counts any)."""
+
+    def __init__(self):
+        self.prompt = self.completion = 0
+        self.counted = False
+
+    def add(self, body: dict) -> None:
+        if usage := body.get("usage"):
+            self.counted = True
+            self.prompt += usage.get("prompt_tokens", 0)
+            self.completion += usage.get("completion_tokens", 0)
+
+    def answer(self) -> dict | None:
+        if not self.counted:
+            return None
+        return {"input_tokens": self.prompt, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": self.completion, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.prompt + self.completion}
+
+
+def write_outputs(files: FileStore, batch_id: str, data_uri: str) -> tuple[FileRecord, FileRecord, dict | None]:
+    """(output file, error file, usage): one pass over the shards writes each answer as a batch output line,
+    `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`, to the output file
+    (status 200) or the error file (the others), adding up the tokens of the answers."""
+    usage = Usage()
+    with files.writing(f"{batch_id}_output.jsonl", "batch_output") as output, \
+            files.writing(f"{batch_id}_error.jsonl", "batch_output") as errors:
+        for row in answered_rows(data_uri):
+            body = json.loads(row["response"])
+            request_id = line_digest(batch_id, row["custom_id"])
+            line = {"id": f"batch_req_{request_id}", "custom_id": row["custom_id"],
+                    "response": {"status_code": row["status_code"], "request_id": request_id, "body": body},
+                    "error": None}
+            (output if row["status_code"] == 200 else errors).write((json.dumps(line, ensure_ascii=False) + "\n").encode())
+            if row["status_code"] == 200:
+                usage.add(body)
+    return output.record, errors.record, usage.answer()
 
 
 def finished_rows(data_uri: str, rows_per_shard: int) -> int:
@@ -178,13 +187,11 @@ def run(root: str, batch_id: str) -> None:
     if not cancelled:
         batches.update(batch_id, status="finalizing", finalizing_at=now())
     files = FileStore(spec["files_root"])
-    unlimited = Limits(max_file_bytes=2**62, max_file_lines=2**62)
-    output = files.save(output_lines(data, keep_ok=True), f"{batch_id}_output.jsonl", "batch_output", unlimited)
-    errors = files.save(output_lines(data, keep_ok=False), f"{batch_id}_error.jsonl", "batch_output", unlimited)
+    output, errors, usage = write_outputs(files, batch_id, data)
     counts = RequestCounts(total=total, completed=output.lines, failed=errors.lines)
     step = {"status": "cancelled", "cancelled_at": now()} if cancelled else {"status": "completed", "completed_at": now()}
     batches.update(batch_id, output_file_id=output.id, error_file_id=errors.id if errors.lines else None,
-                   request_counts=counts, usage=usage_of(data), **step)
+                   request_counts=counts, usage=usage, **step)
     if not errors.lines:
         files.delete(errors.id)
     print(f"batch {batch_id}: {step['status']}: {counts.completed} answered, {counts.failed} errors of {total}")
