@@ -36,6 +36,17 @@ def wait(client, batch_id: str, until: tuple[str, ...] = ("completed", "failed",
         time.sleep(1)
 
 
+def start_long_batch(client):
+    """A batch of 100 costly requests (8 answers of 32 tokens each), once its job runs: many shards of 10
+    rows, long enough to be cancelled or killed in the middle."""
+    lines = [completion(f"q{i}", seed=i, max_tokens=32, n=8) for i in range(100)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
+                                  completion_window="24h")
+    started = wait(client, batch.id, until=("in_progress", "completed", "failed"))
+    assert started.status == "in_progress", started
+    return started
+
+
 def lines_of(client, file_id: str) -> list[dict]:
     return [json.loads(line) for line in client.files.content(file_id).read().decode().splitlines()]
 
@@ -78,11 +89,7 @@ def test_a_file_that_fails_validation_fails_the_batch_naming_its_lines(client):
 
 
 def test_a_cancelled_batch_keeps_the_rows_it_finished_and_no_more(client):
-    lines = [completion(f"q{i}", seed=i, max_tokens=32, n=8) for i in range(100)]
-    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
-                                  completion_window="24h")
-    started = wait(client, batch.id, until=("in_progress", "completed", "failed"))
-    assert started.status == "in_progress", started
+    batch = start_long_batch(client)
     deadline = time.monotonic() + POLL_S
     while client.batches.retrieve(batch.id).request_counts.completed < 10:  # the first shard landed
         assert time.monotonic() < deadline
@@ -117,11 +124,7 @@ def test_a_killed_batch_job_fails_its_batch_saying_why(client):
     import signal
     import subprocess
 
-    lines = [completion(f"q{i}", seed=i, max_tokens=32, n=8) for i in range(100)]
-    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
-                                  completion_window="24h")
-    started = wait(client, batch.id, until=("in_progress", "completed", "failed"))
-    assert started.status == "in_progress", started
+    batch = start_long_batch(client)
     # (the job's driver runs in a process session of its own: found by its command line, which names the batch)
     found = subprocess.run(["pgrep", "-f", f"serving.batch_job .*{batch.id}"], capture_output=True, text=True)
     drivers = [int(pid) for pid in found.stdout.split()]
