@@ -7,13 +7,16 @@ Steps, each written to the batch's record (serving.batches.BatchStore) as OpenAI
   `url` equal to the batch's endpoint, one model the server serves and that serves the endpoint);
   a file that fails is `failed`, with `errors` naming up to 100 lines as OpenAI's BatchError;
 - in_progress: `raygen generate --requests` into `<storage>/batches/<id>/data` (a dataset like any:
-  manifest, verify, resume), `request_counts.completed` following the shards as they land;
-- finalizing: the output file (answers with status 200) and the error file (the others), one line
-  per request, `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`,
-  streamed from the shards into the Files API's storage (purpose batch_output);
+  manifest, verify, resume); as each shard lands, its part of the output file (answers with status
+  200) and of the error file (the others) is written, one line per request, `{"id", "custom_id",
+  "response": {"status_code", "request_id", "body"}, "error"}`, and `request_counts` follows;
+- finalizing: the parts of the last shards, then the two files' records (Files API, purpose
+  batch_output: read back as one file each, a part at a time);
 - completed, with output_file_id, error_file_id, request_counts and usage (tokens, for text).
 A cancel (the record says `cancelling`) stops the generation between shards; the rows of the shards
-already written go to the output files, and the batch is `cancelled`.
+already written go to the output files, and the batch is `cancelled`. So does the end of the batch's
+completion window (`expires_at`), and the batch is `expired`: the requests it did not reach get error
+lines with code `batch_expired`, as OpenAI writes them.
 """
 
 from __future__ import annotations
@@ -72,25 +75,11 @@ def validate(input_uri: str, endpoint: str, kinds: dict[str, str]) -> tuple[list
     return problems, model, lines
 
 
-def answered_rows(data_uri: str) -> Iterator[dict]:
-    """The rows ({custom_id, status_code, response}) of the shards written under `data_uri`, in row order."""
-    import pyarrow.parquet as pq
-
-    names = sorted(n for n in storage.list_names(data_uri) if n.startswith("part-") and n.endswith(".parquet")) \
-        if storage.exists(data_uri) else []
-    for name in names:
-        fs, path = storage.resolve(storage.join(data_uri, name))
-        shard = pq.ParquetFile(path, filesystem=fs)
-        for group in range(shard.num_row_groups):
-            yield from shard.read_row_group(group, columns=["custom_id", "status_code", "response"]).to_pylist()
-
-
 class Usage:
-    """Tokens of a text batch's answers, added up as they pass (`answer`: None when no answer counts any)."""
+    """Tokens of a text batch's answers, added up as they pass."""
 
-    def __init__(self):
-        self.prompt = self.completion = 0
-        self.counted = False
+    def __init__(self, prompt: int = 0, completion: int = 0, counted: bool = False):
+        self.prompt, self.completion, self.counted = prompt, completion, counted
 
     def add(self, body: dict) -> None:
         if usage := body.get("usage"):
@@ -99,6 +88,7 @@ class Usage:
             self.completion += usage.get("completion_tokens", 0)
 
     def answer(self) -> dict | None:
+        """OpenAI's batch `usage`, or None when no answer counted tokens (images, music)."""
         if not self.counted:
             return None
         return {"input_tokens": self.prompt, "input_tokens_details": {"cached_tokens": 0},
@@ -106,53 +96,136 @@ class Usage:
                 "total_tokens": self.prompt + self.completion}
 
 
-def write_outputs(files: FileStore, batch_id: str, data_uri: str) -> tuple[FileRecord, FileRecord, dict | None]:
-    """(output file, error file, usage): one pass over the shards writes each answer as a batch output line,
-    `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`, to the output file
-    (status 200) or the error file (the others), adding up the tokens of the answers."""
-    usage = Usage()
-    with files.writing(f"{batch_id}_output.jsonl", "batch_output") as output, \
-            files.writing(f"{batch_id}_error.jsonl", "batch_output") as errors:
-        for row in answered_rows(data_uri):
-            body = json.loads(row["response"])
-            request_id = line_digest(batch_id, row["custom_id"])
-            line = {"id": f"batch_req_{request_id}", "custom_id": row["custom_id"],
-                    "response": {"status_code": row["status_code"], "request_id": request_id, "body": body},
-                    "error": None}
-            (output if row["status_code"] == 200 else errors).write((json.dumps(line, ensure_ascii=False) + "\n").encode())
-            if row["status_code"] == 200:
-                usage.add(body)
-    return output.record, errors.record, usage.answer()
+EXPIRED = {"code": "batch_expired", "message": "This request could not be executed before the completion window "
+                                              "expired."}  # (OpenAI's words for a line a batch did not reach)
 
 
-def finished_rows(data_uri: str, rows_per_shard: int) -> int:
-    """Rows in the shards written so far (each shard appears whole)."""
-    if not storage.exists(data_uri):
-        return 0
-    return sum(1 for n in storage.list_names(data_uri) if n.startswith("part-") and n.endswith(".parquet")) \
-        * rows_per_shard
+def output_line(batch_id: str, custom_id: str, response: dict | None, error: dict | None = None) -> bytes:
+    """One line of a batch's output or error file (OpenAI's batch output format)."""
+    line = {"id": f"batch_req_{line_digest(batch_id, custom_id)}", "custom_id": custom_id, "response": response,
+            "error": error}
+    return (json.dumps(line, ensure_ascii=False) + "\n").encode()
+
+
+def shard_rows(uri: str, columns: list[str]) -> Iterator[dict]:
+    """A Parquet shard's rows, a row group at a time."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(uri)
+    shard = pq.ParquetFile(path, filesystem=fs)
+    for group in range(shard.num_row_groups):
+        yield from shard.read_row_group(group, columns=columns).to_pylist()
+
+
+class Outputs:
+    """A batch's output and error files, written a part a shard while the shards land (`write_new_shards`):
+    for the dataset's shard `part-K.parquet`, `part-K.jsonl` in each file's parts folder (its answers with
+    status 200, and the others), then `<batch>/outputs/part-K.json`, the shard's counts and tokens, which
+    marks its parts whole. `finish` writes the parts of the shards left and the two files' records."""
+
+    def __init__(self, files: FileStore, batches: BatchStore, batch_id: str):
+        self.files, self.batch_id = files, batch_id
+        self.data = batches.data_uri(batch_id)
+        self.summaries = storage.join(batches.uri(batch_id), "outputs")
+        # Known before the files exist, and the same for a job started again: its parts are found again.
+        self.output_id = f"file-{line_digest(batch_id, 'output file')}"
+        self.error_id = f"file-{line_digest(batch_id, 'error file')}"
+
+    def _names(self, folder: str, suffix: str) -> list[str]:
+        names = storage.list_names(folder) if storage.exists(folder) else []
+        return sorted(n[:-len(suffix)] for n in names if n.startswith("part-") and n.endswith(suffix))
+
+    def write_new_shards(self) -> None:
+        done = set(self._names(self.summaries, ".json"))
+        for stem in self._names(self.data, ".parquet"):
+            if stem not in done:
+                self._write_shard(stem)
+
+    def _write_shard(self, stem: str) -> None:
+        usage, completed, failed = Usage(), 0, 0
+        output_uri = storage.join(self.files.parts_uri(self.output_id), f"{stem}.jsonl")
+        error_uri = storage.join(self.files.parts_uri(self.error_id), f"{stem}.jsonl")
+        with storage.AtomicWriter(output_uri) as output, storage.AtomicWriter(error_uri) as errors:
+            for row in shard_rows(storage.join(self.data, f"{stem}.parquet"), ["custom_id", "status_code", "response"]):
+                body = json.loads(row["response"])
+                response = {"status_code": row["status_code"], "request_id": line_digest(self.batch_id, row["custom_id"]),
+                            "body": body}
+                (output if row["status_code"] == 200 else errors).write(output_line(self.batch_id, row["custom_id"],
+                                                                                    response))
+                if row["status_code"] == 200:
+                    completed += 1
+                    usage.add(body)
+                else:
+                    failed += 1
+        summary = {"completed": completed, "failed": failed, "prompt_tokens": usage.prompt,
+                   "completion_tokens": usage.completion, "counted": usage.counted}
+        storage.write_bytes_atomic(storage.join(self.summaries, f"{stem}.json"), json.dumps(summary).encode())
+
+    def totals(self) -> tuple[int, int, Usage]:
+        """(answered, refused, tokens) of the shards whose parts are written."""
+        completed, failed, usage = 0, 0, Usage()
+        for stem in self._names(self.summaries, ".json"):
+            summary = json.loads(storage.read_bytes(storage.join(self.summaries, f"{stem}.json")))
+            completed, failed = completed + summary["completed"], failed + summary["failed"]
+            usage = Usage(usage.prompt + summary["prompt_tokens"], usage.completion + summary["completion_tokens"],
+                          usage.counted or summary["counted"])
+        return completed, failed, usage
+
+    def finish(self, unfinished_input: str | None = None) -> tuple[FileRecord, FileRecord | None, int, int, Usage]:
+        """(output file, error file or None, answered, failed, tokens). With `unfinished_input` (an expired
+        batch's input file), each request no shard answered gets an error line, `batch_expired`."""
+        self.write_new_shards()
+        completed, failed, usage = self.totals()
+        if unfinished_input is not None:
+            answered = {row["custom_id"] for stem in self._names(self.data, ".parquet")
+                        for row in shard_rows(storage.join(self.data, f"{stem}.parquet"), ["custom_id"])}
+            # ("unreached" sorts after every "part-": these lines come last)
+            with storage.AtomicWriter(storage.join(self.files.parts_uri(self.error_id), "unreached.jsonl")) as errors:
+                for line in checked_lines(unfinished_input):  # (validated when the batch began: each is a request)
+                    if line.request["custom_id"] not in answered:
+                        errors.write(output_line(self.batch_id, line.request["custom_id"], None, EXPIRED))
+                        failed += 1
+        output = self.files.add_parts_file(self.output_id, f"{self.batch_id}_output.jsonl", "batch_output", completed)
+        if not failed:
+            storage.remove_tree(self.files.parts_uri(self.error_id))  # (empty parts: no error file)
+            return output, None, completed, failed, usage
+        errors = self.files.add_parts_file(self.error_id, f"{self.batch_id}_error.jsonl", "batch_output", failed)
+        return output, errors, completed, failed, usage
 
 
 class Watcher(threading.Thread):
-    """Every WATCH_S: request_counts from the shards written; on a cancel, SIGINT to this job (the generation
-    stops between shards: the Ray Data pipeline shuts down and the lease is released)."""
+    """Every WATCH_S: the output parts of the shards that landed, and request_counts from them; on a cancel, or
+    once the batch's completion window has passed (`expires_at`), SIGINT to this job (the generation stops
+    between shards: the Ray Data pipeline shuts down and the lease is released). `ended` says which:
+    "cancelled" or "expired"."""
 
-    def __init__(self, batches: BatchStore, batch_id: str, total: int, rows_per_shard: int):
+    def __init__(self, batches: BatchStore, batch_id: str, total: int, outputs: Outputs):
         super().__init__(name="raygen-batch-watcher", daemon=True)
-        self.batches, self.batch_id, self.total, self.rows_per_shard = batches, batch_id, total, rows_per_shard
+        self.batches, self.batch_id, self.total, self.outputs = batches, batch_id, total, outputs
         self.stop = threading.Event()
-        self.cancelled = False
+        self.ended: str | None = None
 
     def run(self) -> None:
         while not self.stop.wait(WATCH_S):
-            record = self.batches.get(self.batch_id)
-            if record.status == "cancelling":
-                self.cancelled = True
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            done = min(finished_rows(self.batches.data_uri(self.batch_id), self.rows_per_shard), self.total)
-            if done != record.request_counts.completed and record.status == "in_progress":
-                self.batches.update(self.batch_id, request_counts=RequestCounts(total=self.total, completed=done))
+            try:
+                if self.step():
+                    return
+            except Exception as e:  # storage out of reach for a moment: the next step tries again
+                print(f"batch {self.batch_id}: watching the batch failed this time ({type(e).__name__}: {e})")
+
+    def step(self) -> bool:
+        """One look at the batch; True once this job has been told to stop."""
+        record = self.batches.get(self.batch_id)
+        if record.status == "cancelling" or (record.expires_at is not None and now() >= record.expires_at):
+            self.ended = "cancelled" if record.status == "cancelling" else "expired"
+            os.kill(os.getpid(), signal.SIGINT)
+            return True
+        self.outputs.write_new_shards()
+        completed, failed, _ = self.outputs.totals()
+        counts = RequestCounts(total=self.total, completed=completed, failed=failed)
+        if counts != record.request_counts and record.status == "in_progress":
+            self.batches.update(self.batch_id, request_counts=counts)
+        return False
 
 
 def run(root: str, batch_id: str) -> None:
@@ -172,29 +245,26 @@ def run(root: str, batch_id: str) -> None:
         return
     batches.update(batch_id, status="in_progress", in_progress_at=now(), model=model,
                    request_counts=RequestCounts(total=total))
-    watcher = Watcher(batches, batch_id, total, spec["rows_per_shard"])
+    outputs = Outputs(FileStore(spec["files_root"]), batches, batch_id)
+    watcher = Watcher(batches, batch_id, total, outputs)
     watcher.start()
-    data = batches.data_uri(batch_id)
     try:
-        generate(GenerateArgs(checkpoint=spec["models"][model], requests=spec["input"], out=data,
+        generate(GenerateArgs(checkpoint=spec["models"][model], requests=spec["input"], out=batches.data_uri(batch_id),
                               rows_per_shard=spec["rows_per_shard"], workers=spec["workers"], resume=True, card=False))
     except KeyboardInterrupt:
-        if not watcher.cancelled:
+        if watcher.ended is None:
             raise
     finally:
         watcher.stop.set()
-    cancelled = watcher.cancelled
-    if not cancelled:
+        watcher.join()  # (it may be writing a shard's parts: finish writes the rest)
+    ended = watcher.ended or "completed"
+    if ended == "completed":
         batches.update(batch_id, status="finalizing", finalizing_at=now())
-    files = FileStore(spec["files_root"])
-    output, errors, usage = write_outputs(files, batch_id, data)
-    counts = RequestCounts(total=total, completed=output.lines, failed=errors.lines)
-    step = {"status": "cancelled", "cancelled_at": now()} if cancelled else {"status": "completed", "completed_at": now()}
-    batches.update(batch_id, output_file_id=output.id, error_file_id=errors.id if errors.lines else None,
-                   request_counts=counts, usage=usage, **step)
-    if not errors.lines:
-        files.delete(errors.id)
-    print(f"batch {batch_id}: {step['status']}: {counts.completed} answered, {counts.failed} errors of {total}")
+    output, errors, completed, failed, usage = outputs.finish(spec["input"] if ended == "expired" else None)
+    counts = RequestCounts(total=total, completed=completed, failed=failed)
+    batches.update(batch_id, output_file_id=output.id, error_file_id=errors.id if errors else None,
+                   request_counts=counts, usage=usage.answer(), status=ended, **{f"{ended}_at": now()})
+    print(f"batch {batch_id}: {ended}: {counts.completed} answered, {counts.failed} errors of {total}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,9 @@ prefix), never only in a replica's memory, so a restarted app or another replica
 same: `<storage>/files/<id>` holds the bytes and `<storage>/files/<id>.json` the record, written
 after the bytes (a file is listed only once whole). An upload streams from the request to storage
 in pieces while its lines are counted; past `limits.max_file_bytes` or `limits.max_file_lines`
-(OpenAI's own limits by default: 200 MB, 50,000 lines) it is refused and nothing is kept.
+(OpenAI's own limits by default: 200 MB, 50,000 lines) it is refused and nothing is kept. A
+batch's output and error files are written a part a shard while the batch runs (`<id>.parts/`,
+serving.batch_job) and read back as one file, a part at a time.
 """
 
 from __future__ import annotations
@@ -51,13 +53,33 @@ class FileRecord(BaseModel):
     purpose: Literal["batch", "batch_output"]
     status: Literal["uploaded", "processed", "error"] = "processed"  # (deprecated by OpenAI, still required)
     lines: int = 0  # raygen: the file's lines (its requests, for purpose batch)
+    in_parts: bool = False  # its bytes are the parts at `<id>.parts/*.jsonl`, in name order (a batch's output)
+
+    def answer(self) -> dict:
+        return self.model_dump(exclude={"in_parts"})
 
 
 class FileStore(RecordStore[FileRecord]):
-    """The files under `<root>/files/`: bytes at `<id>`, the record at `<id>.json`."""
+    """The files under `<root>/files/`: bytes at `<id>` (or in parts, in `<id>.parts/`), the record at `<id>.json`."""
 
     def __init__(self, root: str):
         super().__init__(storage.join(root, "files"), FileRecord, FILE_ID, "file")
+
+    def parts_uri(self, file_id: str) -> str:
+        """The folder of a file written in parts (`<name>.jsonl` each, read in name order), before and after
+        its record exists: a batch job writes a part a shard, then the record (`add_parts_file`)."""
+        return self.uri(file_id) + ".parts"
+
+    def add_parts_file(self, file_id: str, filename: str, purpose: str, lines: int) -> FileRecord:
+        """The record of a file whose parts are written: listed from now on."""
+        size = sum(storage.size(uri) for uri in self._parts(file_id))
+        return self.put(FileRecord(id=file_id, bytes=size, created_at=int(time.time()), filename=filename,
+                                   purpose=purpose, lines=lines, in_parts=True))
+
+    def _parts(self, file_id: str) -> list[str]:
+        folder = self.parts_uri(file_id)
+        names = sorted(n for n in storage.list_names(folder) if n.endswith(".jsonl")) if storage.exists(folder) else []
+        return [storage.join(folder, name) for name in names]
 
     @contextlib.contextmanager
     def writing(self, filename: str, purpose: str, limits: Limits | None = None) -> Iterator[FileSink]:
@@ -81,13 +103,19 @@ class FileStore(RecordStore[FileRecord]):
         return sink.record
 
     def chunks(self, file_id: str) -> Iterator[bytes]:
-        self.get(file_id)  # 404 for a file that is not (or no longer) there
-        return storage.read_chunks(self.uri(file_id))
+        """The file's bytes, a piece at a time (never the whole file in memory)."""
+        record = self.get(file_id)  # 404 for a file that is not (or no longer) there
+        if not record.in_parts:
+            return storage.read_chunks(self.uri(file_id))
+        return (chunk for part in self._parts(file_id) for chunk in storage.read_chunks(part))
 
     def delete(self, file_id: str) -> None:
-        self.get(file_id)
+        record = self.get(file_id)
         storage.delete_file(self.uri(file_id) + ".json")  # the record first: a half-deleted file is never listed
-        storage.delete_file(self.uri(file_id))
+        if record.in_parts:
+            storage.remove_tree(self.parts_uri(file_id))
+        else:
+            storage.delete_file(self.uri(file_id))
 
 
 class FileSink:
@@ -131,8 +159,9 @@ def add_routes(app: FastAPI, gateway: FilesHost) -> None:
             raise ApiError(400, f"purpose {purpose!r}: this server keeps files for batches only (purpose=batch)",
                            param="purpose")
         try:
-            return await asyncio.to_thread(gateway.files.save, _pieces(upload.file), upload.filename or "upload.jsonl", purpose,
-                                           gateway.limits)
+            record = await asyncio.to_thread(gateway.files.save, _pieces(upload.file), upload.filename or "upload.jsonl",
+                                             purpose, gateway.limits)
+            return record.answer()
         finally:
             await upload.close()
 
@@ -146,12 +175,12 @@ def add_routes(app: FastAPI, gateway: FilesHost) -> None:
             ids = [r.id for r in records]
             records = records[ids.index(after) + 1:] if after in ids else []
         page = records[:limit]
-        return {"object": "list", "data": [r.model_dump() for r in page], "first_id": page[0].id if page else "",
+        return {"object": "list", "data": [r.answer() for r in page], "first_id": page[0].id if page else "",
                 "last_id": page[-1].id if page else "", "has_more": len(records) > limit}
 
     @app.get("/v1/files/{file_id}")
     async def retrieve_file(file_id: str):
-        return (await asyncio.to_thread(gateway.files.get, file_id)).model_dump()
+        return (await asyncio.to_thread(gateway.files.get, file_id)).answer()
 
     @app.get("/v1/files/{file_id}/content")
     async def file_content(file_id: str):

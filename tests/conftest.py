@@ -321,15 +321,28 @@ def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_chec
        batch_storage=str(tmp_path_factory.mktemp("batch-api")), batch_workers=1,
        batch_rows_per_shard=10)
     port = free_port()
-    shut_down_serve(print)  # a Serve left by a failed test would keep its own port: serve.start would not move it
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
-    try:
+
+    def start() -> None:
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
         # Under a route prefix, as behind a shared ingress: every route and guard must still apply.
         serve.run(build_app(config), name="raygen", route_prefix="/raygen", blocking=False)
+
+    def restart() -> None:
+        """Serve stopped and started again, as after an upgrade or a lost head: same port, same app."""
+        shut_down_serve(print)
+        start()
+
+    shut_down_serve(print)  # a Serve left by a failed test would keep its own port: serve.start would not move it
+    SERVE_APP.update(batch_storage=str(config.batch_storage), restart=restart)
+    try:
+        start()
         yield f"http://127.0.0.1:{port}/raygen"
     finally:
         shut_down_serve(print)
         del os.environ["RAYGEN_API_KEY"]
+
+
+SERVE_APP: dict = {}  # the session's Serve app (`server`): its batch_storage, and `restart`
 
 
 @pytest.fixture()

@@ -47,6 +47,14 @@ def start_long_batch(client):
     return started
 
 
+def wait_for_rows(client, batch_id: str, rows: int) -> None:
+    """Until `rows` requests are answered (a shard holds 10)."""
+    deadline = time.monotonic() + POLL_S
+    while client.batches.retrieve(batch_id).request_counts.completed < rows:
+        assert time.monotonic() < deadline, f"batch {batch_id} answered fewer than {rows} requests in {POLL_S} s"
+        time.sleep(0.5)
+
+
 def lines_of(client, file_id: str) -> list[dict]:
     return [json.loads(line) for line in client.files.content(file_id).read().decode().splitlines()]
 
@@ -90,10 +98,7 @@ def test_a_file_that_fails_validation_fails_the_batch_naming_its_lines(client):
 
 def test_a_cancelled_batch_keeps_the_rows_it_finished_and_no_more(client):
     batch = start_long_batch(client)
-    deadline = time.monotonic() + POLL_S
-    while client.batches.retrieve(batch.id).request_counts.completed < 10:  # the first shard landed
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_for_rows(client, batch.id, 10)  # the first shard landed
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "completed"), cancelling
     done = wait(client, batch.id)
@@ -104,6 +109,31 @@ def test_a_cancelled_batch_keeps_the_rows_it_finished_and_no_more(client):
     ids = [o["custom_id"] for o in output]
     assert 10 <= len(ids) < 100 and len(set(ids)) == len(ids) and len(ids) % 10 == 0  # whole shards, each once
     assert ids == [f"q{i}" for i in range(len(ids))]
+
+
+def test_a_batch_past_its_completion_window_expires_keeping_what_it_finished(client):
+    from conftest import SERVE_APP
+    from serving.batches import BatchStore
+
+    batch = start_long_batch(client)
+    wait_for_rows(client, batch.id, 10)
+    store = BatchStore(SERVE_APP["batch_storage"])
+    deadline = time.monotonic() + POLL_S
+    while store.get(batch.id).status == "in_progress":  # the 24 hours pass: expires_at is now behind us
+        assert time.monotonic() < deadline, "the batch did not see its completion window end"
+        if store.get(batch.id).expires_at > time.time():  # (written again if the job's own update raced this one)
+            store.update(batch.id, expires_at=int(time.time()) - 1)
+        time.sleep(0.5)
+    done = wait(client, batch.id)
+    if done.status == "completed":
+        pytest.skip("the batch finished before its window ended")
+    assert done.status == "expired" and done.expired_at, done
+    output, errors = lines_of(client, done.output_file_id), lines_of(client, done.error_file_id)
+    finished = [o["custom_id"] for o in output]
+    assert 10 <= len(finished) < 100 and len(finished) % 10 == 0 and finished == [f"q{i}" for i in range(len(finished))]
+    assert [e["custom_id"] for e in errors] == [f"q{i}" for i in range(len(finished), 100)]  # the rest, each once
+    assert all(e["response"] is None and e["error"]["code"] == "batch_expired" for e in errors)
+    assert (done.request_counts.completed, done.request_counts.failed) == (len(finished), 100 - len(finished))
 
 
 def test_two_batches_at_once_each_answer_their_own_lines(client):
@@ -167,3 +197,20 @@ def test_the_docs_batch_example_runs_against_the_server(server, tmp_path):
     assert sorted(line.split(":")[0] for line in printed if not line.startswith("batch ")) == \
         ["imports", "lists", "too-hot", "with-statement"]
     assert any(line.startswith("too-hot: 400: ") and "temperature" in line for line in printed)
+
+
+def test_a_batch_goes_on_while_serve_restarts_and_is_still_listed(client):
+    """Serve stopped and started mid-batch (conftest.SERVE_APP["restart"]): the batch's Ray job does not
+    depend on it, and its record lives in storage, so the new app lists it and sees it complete."""
+    from conftest import SERVE_APP
+
+    lines = [completion(f"q{i}", seed=i, max_tokens=32, n=8) for i in range(40)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
+                                  completion_window="24h")
+    running = wait(client, batch.id, until=("in_progress", "completed", "failed"))
+    assert running.status == "in_progress", running
+    SERVE_APP["restart"]()
+    assert batch.id in [b.id for b in client.batches.list(limit=100)]
+    done = wait(client, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 40, done
+    assert sorted(o["custom_id"] for o in lines_of(client, done.output_file_id)) == sorted(f"q{i}" for i in range(40))
