@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 
 import numpy as np
+import pyarrow as pa
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -31,6 +32,7 @@ class Answerer:
 
     def __init__(self, sampler, family: str, input_sha256: str, micro_batch: int):
         self.sampler = sampler
+        self.family = family
         self.kind = api_module(family).KIND
         self.endpoints = endpoints()
         self.limits = Limits()  # the server's defaults: a line may ask what the online route allows
@@ -58,6 +60,13 @@ class Answerer:
                 body = await asyncio.to_thread(api.respond, self.sampler, request, part, request.model)
                 answers[i] = Answer(200, self.settled(body, lines[i]["custom_id"]))
         return answers
+
+    def media_columns(self, lines: list[dict], answers: list[Answer]) -> dict[str, pa.Array]:
+        """The answers' files as the dataset's media columns (the API module's `media_columns`; none for text)."""
+        columns = getattr(api_module(self.family), "media_columns", None)
+        if columns is None:
+            return {}
+        return columns([line["custom_id"] for line in lines], [a.body if a.status_code == 200 else None for a in answers])
 
     def request(self, line: dict, seed: int):
         """(API module, the validated request) for a line, or ApiError as the online route would answer."""

@@ -39,7 +39,8 @@ def _feature(field: pa.Field, media: dict[str, str]) -> dict:
     if pa.types.is_binary(field.type):
         return {"dtype": "binary", "_type": "Value"}
     if pa.types.is_list(field.type):
-        return {"feature": _feature(field.type.value_field, media), "_type": "List"}
+        # (the items take the list's name: `media` names the column, whatever its items are called)
+        return {"feature": _feature(field.type.value_field.with_name(field.name), media), "_type": "List"}
     return {"dtype": "string", "_type": "Value"}
 
 

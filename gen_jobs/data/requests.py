@@ -23,7 +23,10 @@ answer records it; a line with one gets exactly what the online route answers fo
 
 The rows: `id`, `seed` (the row's seed, as in every raygen dataset: it answers a line whose body names
 none; every answer records the seeds it used, `choices[k].seed` or `data[k].seed`), `custom_id`,
-`status_code` and `response` (the answer body as JSON text).
+`status_code` and `response` (the answer body as JSON text); then, for a model whose answers are
+files, the media columns (the answer's files decoded, one list a row, empty for an error): `images`
+(PNGs, as HuggingFace Images) for an image model, `midi` and `audio` (WAVs, as HuggingFace Audio)
+for a music model, each line's files in the one its `response_format` asks for.
 An answer's `id` is derived from the dataset's input digest and the line's custom_id, and its
 `created` is 0, so a row stays a pure function of (checkpoint, recipe, seed, line): the batch's
 own record says when it ran.
@@ -161,21 +164,29 @@ class Answer(NamedTuple):
     body: dict  # the route's answer, or OpenAI's {"error": {...}}
 
 
-def answers_table(ids: np.ndarray, seeds: np.ndarray, lines: list[dict], answers: list[Answer]) -> pa.Table:
-    """The dataset rows of answered lines (`seeds`: the rows' seeds, as in every raygen dataset)."""
-    return pa.table({
+def answers_table(ids: np.ndarray, seeds: np.ndarray, lines: list[dict], answers: list[Answer],
+                  media: dict[str, pa.Array] | None = None) -> pa.Table:
+    """The dataset rows of answered lines (`seeds`: the rows' seeds, as in every raygen dataset), then the
+    answers' `media` columns (decoded images, MIDI, WAV: the answerer's `media_columns`)."""
+    from gen_jobs.data.columns import with_features
+
+    table = pa.table({
         "id": pa.array(ids, pa.int64()),
         "seed": pa.array(seeds, pa.int64()),
         "custom_id": pa.array([line["custom_id"] for line in lines], pa.string()),
         "status_code": pa.array([a.status_code for a in answers], pa.int32()),
         "response": pa.array([json.dumps(a.body, ensure_ascii=False) for a in answers], pa.string()),
     }, schema=SCHEMA)
+    for name, column in (media or {}).items():
+        table = table.append_column(name, column)
+    return with_features(table, media={"audio": "Audio"})
 
 
 def answered_batches(answer: Callable[[list[dict], np.ndarray], list[Answer]], identity, k: int, micro_batch: int,
                      input_cache: dict | None) -> Iterator[pa.Table]:
     """Shard k's rows of a requests dataset, `micro_batch` lines at a time (`answer`: lines, their rows' seeds ->
-    their answers; serving.batch_lines.Answerer)."""
+    their answers, and `answer.media_columns(lines, answers)` -> the answers' media columns;
+    serving.batch_lines.Answerer)."""
     from gen_jobs.core.row_seed import row_seeds
     from gen_jobs.data.rows import check_unchanged
 
@@ -187,4 +198,5 @@ def answered_batches(answer: Callable[[list[dict], np.ndarray], list[Answer]], i
         check_unchanged([source.uri], stamps)
     for i in range(0, len(ids), micro_batch):
         part, seeds, some = ids[i: i + micro_batch], row_seeds(identity.seed, ids[i: i + micro_batch]), lines[i: i + micro_batch]
-        yield answers_table(part, seeds, some, answer(some, seeds))
+        answers = answer(some, seeds)
+        yield answers_table(part, seeds, some, answers, answer.media_columns(some, answers))

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 from fastapi import FastAPI
 from pydantic import Field, field_validator
 
@@ -76,6 +77,16 @@ def check(body: ImageRequest, limits: Limits) -> ImageRequest:
 
 
 ENDPOINTS = (Endpoint("/v1/images/generations", KIND, ImageRequest, check),)
+
+
+def media_columns(custom_ids: list[str], bodies: list[dict | None]) -> dict[str, pa.Array]:
+    """A requests dataset's media (serving.batch_lines): each answer's PNGs, decoded, as `images` (HuggingFace
+    Images named <custom_id>-<k>.png; none for an error, whose body is None)."""
+    from gen_jobs.data.columns import MEDIA_TYPE
+
+    images = [[{"bytes": base64.b64decode(image["b64_json"]), "path": f"{custom_id}-{k}.png"}
+               for k, image in enumerate(body["data"])] if body else [] for custom_id, body in zip(custom_ids, bodies)]
+    return {"images": pa.array(images, pa.list_(MEDIA_TYPE))}
 
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pyarrow as pa
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
@@ -72,6 +73,20 @@ def check(body: MusicRequest, limits: Limits) -> MusicRequest:
 
 
 ENDPOINTS = (Endpoint("/v1/music/generations", KIND, MusicRequest, check),)
+
+
+def media_columns(custom_ids: list[str], bodies: list[dict | None]) -> dict[str, pa.Array]:
+    """A requests dataset's media (serving.batch_lines): each answer's files, decoded, in `midi` (MIDI bytes) or
+    `audio` (HuggingFace Audio named <custom_id>-<k>.wav), as its response_format asked; none for an error."""
+    from gen_jobs.data.columns import MEDIA_TYPE
+
+    midi, audio = [], []
+    for custom_id, body in zip(custom_ids, bodies):
+        files = [(base64.b64decode(piece["b64_json"]), piece["format"]) for piece in (body or {"data": []})["data"]]
+        midi.append([data for data, form in files if form == "midi"])
+        audio.append([{"bytes": data, "path": f"{custom_id}-{k}.wav"} for k, (data, form) in enumerate(files)
+                      if form == "wav"])
+    return {"midi": pa.array(midi, pa.list_(pa.binary())), "audio": pa.array(audio, pa.list_(MEDIA_TYPE))}
 
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:

@@ -132,7 +132,12 @@ def test_image_lines_answer_the_bytes_of_the_dataset_rows_with_the_same_seed(ran
     for row, answer in zip(rows, got):
         image = answer["response"]["data"][0]
         assert base64.b64decode(image["b64_json"]) == row["image"]["bytes"] and image["label"] == row["label"]
+        # the media column holds the same PNG, decoded, named by the line
+        assert answer["images"] == [{"bytes": row["image"]["bytes"], "path": f"{answer['custom_id']}-0.png"}]
     assert got[-1]["status_code"] == 400 and got[-1]["response"]["error"]["param"] == "size"
+    assert got[-1]["images"] == []  # an error has no images
+    features = json.loads(pq.read_schema(next(out.glob("part-*.parquet"))).metadata[b"huggingface"])["info"]["features"]
+    assert features["images"] == {"feature": {"_type": "Image"}, "_type": "List"}  # datasets decodes them
 
 
 @pytest.mark.parametrize("text, says", [

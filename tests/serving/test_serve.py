@@ -178,7 +178,10 @@ def test_a_requests_dataset_answers_each_seeded_line_as_the_online_route_does(ht
         (checkpoint, "/v1/images/generations", {"model": "digits", "seed": 14, "n": 2}),
         (checkpoint, "/v1/images/generations", {"model": "digits", "seed": 15, "label": 3, "size": "32x32"}),
         (music_checkpoint, "/v1/music/generations", {"model": "chorales", "seed": 16, "max_tokens": 12}),
+        (music_checkpoint, "/v1/music/generations", {"model": "chorales", "seed": 17, "max_tokens": 12,
+                                                     "response_format": "wav"}),
     ]
+    media = {"images": "png", "midi": "midi", "audio": "wav"}  # a media column: the format of the files it holds
     for ckpt in (gpt_checkpoint, checkpoint, music_checkpoint):
         mine = [(url, body) for c, url, body in bodies if c == ckpt]
         requests = tmp_path / f"{len(mine)}-{mine[0][0].split('/')[2]}.jsonl"
@@ -195,6 +198,11 @@ def test_a_requests_dataset_answers_each_seeded_line_as_the_online_route_does(ht
             for key in ("id", "created"):
                 answered.pop(key, None), expected.pop(key, None)
             assert answered == expected, url
+            files = [base64.b64decode(piece["b64_json"]) for piece in expected.get("data", [])]
+            for column in set(media) & set(row):  # the media columns hold each answer's files, decoded
+                wanted = [f for f, piece in zip(files, expected["data"]) if piece.get("format", "png") == media[column]]
+                assert [f["bytes"] if isinstance(f, dict) else f for f in row[column]] == wanted, column
+        assert set(media) & set(rows[0]) == {checkpoint: {"images"}, music_checkpoint: {"midi", "audio"}}.get(ckpt, set())
 
 
 @pytest.mark.parametrize("path, body, status, says", [
