@@ -141,10 +141,15 @@ const PANELS = {
     } else {
       $(panel, ".conditional").remove();
     }
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
+    const bodyOf = () => {
       const body = { model: model.id, n: numberOr(form.n, 1), seed: numberOr(form.seed, randomSeed()) };
       if (form.label && form.label.value !== "") body.label = Number(form.label.value);
+      return body;
+    };
+    offerToBatch(panel, model, "/v1/images/generations", bodyOf);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const body = bodyOf();
       busy(panel, "generating…");
       try {
         const answer = await (await postJson("v1/images/generations", body)).json();
@@ -167,12 +172,14 @@ const PANELS = {
     form.temperature.value = info.default_temperature;  // the recipe's, as the API uses when none is sent
     let controller = null;
     stop.addEventListener("click", () => controller && controller.abort());
+    const bodyOf = () => ({
+      model: model.id, prompt: form.prompt.value, max_tokens: numberOr(form.max_tokens, undefined),
+      temperature: numberOr(form.temperature, undefined), seed: numberOr(form.seed, randomSeed()),
+    });
+    offerToBatch(panel, model, "/v1/completions", bodyOf);
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      const body = {
-        model: model.id, prompt: form.prompt.value, max_tokens: numberOr(form.max_tokens, undefined),
-        temperature: numberOr(form.temperature, undefined), seed: numberOr(form.seed, randomSeed()), stream: true,
-      };
+      const body = { ...bodyOf(), stream: true };
       const generated = $(panel, ".generated");
       $(panel, ".echo").textContent = "";
       generated.textContent = "";
@@ -210,10 +217,12 @@ const PANELS = {
     const form = $(panel, "form");
     form.max_tokens.value = Math.min(info.default_max_tokens, info.limits.max_tokens);
     let audioUrl = null;
+    const bodyOf = () => ({ model: model.id, seed: numberOr(form.seed, randomSeed()), max_tokens: numberOr(form.max_tokens, undefined) });
+    offerToBatch(panel, model, "/v1/music/generations", bodyOf);
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       // One seed for both requests, so the sound, the roll and the MIDI file are the same piece.
-      const body = { model: model.id, seed: numberOr(form.seed, randomSeed()), max_tokens: numberOr(form.max_tokens, undefined) };
+      const body = bodyOf();
       busy(panel, "composing…");
       try {
         const [midi, wav] = await Promise.all(["midi", "wav"].map(async (format) =>
@@ -349,6 +358,182 @@ function drawPianoRoll(canvas, notes) {
   }
 }
 
+// ------------------------------------------------------------------ batches: a file of requests run as one job
+
+const BATCH_POLL_MS = 2000;
+const BATCH_RUNNING = ["validating", "in_progress", "finalizing", "cancelling"];
+// The batch endpoints of each kind of model (a batch names one endpoint and one model).
+const KIND_ENDPOINTS = {
+  image: ["/v1/images/generations"], text: ["/v1/completions", "/v1/chat/completions"], music: ["/v1/music/generations"],
+};
+const draft = { model: null, url: null, lines: [] }; // the requests added with "Add to batch"
+let batchPoller = null;
+
+function batchesPanel() {
+  return document.getElementById("batches");
+}
+
+// A model panel's "Add to batch": its form's request, as the panel would send it, becomes a line of the draft.
+function offerToBatch(panel, model, url, bodyOf) {
+  $(panel, ".add-to-batch").addEventListener("click", () => {
+    const note = draft.model && draft.model !== model.id
+      ? `A batch runs one model: the draft now holds ${model.id}'s requests instead of ${draft.model}'s. ` : "";
+    if (note) draft.lines = [];
+    draft.model = model.id;
+    draft.url = url;
+    draft.lines.push({ custom_id: `${model.id}-${draft.lines.length + 1}`, method: "POST", url, body: bodyOf() });
+    showDraft(note);
+  });
+}
+
+function showDraft(note = "") {
+  const section = batchesPanel();
+  const count = draft.lines.length;
+  $(section, ".draft").textContent = count
+    ? `${note}Draft: ${count} request${count === 1 ? "" : "s"} to ${draft.model} (${draft.url}).`
+    : "No requests in the draft yet.";
+  $(section, ".submit-draft").disabled = count === 0;
+  $(section, ".clear-draft").disabled = count === 0;
+}
+
+async function submitBatch(file, endpoint) {
+  const section = batchesPanel();
+  busy(section, "uploading the file…");
+  $(section, ".submit-draft").disabled = true; // (one submission at a time; showDraft enables it again)
+  try {
+    const upload = new FormData();
+    upload.append("purpose", "batch");
+    upload.append("file", file);
+    const uploaded = await (await api("v1/files", { method: "POST", body: upload })).json();
+    $(section, ".state").textContent = `${uploaded.filename}: ${uploaded.lines} lines; starting the batch…`;
+    const batch = await (await postJson("v1/batches", {
+      input_file_id: uploaded.id, endpoint, completion_window: "24h",
+    })).json();
+    idle(section, `batch ${batch.id} submitted (${uploaded.lines} request${uploaded.lines === 1 ? "" : "s"})`);
+    await refreshBatches();
+    return true;
+  } catch (error) {
+    failed(section, error);
+    return false;
+  }
+}
+
+function requestsOf(batch) {
+  const counts = batch.request_counts || { total: 0, completed: 0, failed: 0 };
+  return `${counts.completed} of ${counts.total} answered` +
+    (counts.failed ? `, ${counts.failed} error${counts.failed === 1 ? "" : "s"}` : "");
+}
+
+function statusOf(batch) {
+  const errors = batch.errors && batch.errors.data && batch.errors.data.length
+    ? `: ${batch.errors.data.slice(0, 3).map((e) => (e.line ? `line ${e.line}: ` : "") + e.message).join("; ")}`
+    : "";
+  return batch.status + errors;
+}
+
+// A file of the Files API, downloaded with the API key (a plain link could not send it).
+function downloadButton(fileId, name, text) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "secondary";
+  button.textContent = text;
+  button.addEventListener("click", async () => {
+    try {
+      const blob = await (await api(`v1/files/${fileId}/content`)).blob();
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = name;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    } catch (error) {
+      failed(batchesPanel(), error);
+    }
+  });
+  return button;
+}
+
+function batchRow(batch) {
+  const row = document.createElement("tr");
+  row.dataset.batch = batch.id;
+  const cells = [batch.id, batch.model || "", statusOf(batch), requestsOf(batch)].map((text) => {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    return cell;
+  });
+  cells[2].className = "batch-status";
+  const files = document.createElement("td");
+  if (batch.output_file_id) files.append(downloadButton(batch.output_file_id, `${batch.id}_output.jsonl`, "Output"));
+  if (batch.error_file_id) files.append(downloadButton(batch.error_file_id, `${batch.id}_error.jsonl`, "Errors"));
+  if (BATCH_RUNNING.includes(batch.status) && batch.status !== "cancelling") {
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "secondary";
+    cancel.textContent = "Cancel";
+    cancel.addEventListener("click", async () => {
+      try {
+        await api(`v1/batches/${batch.id}/cancel`, { method: "POST" });
+        await refreshBatches();
+      } catch (error) {
+        failed(batchesPanel(), error);
+      }
+    });
+    files.append(cancel);
+  }
+  row.append(...cells, files);
+  return row;
+}
+
+// The batch list (GET /v1/batches), polled while any batch runs.
+async function refreshBatches() {
+  clearTimeout(batchPoller);
+  const section = batchesPanel();
+  let batches;
+  try {
+    batches = (await (await api("v1/batches?limit=20")).json()).data;
+  } catch (error) {
+    failed(section, error);
+    return;
+  }
+  $(section, "tbody").replaceChildren(...batches.map(batchRow));
+  $(section, ".batch-list").hidden = batches.length === 0;
+  if (batches.some((b) => BATCH_RUNNING.includes(b.status))) batchPoller = setTimeout(refreshBatches, BATCH_POLL_MS);
+}
+
+function setUpBatches(models) {
+  const section = batchesPanel();
+  const form = $(section, "form");
+  const endpoints = [...new Set(models.flatMap((m) => KIND_ENDPOINTS[m.raygen.kind] || []))];
+  form.endpoint.replaceChildren(...endpoints.map((url) => new Option(url, url)));
+  if (!section.dataset.ready) {
+    section.dataset.ready = "yes"; // (a second model list, after a new key, must not add the handlers twice)
+    $(section, ".submit-draft").addEventListener("click", async () => {
+      const file = new File([draft.lines.map((line) => JSON.stringify(line) + "\n").join("")], "playground-batch.jsonl",
+        { type: "application/jsonl" });
+      if (await submitBatch(file, draft.url)) draft.lines = [];
+      showDraft();
+    });
+    $(section, ".clear-draft").addEventListener("click", () => {
+      draft.lines = [];
+      showDraft();
+    });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const file = form.file.files[0];
+      if (!file) {
+        failed(section, new ApiError(0, "choose a JSONL file of requests first"));
+        return;
+      }
+      if (await submitBatch(file, form.endpoint.value)) form.file.value = "";
+      showDraft();
+    });
+  }
+  section.hidden = endpoints.length === 0;
+  showDraft();
+  refreshBatches();
+}
+
 // ------------------------------------------------------------------ the API key and the model list
 
 function askForKey(message) {
@@ -395,6 +580,7 @@ async function loadModels(attempt = 1) {
     panels.push(panel);
   }
   document.getElementById("panels").replaceChildren(...panels);
+  setUpBatches(models);
   status.textContent = `${panels.length} models: ${models.map((m) => m.id).join(", ")}`;
 }
 

@@ -12,6 +12,7 @@ README shows one).
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import threading
@@ -406,3 +407,66 @@ def test_a_missing_image_is_the_apis_message_not_a_blank_panel(page):
     styles = panel(page, "styles")
     styles.get_by_role("button", name="Stylise").click()
     expect(styles.get_by_role("alert")).to_have_text(re.compile(r"^Error 400: image is required"))
+
+
+# ---------------------------------------------------------------- batches
+
+
+BATCH_WAIT_MS = 240_000  # a batch is a Ray job: a driver and a ShardWriter start first
+
+
+def test_a_batch_built_from_a_form_runs_and_its_answers_download(page, client, http):
+    from playwright.sync_api import expect
+
+    text = panel(page, "pydoc")
+    text.get_by_label("Max tokens").fill("6")
+    temperature = float(text.get_by_label("Temperature").input_value())
+    for seed in (5, 6):
+        text.get_by_label("Seed", exact=True).fill(str(seed))
+        text.get_by_role("button", name="Add to batch").click()
+    batches = page.locator("#batches")
+    expect(batches.locator(".draft")).to_have_text("Draft: 2 requests to pydoc (/v1/completions).")
+    batches.get_by_role("button", name="Submit the draft").click()
+    submitted = batches.get_by_role("status")
+    expect(submitted).to_have_text(re.compile(r"^batch batch_[0-9a-f]+ submitted \(2 requests\)$"))
+    batch_id = re.search(r"batch_[0-9a-f]+", submitted.inner_text()).group(0)
+    expect(batches.locator(".draft")).to_have_text("No requests in the draft yet.")
+    row = batches.locator(f"tr[data-batch={batch_id}]")
+    expect(row.locator(".batch-status")).to_have_text("completed", timeout=BATCH_WAIT_MS)  # polled by the page
+    expect(row).to_contain_text("2 of 2 answered")
+    with page.expect_download() as download:
+        row.get_by_role("button", name="Output").click()
+    assert download.value.suggested_filename == f"{batch_id}_output.jsonl"
+    downloaded = open(download.value.path(), encoding="utf-8").read()
+    assert downloaded == client.files.content(client.batches.retrieve(batch_id).output_file_id).text
+    answers = {line["custom_id"]: line["response"]["body"] for line in map(json.loads, downloaded.splitlines())}
+    assert sorted(answers) == ["pydoc-1", "pydoc-2"]
+    for custom_id, seed in (("pydoc-1", 5), ("pydoc-2", 6)):  # the form's request, answered as online
+        online = http.post("/v1/completions", json={"model": "pydoc", "prompt": "The with statement", "max_tokens": 6,
+                                                    "temperature": temperature, "seed": seed}).json()
+        assert answers[custom_id]["choices"][0]["text"] == online["choices"][0]["text"]
+    screenshot(batches, "batches")
+
+
+def test_an_uploaded_batch_file_that_fails_validation_says_which_line(page):
+    from playwright.sync_api import expect
+
+    batches = page.locator("#batches")
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"model": "nope", "prompt": "x"}}
+    batches.get_by_label("Input file (JSONL)").set_input_files(
+        {"name": "mine.jsonl", "mimeType": "application/jsonl", "buffer": (json.dumps(line) + "\n").encode()})
+    batches.get_by_label("Endpoint").select_option("/v1/completions")
+    batches.get_by_role("button", name="Submit the file").click()
+    submitted = batches.get_by_role("status")
+    expect(submitted).to_have_text(re.compile(r"^batch batch_[0-9a-f]+ submitted \(1 request\)$"))
+    batch_id = re.search(r"batch_[0-9a-f]+", submitted.inner_text()).group(0)
+    expect(batches.locator(f"tr[data-batch={batch_id}] .batch-status")).to_have_text(
+        re.compile(r"^failed: line 1: model 'nope' is not served here"), timeout=BATCH_WAIT_MS)
+
+
+def test_submitting_without_a_file_says_so(page):
+    from playwright.sync_api import expect
+
+    batches = page.locator("#batches")
+    batches.get_by_role("button", name="Submit the file").click()
+    expect(batches.get_by_role("alert")).to_have_text("Error: choose a JSONL file of requests first")
