@@ -78,8 +78,8 @@ def validate(input_uri: str, endpoint: str, kinds: dict[str, str]) -> tuple[list
 class Usage:
     """Tokens of a text batch's answers, added up as they pass."""
 
-    def __init__(self, prompt: int = 0, completion: int = 0, counted: bool = False):
-        self.prompt, self.completion, self.counted = prompt, completion, counted
+    def __init__(self) -> None:
+        self.prompt, self.completion, self.counted = 0, 0, False
 
     def add(self, body: dict) -> None:
         if usage := body.get("usage"):
@@ -130,15 +130,28 @@ class Outputs:
         # Known before the files exist, and the same for a job started again: its parts are found again.
         self.output_id = f"file-{line_digest(batch_id, 'output file')}"
         self.error_id = f"file-{line_digest(batch_id, 'error file')}"
+        # Running totals of the shards whose parts are written, so that a watcher's tick reads no summary:
+        # seeded once from those a job started before this one wrote, then added to shard by shard.
+        self.written: set[str] = set()
+        self.completed, self.failed, self.usage = 0, 0, Usage()
+        for stem in self._names(self.summaries, ".json"):
+            self._count(stem, json.loads(storage.read_bytes(storage.join(self.summaries, f"{stem}.json"))))
 
     def _names(self, folder: str, suffix: str) -> list[str]:
         names = storage.list_names(folder) if storage.exists(folder) else []
         return sorted(n[:-len(suffix)] for n in names if n.startswith("part-") and n.endswith(suffix))
 
+    def _count(self, stem: str, summary: dict) -> None:
+        self.written.add(stem)
+        self.completed += summary["completed"]
+        self.failed += summary["failed"]
+        self.usage.prompt += summary["prompt_tokens"]
+        self.usage.completion += summary["completion_tokens"]
+        self.usage.counted = self.usage.counted or summary["counted"]
+
     def write_new_shards(self) -> None:
-        done = set(self._names(self.summaries, ".json"))
         for stem in self._names(self.data, ".parquet"):
-            if stem not in done:
+            if stem not in self.written:
                 self._write_shard(stem)
 
     def _write_shard(self, stem: str) -> None:
@@ -160,22 +173,17 @@ class Outputs:
         summary = {"completed": completed, "failed": failed, "prompt_tokens": usage.prompt,
                    "completion_tokens": usage.completion, "counted": usage.counted}
         storage.write_bytes_atomic(storage.join(self.summaries, f"{stem}.json"), json.dumps(summary).encode())
+        self._count(stem, summary)
 
     def totals(self) -> tuple[int, int, Usage]:
         """(answered, refused, tokens) of the shards whose parts are written."""
-        completed, failed, usage = 0, 0, Usage()
-        for stem in self._names(self.summaries, ".json"):
-            summary = json.loads(storage.read_bytes(storage.join(self.summaries, f"{stem}.json")))
-            completed, failed = completed + summary["completed"], failed + summary["failed"]
-            usage = Usage(usage.prompt + summary["prompt_tokens"], usage.completion + summary["completion_tokens"],
-                          usage.counted or summary["counted"])
-        return completed, failed, usage
+        return self.completed, self.failed, self.usage
 
     def finish(self, unfinished_input: str | None = None) -> tuple[FileRecord, FileRecord | None, int, int, Usage]:
         """(output file, error file or None, answered, failed, tokens). With `unfinished_input` (an expired
         batch's input file), each request no shard answered gets an error line, `batch_expired`."""
         self.write_new_shards()
-        completed, failed, usage = self.totals()
+        completed, failed, usage = self.completed, self.failed, self.usage
         if unfinished_input is not None:
             answered = {row["custom_id"] for stem in self._names(self.data, ".parquet")
                         for row in shard_rows(storage.join(self.data, f"{stem}.parquet"), ["custom_id"])}

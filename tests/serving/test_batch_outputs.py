@@ -57,6 +57,20 @@ def test_each_shard_becomes_a_part_once_and_the_parts_read_back_as_one_file(tmp_
     assert not (tmp_path / "files" / f"{output.id}.parts").exists()
 
 
+def test_a_job_started_again_counts_the_shards_the_last_one_wrote(tmp_path):
+    files, batches = FileStore(str(tmp_path)), BatchStore(str(tmp_path))
+    data = tmp_path / "batches" / BATCH / "data"
+    write_shard(data, 0, [("a", ok(3)), ("b", refused())])
+    Outputs(files, batches, BATCH).write_new_shards()  # the job that was killed
+    write_shard(data, 1, [("c", ok(4))])
+    again = Outputs(files, batches, BATCH)
+    assert again.totals()[:2] == (1, 1)
+    output, errors, completed, failed, usage = again.finish()
+    assert (completed, failed, output.lines, errors.lines) == (2, 1, 2, 1)
+    assert usage.answer()["output_tokens"] == 7
+    assert [line["custom_id"] for line in content(files, output.id)] == ["a", "c"]
+
+
 def test_a_batch_without_refusals_has_no_error_file(tmp_path):
     files, batches = FileStore(str(tmp_path)), BatchStore(str(tmp_path))
     write_shard(tmp_path / "batches" / BATCH / "data", 0, [("a", ok(1))])
