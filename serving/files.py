@@ -19,7 +19,6 @@ serving.batch_job) and read back as one file, a part at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 import uuid
@@ -81,26 +80,28 @@ class FileStore(RecordStore[FileRecord]):
         names = sorted(n for n in storage.list_names(folder) if n.endswith(".jsonl")) if storage.exists(folder) else []
         return [storage.join(folder, name) for name in names]
 
-    @contextlib.contextmanager
-    def writing(self, filename: str, purpose: str, limits: Limits | None = None) -> Iterator[FileSink]:
-        """A new file, written piece by piece in the `with` block (`sink.write`); its record is written
-        once the block ends whole (`sink.record`). Past `limits` (None: none) it is refused, keeping nothing."""
-        sink = FileSink(f"file-{uuid.uuid4().hex}", limits)
-        with storage.AtomicWriter(self.uri(sink.id)) as sink.out:  # the bytes appear only if the block ends well
-            yield sink
-        if limits is not None and sink.lines > limits.max_file_lines:  # (one more: a last line without its newline)
-            storage.delete_file(self.uri(sink.id))
-            raise ApiError(400, f"the file has {sink.lines:,} lines; this server's limit is {limits.max_file_lines:,} "
-                                "(limits.max_file_lines)", param="file")
-        sink.record = self.put(FileRecord(id=sink.id, bytes=sink.size, created_at=int(time.time()), filename=filename,
-                                          purpose=purpose, lines=sink.lines))
-
-    def save(self, chunks: Iterator[bytes], filename: str, purpose: str, limits: Limits | None = None) -> FileRecord:
-        """A new file from its pieces (`writing`)."""
-        with self.writing(filename, purpose, limits) as sink:
+    def save(self, chunks: Iterator[bytes], filename: str, purpose: str, limits: Limits) -> FileRecord:
+        """A new file from its pieces, its bytes and lines counted as they pass; its record is written once the
+        bytes are whole. Past `limits` it is refused, keeping nothing."""
+        file_id = f"file-{uuid.uuid4().hex}"
+        size, newlines, last = 0, 0, b"\n"
+        with storage.AtomicWriter(self.uri(file_id)) as out:  # the bytes appear only if every piece was kept
             for chunk in chunks:
-                sink.write(chunk)
-        return sink.record
+                size, newlines, last = size + len(chunk), newlines + chunk.count(b"\n"), chunk[-1:] or last
+                if size > limits.max_file_bytes:
+                    raise ApiError(413, f"the file is larger than this server's limit of {limits.max_file_bytes:,} "
+                                        "bytes (limits.max_file_bytes)", param="file")
+                if newlines > limits.max_file_lines:
+                    raise ApiError(400, f"the file has more than {limits.max_file_lines:,} lines, this server's "
+                                        "limit (limits.max_file_lines): split it into several batches", param="file")
+                out.write(chunk)
+        lines = newlines + (last != b"\n")  # (a last line without its newline counts too)
+        if lines > limits.max_file_lines:
+            storage.delete_file(self.uri(file_id))
+            raise ApiError(400, f"the file has {lines:,} lines; this server's limit is {limits.max_file_lines:,} "
+                                "(limits.max_file_lines)", param="file")
+        return self.put(FileRecord(id=file_id, bytes=size, created_at=int(time.time()), filename=filename,
+                                   purpose=purpose, lines=lines))
 
     def chunks(self, file_id: str) -> Iterator[bytes]:
         """The file's bytes, a piece at a time (never the whole file in memory)."""
@@ -116,32 +117,6 @@ class FileStore(RecordStore[FileRecord]):
             storage.remove_tree(self.parts_uri(file_id))
         else:
             storage.delete_file(self.uri(file_id))
-
-
-class FileSink:
-    """A file being written (FileStore.writing): its bytes and lines counted as they pass."""
-
-    def __init__(self, file_id: str, limits: Limits | None):
-        self.id, self.limits = file_id, limits
-        self.size, self.newlines, self.last = 0, 0, b"\n"
-        self.out: storage.AtomicWriter | None = None
-        self.record: FileRecord | None = None  # once the file is whole
-
-    @property
-    def lines(self) -> int:
-        return self.newlines + (self.last != b"\n")
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        self.newlines += chunk.count(b"\n")
-        self.last = chunk[-1:] or self.last
-        if self.limits is not None and self.size > self.limits.max_file_bytes:
-            raise ApiError(413, f"the file is larger than this server's limit of {self.limits.max_file_bytes:,} "
-                                "bytes (limits.max_file_bytes)", param="file")
-        if self.limits is not None and self.newlines > self.limits.max_file_lines:
-            raise ApiError(400, f"the file has more than {self.limits.max_file_lines:,} lines, this server's limit "
-                                "(limits.max_file_lines): split it into several batches", param="file")
-        self.out.write(chunk)
 
 
 class FilesHost(Protocol):
