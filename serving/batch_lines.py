@@ -32,8 +32,8 @@ class Answerer:
 
     def __init__(self, sampler, family: str, input_sha256: str, micro_batch: int):
         self.sampler = sampler
-        self.family = family
-        self.kind = api_module(family).KIND
+        self.api = api_module(family)  # the family's own API module: its kind of answers and its media columns
+        self.kind = self.api.KIND
         self.endpoints = endpoints()
         self.limits = Limits()  # the server's defaults: a line may ask what the online route allows
         self.input_sha256 = input_sha256
@@ -63,7 +63,7 @@ class Answerer:
 
     def media_columns(self, lines: list[dict], answers: list[Answer]) -> dict[str, pa.Array]:
         """The answers' files as the dataset's media columns (the API module's `media_columns`; none for text)."""
-        columns = getattr(api_module(self.family), "media_columns", None)
+        columns = getattr(self.api, "media_columns", None)
         if columns is None:
             return {}
         return columns([line["custom_id"] for line in lines], [a.body if a.status_code == 200 else None for a in answers])
