@@ -197,21 +197,29 @@ def serve_until_stopped(config, host: str, port: int, log=print, placement_wait_
         shut_down_serve(log)
 
 
+def serve_is_running() -> bool:
+    """Whether Serve's controller runs on the cluster this process is connected to."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:  # no controller: Serve and every replica are gone
+        return False
+
+
 def shut_down_serve(log, timeout_s: float = 120.0) -> None:
     """serve.shutdown(), until Serve's controller is gone. One call is not enough on a cluster this process
     only joined: it gives up quietly after 30 s, or when the controller is slow to answer its 5 s liveness
     check (busy placing a replica that cannot be placed, say), and the app would keep running, holding its
     CPUs, after the command that started it has exited."""
-    import ray
     from ray import serve
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     deadline = time.monotonic() + timeout_s
     while True:
         serve.shutdown()
-        try:
-            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        except ValueError:  # no controller: Serve and every replica are gone
+        if not serve_is_running():
             return
         if time.monotonic() > deadline:
             log(f"Serve did not stop within {timeout_s:g} s and still runs on the cluster: "

@@ -19,7 +19,7 @@ import yaml
 from conftest import BIN, REPO, free_port, run_cli
 from gen_jobs.core.checkpoint import latest, pin
 from serving.config import read_config
-from serving.run import shut_down_serve
+from serving.run import serve_is_running, shut_down_serve
 
 
 def test_the_shipped_serve_config_is_valid():
@@ -102,18 +102,6 @@ class RaygenServe:
             self.process.kill()
             self.process.wait()
             shut_down_serve(print)
-
-
-def serve_is_running() -> bool:
-    """Whether Serve's controller runs on the session's cluster (this process is connected to it)."""
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    try:
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        return True
-    except ValueError:
-        return False
 
 
 def test_raygen_serve_answers_then_stops_cleanly(ray_cluster, checkpoint):
