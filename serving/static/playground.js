@@ -431,27 +431,34 @@ function statusOf(batch) {
   return batch.status + errors;
 }
 
-// A file of the Files API, downloaded with the API key (a plain link could not send it).
-function downloadButton(fileId, name, text) {
+// A button of the batch list; what goes wrong in its action is said in the Batches panel.
+function batchButton(text, action) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = "secondary";
   button.textContent = text;
   button.addEventListener("click", async () => {
     try {
-      const blob = await (await api(`v1/files/${fileId}/content`)).blob();
-      const link = document.createElement("a");
-      link.href = URL.createObjectURL(blob);
-      link.download = name;
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      await action();
     } catch (error) {
       failed(batchesPanel(), error);
     }
   });
   return button;
+}
+
+// A file of the Files API, downloaded with the API key (a plain link could not send it).
+function downloadButton(fileId, name, text) {
+  return batchButton(text, async () => {
+    const blob = await (await api(`v1/files/${fileId}/content`)).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  });
 }
 
 function batchRow(batch) {
@@ -467,19 +474,10 @@ function batchRow(batch) {
   if (batch.output_file_id) files.append(downloadButton(batch.output_file_id, `${batch.id}_output.jsonl`, "Output"));
   if (batch.error_file_id) files.append(downloadButton(batch.error_file_id, `${batch.id}_error.jsonl`, "Errors"));
   if (BATCH_RUNNING.includes(batch.status) && batch.status !== "cancelling") {
-    const cancel = document.createElement("button");
-    cancel.type = "button";
-    cancel.className = "secondary";
-    cancel.textContent = "Cancel";
-    cancel.addEventListener("click", async () => {
-      try {
-        await api(`v1/batches/${batch.id}/cancel`, { method: "POST" });
-        await refreshBatches();
-      } catch (error) {
-        failed(batchesPanel(), error);
-      }
-    });
-    files.append(cancel);
+    files.append(batchButton("Cancel", async () => {
+      await api(`v1/batches/${batch.id}/cancel`, { method: "POST" });
+      await refreshBatches();
+    }));
   }
   row.append(...cells, files);
   return row;
