@@ -84,7 +84,7 @@ class Answerer:
         request = endpoint.check(request, self.limits)
         if getattr(request, "stream", False):
             raise ApiError(400, "stream is not offered in a batch: every answer is written whole", param="stream")
-        if request.seed is None:
+        if "seed" in type(request).model_fields and request.seed is None:  # (stylising draws nothing: no seed)
             request = request.model_copy(update={"seed": seed})
         return api, request
 

@@ -5,7 +5,7 @@
     GET  /v1/models                 the served models, OpenAI's list shape
     POST /v1/completions, /v1/chat/completions      serving.apis.text
     POST /v1/images/generations                     serving.apis.images
-    POST /v1/images/edits (multipart form)          serving.apis.edits
+    POST /v1/images/edits (multipart form or JSON)  serving.apis.edits
     POST /v1/music/generations                      serving.apis.music
 
 Every refusal is an OpenAI-style JSON error naming the field at fault: 400 for

@@ -1,4 +1,4 @@
-"""Style transfer over the OpenAI API: POST /v1/images/edits (multipart/form-data, as OpenAI's own).
+"""Style transfer over the OpenAI API: POST /v1/images/edits, a multipart form or a JSON body, as OpenAI's own.
 
 Form fields: image (the file to stylise; required), model, prompt (a style's
 name in the model's recipe), n, response_format ("b64_json"; URLs are not
@@ -6,6 +6,11 @@ offered), size ("WxH": the answer is resized to it; default: the input's own
 size, shrunk above the recipe's stylize.max_pixels), user, and the raygen
 extension `style` (a style index; wins over `prompt`). So the official client's
 `client.images.edit(model=..., image=open("photo.jpg", "rb"), prompt="flower")` works.
+
+The JSON body (OpenAI's EditImageBodyJsonParam, and what a batch line of this route holds) has the
+same fields with the picture in `images`: one reference, a data URL (`{"image_url":
+"data:image/png;base64,..."}`); this server fetches no URLs and keeps no uploaded images by file id.
+Both bodies become one `EditRequest` and are checked alike (`check`).
 
 Each returned image carries its `style` index and `style_name`. Stylising is
 deterministic: the PNG equals the `raygen generate --input` row of the same
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -24,7 +31,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import Field
 
-from serving.apis.images import ImageAnswer
+from serving.apis import Endpoint, HttpBody
+from serving.apis.images import ImageAnswer, media_columns  # noqa: F401  (an edit's answer is images too)
 from serving.errors import ApiError
 
 if TYPE_CHECKING:
@@ -43,12 +51,59 @@ class EditRequest(ImageAnswer):
     style: int | None = Field(None, ge=0, description="raygen extension: the style's index")
 
 
+class ImageReference(HttpBody):
+    """OpenAI's ImageRefParam: a picture by URL (here: a data URL) or by uploaded file id (not offered here)."""
+
+    image_url: str | None = None
+    file_id: str | None = None
+
+
+class EditJsonRequest(ImageAnswer):
+    """OpenAI's JSON edit body: the picture as a data URL in `images`."""
+
+    model: str
+    images: list[ImageReference] = Field(min_length=1)
+    prompt: str = ""
+    style: int | None = Field(None, ge=0, description="raygen extension: the style's index")
+
+
+def check(body: EditJsonRequest | EditRequest, limits: Limits) -> EditRequest:
+    """The request a replica stylises, from either body, within the server's limits; ApiError otherwise."""
+    if isinstance(body, EditJsonRequest):
+        body = EditRequest(image=_data_url_bytes(body.images), **body.model_dump(exclude={"images"}))
+    body.check_limits(limits)
+    return body
+
+
+def _data_url_bytes(images: list[ImageReference]) -> bytes:
+    if len(images) != 1:
+        raise ApiError(400, f"images holds {len(images)} pictures; a style model stylises one a request (n asks for "
+                            "copies)", param="images")
+    reference = images[0]
+    if reference.file_id is not None or reference.image_url is None:
+        raise ApiError(400, "images[0]: send the picture inline as image_url, a data URL "
+                            "(data:image/png;base64,...); this server keeps no uploaded images by file id",
+                       param="images")
+    header, comma, data = reference.image_url.partition(",")
+    if not header.startswith("data:") or not header.endswith(";base64") or not comma:
+        raise ApiError(400, f"images[0].image_url {reference.image_url[:40]!r}... is not a base64 data URL: this "
+                            "server fetches no URLs; send data:image/png;base64,<the file's bytes>", param="images")
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error as e:
+        raise ApiError(400, f"images[0].image_url: its data is not base64 ({e})", param="images") from None
+
+
+ENDPOINTS = (Endpoint("/v1/images/edits", KIND, EditJsonRequest, check),)
+
+
 async def read_form(request: Request) -> dict:
     """The form's fields (the image as bytes); ApiError for a body that is not such a form."""
     from starlette.datastructures import UploadFile
 
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(400, "send the image as multipart/form-data (a file field `image`), as OpenAI's images.edit does")
+        raise ApiError(400, "send the image as multipart/form-data (a file field `image`), as OpenAI's images.edit "
+                            "does, or as JSON with the image as a data URL in images")
     try:
         form = await request.form(max_files=1, max_fields=len(FORM_FIELDS) + 1)
     except Exception as e:  # starlette's MultiPartException and parser errors: the body is not a usable form
@@ -81,14 +136,23 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
 
         from serving.http import describe_validation
 
-        fields = await read_form(request)
+        if request.headers.get("content-type", "").startswith("application/json"):
+            schema, fields = EditJsonRequest, await read_json(request)
+        else:
+            schema, fields = EditRequest, await read_form(request)
         try:
-            body = EditRequest.model_validate(fields)
-        except ValidationError as e:  # answered like a JSON body's mistakes: a 400 naming the field
+            body = schema.model_validate(fields)
+        except ValidationError as e:  # answered like a JSON route's mistakes: a 400 naming the field
             raise describe_validation(RequestValidationError(e.errors())) from None
         served = gateway.model(body.model, KIND)
-        body.check_limits(gateway.limits)
-        return await gateway.call(served, body)
+        return await gateway.call(served, check(body, gateway.limits))
+
+
+async def read_json(request: Request) -> dict:
+    try:
+        return json.loads(await request.body())
+    except ValueError as e:  # (UnicodeDecodeError is one too)
+        raise ApiError(400, f"the request body is not valid JSON ({e})") from None
 
 
 # ---------------------------------------------------------------- in the model's replica

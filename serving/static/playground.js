@@ -252,6 +252,12 @@ const PANELS = {
     const form = $(panel, "form");
     for (const name of info.styles) form.prompt.add(new Option(name, name));
     let beforeUrl = null;
+    // A batch line holds OpenAI's JSON edit body: the chosen picture inline, as a data URL.
+    offerToBatch(panel, model, "/v1/images/edits", async () => {
+      const file = form.image.files[0];
+      if (!file) throw new Error("choose an image first");
+      return { model: model.id, prompt: form.prompt.value, images: [{ image_url: await dataUrlOf(file) }] };
+    });
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const file = form.image.files[0];
@@ -276,6 +282,15 @@ const PANELS = {
     });
   },
 };
+
+function dataUrlOf(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`${file.name} could not be read`));
+    reader.readAsDataURL(file);
+  });
+}
 
 function imageFigure(modelId, image) {
   const figure = document.createElement("figure");
@@ -365,6 +380,7 @@ const BATCH_RUNNING = ["validating", "in_progress", "finalizing", "cancelling"];
 // The batch endpoints of each kind of model (a batch names one endpoint and one model).
 const KIND_ENDPOINTS = {
   image: ["/v1/images/generations"], text: ["/v1/completions", "/v1/chat/completions"], music: ["/v1/music/generations"],
+  image_edit: ["/v1/images/edits"],
 };
 const draft = { model: null, url: null, lines: [] }; // the requests added with "Add to batch"
 let batchPoller = null;
@@ -375,13 +391,21 @@ function batchesPanel() {
 
 // A model panel's "Add to batch": its form's request, as the panel would send it, becomes a line of the draft.
 function offerToBatch(panel, model, url, bodyOf) {
-  $(panel, ".add-to-batch").addEventListener("click", () => {
+  $(panel, ".add-to-batch").addEventListener("click", async () => {
+    let body;
+    try {
+      body = await bodyOf();
+    } catch (error) {
+      failed(panel, error);
+      return;
+    }
+    $(panel, ".error").textContent = "";
     const note = draft.model && draft.model !== model.id
       ? `A batch runs one model: the draft now holds ${model.id}'s requests instead of ${draft.model}'s. ` : "";
     if (note) draft.lines = [];
     draft.model = model.id;
     draft.url = url;
-    draft.lines.push({ custom_id: `${model.id}-${draft.lines.length + 1}`, method: "POST", url, body: bodyOf() });
+    draft.lines.push({ custom_id: `${model.id}-${draft.lines.length + 1}`, method: "POST", url, body });
     showDraft(note);
   });
 }

@@ -140,6 +140,42 @@ def test_image_lines_answer_the_bytes_of_the_dataset_rows_with_the_same_seed(ran
     assert features["images"] == {"feature": {"_type": "Image"}, "_type": "List"}  # datasets decodes them
 
 
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def test_image_edit_lines_answer_the_bytes_of_the_stylised_rows_of_the_same_photos(style_checkpoint, tmp_path):
+    from test_style import photo_folder
+
+    photos = photo_folder(tmp_path / "photos", count=2)
+    reference = tmp_path / "rows"
+    write_dataset(plan(GenerateArgs(checkpoint=style_checkpoint, out=str(reference), input=str(photos),
+                                    options={"styles": "1"})), str(reference))
+    rows = read_shards(str(reference), read_manifest(str(reference)).shards).to_pylist()
+    photo = data_url((photos / "photo-0.png").read_bytes())
+    lines = [line(f"p{k}", "/v1/images/edits", model="styles", prompt="retina",
+                  images=[{"image_url": data_url((photos / f"photo-{k}.png").read_bytes())}]) for k in range(2)]
+    refused = {
+        "fetched": ([{"image_url": "https://example.com/photo.png"}], "fetches no URLs"),
+        "two": ([{"image_url": photo}, {"image_url": photo}], "stylises one a request"),
+        "by id": ([{"file_id": "file-" + "0" * 32}], "no uploaded images by file id"),
+        "not base64": ([{"image_url": "data:image/png;base64,#!"}], "not base64"),
+        "not a picture": ([{"image_url": "data:text/plain;base64,aGVsbG8="}], "not a usable picture"),
+    }
+    lines += [line(name, "/v1/images/edits", model="styles", prompt="retina", images=images)
+              for name, (images, _) in refused.items()]
+    out = tmp_path / "answers"
+    write_dataset(plan(GenerateArgs(checkpoint=style_checkpoint, out=str(out),
+                                    requests=request_file(tmp_path / "in.jsonl", lines))), str(out))
+    got = {answer["custom_id"]: answer for answer in answers(out)}
+    for k, row in enumerate(rows):
+        image = got[f"p{k}"]["response"]["data"][0]
+        assert image["style_name"] == "retina" and base64.b64decode(image["b64_json"]) == row["image"]["bytes"]
+        assert got[f"p{k}"]["images"] == [{"bytes": row["image"]["bytes"], "path": f"p{k}-0.png"}]
+    for name, (_, says) in refused.items():
+        assert got[name]["status_code"] == 400 and says in got[name]["response"]["error"]["message"], got[name]
+
+
 @pytest.mark.parametrize("text, says", [
     ('{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {}}\n{not json\n', "line 2: not JSON"),
     ('{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {}}\n'

@@ -84,6 +84,35 @@ def test_a_batch_answers_every_line_once_as_the_online_route_does(client, http):
     assert done.id in [b.id for b in client.batches.list()]
 
 
+def test_images_music_and_image_edits_batches_answer_as_their_online_routes(client, http):
+    """One batch for each other endpoint, run at once: every answer equals the online route's for the same body."""
+    import base64
+
+    from test_openai_conformance import _photo
+
+    photo = "data:image/png;base64," + base64.b64encode(_photo()).decode()
+    bodies = {
+        "/v1/images/generations": [{"model": "digits", "seed": i, "n": 2, **({"label": 3} if i else {})} for i in range(3)],
+        "/v1/music/generations": [{"model": "chorales", "seed": i, "max_tokens": 12} for i in range(3)],
+        "/v1/images/edits": [{"model": "styles", "prompt": prompt, "images": [{"image_url": photo}], "size": "24x20"}
+                             for prompt in ("retina", "flower")],
+    }
+    batches = {}
+    for endpoint, endpoint_bodies in bodies.items():
+        lines = [{"custom_id": f"r{i}", "method": "POST", "url": endpoint, "body": body}
+                 for i, body in enumerate(endpoint_bodies)]
+        batches[endpoint] = client.batches.create(input_file_id=upload(client, lines), endpoint=endpoint,
+                                                  completion_window="24h").id
+    for endpoint, batch_id in batches.items():
+        done = wait(client, batch_id)
+        assert done.status == "completed" and done.error_file_id is None, done
+        assert done.request_counts.completed == len(bodies[endpoint]) and done.usage is None  # (no tokens: no usage)
+        by_id = {o["custom_id"]: o["response"]["body"] for o in lines_of(client, done.output_file_id)}
+        for i, body in enumerate(bodies[endpoint]):
+            online = http.post(endpoint, json=body).json()
+            assert by_id[f"r{i}"]["data"] == online["data"], (endpoint, body)
+
+
 def test_a_file_that_fails_validation_fails_the_batch_naming_its_lines(client):
     lines = [completion("a"), completion("a"), {**completion("b"), "url": "/v1/chat/completions"},
              completion("c", model="nope"), completion("d", model="digits")]

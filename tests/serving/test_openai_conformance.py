@@ -277,31 +277,40 @@ def test_files_answers_conform(openai, http):
 
 def test_batches_answers_and_output_lines_conform(openai, http):
     """A batch's answers (created, listed, retrieved until done, a cancel of a finished batch is a 400), and each line
-    of its output and error files: response.body as its endpoint answers, or OpenAI's ErrorResponse."""
+    of its output and error files: response.body as its endpoint answers, or OpenAI's ErrorResponse. Two batches
+    run at once: chat completions, and image edits in OpenAI's JSON body (the photo as a data URL)."""
     import time
 
-    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-              "body": {"model": "pydoc", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "seed": i}}
-             for i in range(3)]
-    lines.append({**lines[0], "custom_id": "bad", "body": {**lines[0]["body"], "n": 0}})
-    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    file_id = http.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", data)}).json()["id"]
-    created = http.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                                             "completion_window": "24h"}).json()
-    openai.check(created, openai.schema_ref("/batches", "post"), "POST /v1/batches")
+    chat = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "pydoc", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "seed": i}}
+            for i in range(3)]
+    chat.append({**chat[0], "custom_id": "bad", "body": {**chat[0]["body"], "n": 0}})
+    photo = "data:image/png;base64," + base64.b64encode(_photo()).decode()
+    edits = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/images/edits",
+              "body": {"model": "styles", "prompt": prompt, "images": [{"image_url": photo}], "size": "32x32"}}
+             for i, prompt in enumerate(("retina", "flower", "cubism"))]  # (cubism: no such style, an error line)
+    batches = []
+    for endpoint, lines in (("/v1/chat/completions", chat), ("/v1/images/edits", edits)):
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        file_id = http.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", data)}).json()["id"]
+        created = http.post("/v1/batches", json={"input_file_id": file_id, "endpoint": endpoint,
+                                                 "completion_window": "24h"}).json()
+        openai.check(created, openai.schema_ref("/batches", "post"), "POST /v1/batches")
+        batches.append(created)
     deadline = time.monotonic() + 240
-    while (batch := http.get(f"/v1/batches/{created['id']}").json())["status"] not in ("completed", "failed"):
-        openai.check(batch, openai.schema_ref("/batches/{batch_id}", "get"), f"a {batch['status']} batch")
-        assert time.monotonic() < deadline, batch
-        time.sleep(1)
-    openai.check(batch, openai.schema_ref("/batches/{batch_id}", "get"), "a finished batch")
-    assert batch["status"] == "completed", batch
+    for created in batches:
+        while (batch := http.get(f"/v1/batches/{created['id']}").json())["status"] not in ("completed", "failed"):
+            openai.check(batch, openai.schema_ref("/batches/{batch_id}", "get"), f"a {batch['status']} batch")
+            assert time.monotonic() < deadline, batch
+            time.sleep(1)
+        openai.check(batch, openai.schema_ref("/batches/{batch_id}", "get"), "a finished batch")
+        assert batch["status"] == "completed" and batch["request_counts"]["failed"] == 1, batch
+        refused = http.post(f"/v1/batches/{batch['id']}/cancel")
+        assert refused.status_code == 400
+        openai.check(refused.json(), "#/components/schemas/ErrorResponse", "cancelling a finished batch")
+        for file_id, ref in ((batch["output_file_id"], openai.schema_ref(batch["endpoint"].removeprefix("/v1"), "post")),
+                             (batch["error_file_id"], "#/components/schemas/ErrorResponse")):
+            for line in http.get(f"/v1/files/{file_id}/content").text.splitlines():
+                openai.check(json.loads(line)["response"]["body"], ref, f"a line of {file_id} ({batch['endpoint']})")
     openai.check(http.get("/v1/batches", params={"limit": 2}).json(), openai.schema_ref("/batches", "get"),
                  "GET /v1/batches")
-    refused = http.post(f"/v1/batches/{batch['id']}/cancel")
-    assert refused.status_code == 400
-    openai.check(refused.json(), "#/components/schemas/ErrorResponse", "cancelling a finished batch")
-    for file_id, ref in ((batch["output_file_id"], openai.schema_ref("/chat/completions", "post")),
-                         (batch["error_file_id"], "#/components/schemas/ErrorResponse")):
-        for line in http.get(f"/v1/files/{file_id}/content").text.splitlines():
-            openai.check(json.loads(line)["response"]["body"], ref, f"a line of {file_id}")

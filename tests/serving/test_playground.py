@@ -407,6 +407,9 @@ def test_a_missing_image_is_the_apis_message_not_a_blank_panel(page):
     styles = panel(page, "styles")
     styles.get_by_role("button", name="Stylise").click()
     expect(styles.get_by_role("alert")).to_have_text(re.compile(r"^Error 400: image is required"))
+    styles.get_by_role("button", name="Add to batch").click()
+    expect(styles.get_by_role("alert")).to_have_text("Error: choose an image first")
+    expect(page.locator("#batches .draft")).to_have_text("No requests in the draft yet.")
 
 
 # ---------------------------------------------------------------- batches
@@ -446,6 +449,27 @@ def test_a_batch_built_from_a_form_runs_and_its_answers_download(page, client, h
                                                     "temperature": temperature, "seed": seed}).json()
         assert answers[custom_id]["choices"][0]["text"] == online["choices"][0]["text"]
     screenshot(batches, "batches")
+
+
+def test_a_style_batch_built_from_the_form_holds_the_photo_and_answers_as_the_form_does(page, client, http):
+    from playwright.sync_api import expect
+
+    styles = panel(page, "styles")
+    styles.get_by_label("Image").set_input_files({"name": "photo.png", "mimeType": "image/png", "buffer": photo_png()})
+    styles.get_by_label("Style").select_option("flower")
+    styles.get_by_role("button", name="Add to batch").click()
+    batches = page.locator("#batches")
+    expect(batches.locator(".draft")).to_have_text("Draft: 1 request to styles (/v1/images/edits).")
+    batches.get_by_role("button", name="Submit the draft").click()
+    submitted = batches.get_by_role("status")
+    expect(submitted).to_have_text(re.compile(r"^batch batch_[0-9a-f]+ submitted \(1 request\)$"))
+    batch_id = re.search(r"batch_[0-9a-f]+", submitted.inner_text()).group(0)
+    expect(batches.locator(f"tr[data-batch={batch_id}] .batch-status")).to_have_text("completed", timeout=BATCH_WAIT_MS)
+    output = client.files.content(client.batches.retrieve(batch_id).output_file_id).text
+    answer = json.loads(output)["response"]["body"]
+    online = http.post("/v1/images/edits", files={"image": ("photo.png", photo_png(), "image/png")},
+                       data={"model": "styles", "prompt": "flower"}).json()
+    assert answer["data"] == online["data"]  # the form's photo, carried whole in the batch line
 
 
 def test_an_uploaded_batch_file_that_fails_validation_says_which_line(page):

@@ -117,6 +117,11 @@ def test_images_edit_through_the_openai_client_stylises_as_the_batch_job_does(cl
                           workers=1), log=lambda _: None)
     row = read_shards(str(tmp_path / "out"), read_manifest(str(tmp_path / "out")).shards, ["image"]).column("image")[0]
     assert base64.b64decode(answer.data[0].b64_json) == row.as_py()["bytes"]  # the dataset's row, byte for byte
+    as_json = http.post("/v1/images/edits", json={"model": "styles", "prompt": "retina", "images": [
+        {"image_url": "data:image/png;base64," + base64.b64encode(photo).decode()}]})  # OpenAI's JSON body
+    assert as_json.status_code == 200 and as_json.json()["data"][0]["b64_json"] == answer.data[0].b64_json
+    fetched = http.post("/v1/images/edits", json={"model": "styles", "images": [{"image_url": "https://example.com/a.png"}]})
+    assert fetched.status_code == 400 and "fetches no URLs" in fetched.json()["error"]["message"]
     by_index = client.images.edit(model="styles", image=("p.png", photo, "image/png"), prompt="", n=2, size="20x10",
                                   extra_body={"style": 0})
     assert [d.style for d in by_index.data] == [0, 0] and png(by_index.data[1].b64_json).shape == (10, 20, 3)
