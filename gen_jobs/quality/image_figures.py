@@ -1,6 +1,6 @@
 """Distribution figures of generated images against real ones, in the feature space of a fixed random conv net.
 
-    used by the image families' quality modules (gen_jobs.families.dcgan.quality)
+    used by the image families' quality modules (gen_jobs.quality.digits)
 
     frechet_random_conv  Fréchet distance between Gaussians fitted to the two feature sets. The
                          features come from a conv net with fixed-seed random weights, not from

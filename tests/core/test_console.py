@@ -103,10 +103,10 @@ def test_training_progress_says_how_long_is_left(monkeypatch):
 def test_the_digits_grid_is_readable_and_labelled():
     from PIL import Image
 
+    from gen_jobs.data.digit_sets import bundled_digits
     from gen_jobs.data.images import labelled_grid, png_bytes, resize_uint8
-    from gen_jobs.families.dcgan.data import digits_arrays
 
-    raw, labels = digits_arrays()
+    raw, labels = bundled_digits()
     grid = labelled_grid(resize_uint8(raw, 32), labels)
     assert grid.shape == (10 * (64 + 4) + 4, 48 + 10 * (64 + 4))  # 64-pixel tiles, 4 pixels apart, a label margin
     bands = [grid[4 + row * 68: 4 + row * 68 + 64, :48] for row in range(10)]

@@ -28,7 +28,9 @@ def test_unknown_recipe_from_the_console_script_has_no_traceback():
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith("error: unknown recipe 'dcgan_digitz': use one of dcgan_digits, gpt_pydoc")
+    from gen_jobs.core.recipes import builtin_recipes
+
+    assert lines[0].startswith(f"error: unknown recipe 'dcgan_digitz': use one of {', '.join(builtin_recipes())} ")
 
 
 def test_unknown_command():

@@ -122,11 +122,11 @@ def test_raygen_quality_exit_code_says_whether_a_figure_warns(random_checkpoint,
 @pytest.fixture(scope="module")
 def digit_reports():
     """Reports on held-out real digits (what a perfect generator makes), one class only, and noise."""
+    from gen_jobs.data.digit_sets import bundled_digits
     from gen_jobs.data.images import resize_uint8
-    from gen_jobs.families.dcgan.data import digits_arrays
-    from gen_jobs.families.dcgan.quality import DigitsReference
+    from gen_jobs.quality.digits import DigitsReference
 
-    raw, labels = digits_arrays()
+    raw, labels = bundled_digits()
     images = resize_uint8(raw, 32)
     rng = np.random.default_rng(0)
     held_out = rng.permutation(len(images))[:600]

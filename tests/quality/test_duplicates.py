@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from gen_jobs.data.digit_sets import bundled_digits
 from gen_jobs.data.images import encode_png, resize_uint8
-from gen_jobs.families.dcgan.data import digits_arrays
 from gen_jobs.families.gpt.data import PYDOC, TextDataConfig, load_documents
 from gen_jobs.families.gpt.quality import CorpusSpans
 from gen_jobs.quality.duplicates import duplicate_figures, duplicate_warnings
@@ -17,7 +17,7 @@ def image_table(images: np.ndarray) -> pa.Table:
 
 
 def test_image_duplicates_exact_and_near():
-    raw, _ = digits_arrays()
+    raw, _ = bundled_digits()
     real = resize_uint8(raw[:300], 32)  # 300 distinct real digits
     healthy = duplicate_figures(image_table(real))
     assert healthy["exact_duplicates"] == 0 and healthy["near_share"] < 0.02 and duplicate_warnings(healthy) == []
@@ -51,7 +51,7 @@ def test_memorisation_columns_flag_training_copies():
     from gen_jobs.families.dcgan.sampler import row_figures
 
     recipe = load_recipe("dcgan_digits", ["train.epochs=1"])
-    raw, labels = digits_arrays()
+    raw, labels = bundled_digits()
     copies = resize_uint8(raw[:20], 32)  # training digits themselves
     noise = np.random.default_rng(0).integers(0, 256, copies.shape, dtype=np.uint8)
     copied = row_figures({"image": copies, "label": labels[:20]}, recipe)

