@@ -81,11 +81,13 @@ restore_ray_record() {
     rm -f "$STATE/ray_record.before"
 }
 
-wait_for_nodes() {  # until the cluster reports $1 alive nodes, or fail with the logs
+# Until the cluster reports $1 alive nodes: 0. A node process that exits meanwhile: 1, with
+# its name in EXITED (the caller decides whether to start it again). 120 s: fail with the logs.
+wait_for_nodes() {
     local want="$1" dashboard="$2" deadline=$((SECONDS + 120)) have=0
     while (( SECONDS < deadline )); do
         for pidfile in "$STATE"/*.pid; do
-            alive "$pidfile" || { tail -n 30 "$STATE/logs/$(basename "$pidfile" .pid).log" >&2; die "$(basename "$pidfile" .pid) exited while starting; log: $STATE/logs/"; }
+            alive "$pidfile" || { EXITED=$(basename "$pidfile" .pid); return 1; }
         done
         have=$(ray list nodes --address "$dashboard" --filter state=ALIVE --format json 2>/dev/null \
                | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
@@ -93,6 +95,33 @@ wait_for_nodes() {  # until the cluster reports $1 alive nodes, or fail with the
         sleep 1
     done
     die "only $have of $want nodes came up in 120 s; logs: $STATE/logs/"
+}
+
+exited_while_starting() {  # node name, its log file's name
+    tail -n 30 "$STATE/logs/$2" >&2 || true
+    die "$1 exited while starting; log: $STATE/logs/$2"
+}
+
+# Worker node $1 (of a cluster with $1 + 1 nodes once it is up). Ray's node start waits a
+# fixed 30 s for the new raylet to register with the GCS (ray/_private/node.py), which a
+# loaded small machine can miss; such a worker is stopped and started again, up to 3 tries.
+start_worker() {
+    local i="$1" try pid log
+    for try in 1 2 3; do
+        log="worker-$i.log"
+        (( try == 1 )) || log="worker-$i-try$try.log"
+        read -r p1 p2 p3 p4 p5 p6 <<< "$(free_ports 6)"
+        pid=$(start_detached "$STATE/logs/$log" python3 "$HERE/local_worker.py" --address="127.0.0.1:$GCS_PORT" \
+            --num-cpus="$WORKER_CPUS" --ports "$p1" "$p2" "$p3" "$p4" "$p5" "$p6" "${store[@]}")
+        echo "$pid" > "$STATE/worker-$i.pid"
+        wait_for_nodes $(( i + 1 )) "http://127.0.0.1:$DASHBOARD_PORT" && return 0
+        [[ "$EXITED" == "worker-$i" ]] || exited_while_starting "$EXITED" "$EXITED.log"
+        if (( try == 3 )) || ! grep -q "timed out during startup" "$STATE/logs/$log"; then
+            exited_while_starting "$EXITED" "$log"
+        fi
+        echo "worker-$i did not register within Ray's 30 s (try $try of 3); starting it again" >&2
+        kill -KILL -- "-$pid" 2>/dev/null || true  # whatever that try started (its raylet may still be up)
+    done
 }
 
 print_addresses() {
@@ -177,19 +206,15 @@ CLIENT=$client
 VARS
     cat > "$STATE/env" <<VARS
 # RAY_ADDRESS: the GCS, which raygen's commands (ray.init) join; RAY_API_SERVER_ADDRESS: the dashboard,
-# which `ray job submit` and `ray list` use before RAY_ADDRESS.
+# which 'ray job submit' and 'ray list' use before RAY_ADDRESS.
 export RAY_ADDRESS=127.0.0.1:$gcs RAY_API_SERVER_ADDRESS=http://127.0.0.1:$dashboard RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$STATE/auth_token
 VARS
-    wait_for_nodes 1 "http://127.0.0.1:$dashboard"
+    wait_for_nodes 1 "http://127.0.0.1:$dashboard" || exited_while_starting "$EXITED" "$EXITED.log"
 
     # One worker node at a time, each registered before the next starts: started together on a
     # small machine, they starve each other and Ray gives up on them ("timed out during startup").
-    for i in $(seq 1 "$workers"); do
-        read -r p1 p2 p3 p4 p5 p6 <<< "$(free_ports 6)"
-        start_detached "$STATE/logs/worker-$i.log" python3 "$HERE/local_worker.py" --address="127.0.0.1:$gcs" \
-            --num-cpus="$WORKER_CPUS" --ports "$p1" "$p2" "$p3" "$p4" "$p5" "$p6" "${store[@]}" > "$STATE/worker-$i.pid"
-        wait_for_nodes $(( i + 1 )) "http://127.0.0.1:$dashboard"
-    done
+    GCS_PORT=$gcs DASHBOARD_PORT=$dashboard
+    for i in $(seq 1 "$workers"); do start_worker "$i"; done
     trap - EXIT
     print_addresses
 }
