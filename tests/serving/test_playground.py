@@ -418,6 +418,17 @@ def test_a_missing_image_is_the_apis_message_not_a_blank_panel(page):
 BATCH_WAIT_MS = 240_000  # a batch is a Ray job: a driver and a ShardWriter start first
 
 
+def submitted_batch(batches, button: str, requests: int) -> str:
+    """Click the Batches panel's `button`, wait for its "submitted" line and return the new batch's id."""
+    from playwright.sync_api import expect
+
+    batches.get_by_role("button", name=button).click()
+    submitted = batches.get_by_role("status")
+    plural = "" if requests == 1 else "s"
+    expect(submitted).to_have_text(re.compile(rf"^batch batch_[0-9a-f]+ submitted \({requests} request{plural}\)$"))
+    return re.search(r"batch_[0-9a-f]+", submitted.inner_text()).group(0)
+
+
 def test_a_batch_built_from_a_form_runs_and_its_answers_download(page, client, http):
     from playwright.sync_api import expect
 
@@ -429,10 +440,7 @@ def test_a_batch_built_from_a_form_runs_and_its_answers_download(page, client, h
         text.get_by_role("button", name="Add to batch").click()
     batches = page.locator("#batches")
     expect(batches.locator(".draft")).to_have_text("Draft: 2 requests to pydoc (/v1/completions).")
-    batches.get_by_role("button", name="Submit the draft").click()
-    submitted = batches.get_by_role("status")
-    expect(submitted).to_have_text(re.compile(r"^batch batch_[0-9a-f]+ submitted \(2 requests\)$"))
-    batch_id = re.search(r"batch_[0-9a-f]+", submitted.inner_text()).group(0)
+    batch_id = submitted_batch(batches, "Submit the draft", requests=2)
     expect(batches.locator(".draft")).to_have_text("No requests in the draft yet.")
     row = batches.locator(f"tr[data-batch={batch_id}]")
     expect(row.locator(".batch-status")).to_have_text("completed", timeout=BATCH_WAIT_MS)  # polled by the page
@@ -460,10 +468,7 @@ def test_a_style_batch_built_from_the_form_holds_the_photo_and_answers_as_the_fo
     styles.get_by_role("button", name="Add to batch").click()
     batches = page.locator("#batches")
     expect(batches.locator(".draft")).to_have_text("Draft: 1 request to styles (/v1/images/edits).")
-    batches.get_by_role("button", name="Submit the draft").click()
-    submitted = batches.get_by_role("status")
-    expect(submitted).to_have_text(re.compile(r"^batch batch_[0-9a-f]+ submitted \(1 request\)$"))
-    batch_id = re.search(r"batch_[0-9a-f]+", submitted.inner_text()).group(0)
+    batch_id = submitted_batch(batches, "Submit the draft", requests=1)
     expect(batches.locator(f"tr[data-batch={batch_id}] .batch-status")).to_have_text("completed", timeout=BATCH_WAIT_MS)
     output = client.files.content(client.batches.retrieve(batch_id).output_file_id).text
     answer = json.loads(output)["response"]["body"]
@@ -480,10 +485,7 @@ def test_an_uploaded_batch_file_that_fails_validation_says_which_line(page):
     batches.get_by_label("Input file (JSONL)").set_input_files(
         {"name": "mine.jsonl", "mimeType": "application/jsonl", "buffer": (json.dumps(line) + "\n").encode()})
     batches.get_by_label("Endpoint").select_option("/v1/completions")
-    batches.get_by_role("button", name="Submit the file").click()
-    submitted = batches.get_by_role("status")
-    expect(submitted).to_have_text(re.compile(r"^batch batch_[0-9a-f]+ submitted \(1 request\)$"))
-    batch_id = re.search(r"batch_[0-9a-f]+", submitted.inner_text()).group(0)
+    batch_id = submitted_batch(batches, "Submit the file", requests=1)
     expect(batches.locator(f"tr[data-batch={batch_id}] .batch-status")).to_have_text(
         re.compile(r"^failed: line 1: model 'nope' is not served here"), timeout=BATCH_WAIT_MS)
 
