@@ -82,10 +82,14 @@ class Usage:
         self.prompt, self.completion, self.counted = 0, 0, False
 
     def add(self, body: dict) -> None:
+        """An answer's tokens (its `usage`, which image and music answers have not)."""
         if usage := body.get("usage"):
-            self.counted = True
-            self.prompt += usage.get("prompt_tokens", 0)
-            self.completion += usage.get("completion_tokens", 0)
+            self.add_tokens(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+    def add_tokens(self, prompt: int, completion: int) -> None:
+        self.counted = True
+        self.prompt += prompt
+        self.completion += completion
 
     def answer(self) -> dict | None:
         """OpenAI's batch `usage`, or None when no answer counted tokens (images, music)."""
@@ -145,9 +149,8 @@ class Outputs:
         self.written.add(stem)
         self.completed += summary["completed"]
         self.failed += summary["failed"]
-        self.usage.prompt += summary["prompt_tokens"]
-        self.usage.completion += summary["completion_tokens"]
-        self.usage.counted = self.usage.counted or summary["counted"]
+        if summary["counted"]:
+            self.usage.add_tokens(summary["prompt_tokens"], summary["completion_tokens"])
 
     def write_new_shards(self) -> None:
         for stem in self._names(self.data, ".parquet"):
