@@ -68,7 +68,7 @@ def bare_loop(checkpoint: str, out: Path, num_rows: int, rows_per_shard: int, mi
     from gen_jobs.core.checkpoint import read_recipe
     from gen_jobs.core.seeding import row_seeds
     from gen_jobs.families.dcgan.model import Generator
-    from gen_jobs.families.dcgan.sampler import row_figures
+    from gen_jobs.quality.digits import row_figures
 
     torch.set_num_threads(1)
     # One core, like a Ray worker with num_cpus=1 (Ray sets OMP_NUM_THREADS=1 there): numpy's BLAS too.

@@ -1,6 +1,6 @@
 """The quality figures of generated digits, from a reference classifier trained on real ones.
 
-    used by the image families of the bundled digit sets (gen_jobs.data.digit_sets): dcgan
+    used by the image families of the bundled digit sets (gen_jobs.data.digit_sets): dcgan, diffusion
 
 The dataset's figures, and what each means: FIGURES (the dataset card's table).
 
@@ -27,13 +27,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from gen_jobs.core.recipes import StrictModel
 from gen_jobs.data.digit_sets import DIGIT_SETS, DIGITS, DigitSet, bundled_digits
 from gen_jobs.data.images import resize_uint8
 from gen_jobs.quality.significance import below_reference, few_classes, in_rows, share_below
 
 NUM_CLASSES = 10
+
+
+class DigitsQualityConfig(StrictModel):
+    """`quality` of an image family's recipe: when a sample counts as a copy of a training digit."""
+
+    copy_distance: float = Field(
+        0.04, ge=0, le=1,
+        description="bundled digits: a sample closer than this to a training digit (RMS over the set's native "
+                    "pixels, 0-1) is flagged as a copy; the closest two of scikit-learn's 1,797 8x8 digits are "
+                    "0.041 apart (MNIST's: see dcgan_mnist)")
 
 FIGURES = {
     "num_samples": "rows the figures rest on",
@@ -341,6 +352,18 @@ def train_distances(images: np.ndarray, size: int, source: str = DIGITS) -> tupl
 def scorable(recipe) -> bool:
     """A reference classifier can score this model's samples: it draws the 10 classes of a bundled digit set."""
     return recipe.data.source in DIGIT_SETS and recipe.model.num_classes == 10
+
+
+def row_figures(batch: dict[str, np.ndarray], recipe) -> dict[str, np.ndarray]:
+    """A dataset row's figures (models of a bundled digit set; {} otherwise): how sure the reference classifier
+    is of the sample, how near it is to a training digit, whether that is a copy (recipe.quality.copy_distance)."""
+    if not scorable(recipe):
+        return {}
+    cfg, images, source = recipe.model, batch["image"], recipe.data.source
+    features, pixels = train_distances(images, cfg.image_size, source)
+    return {"confidence": digits_confidence(images, batch["label"] if cfg.conditional else None, cfg.image_size, source),
+            "train_distance": features, "train_distance_pixels": pixels,
+            "copy": features < recipe.quality.copy_distance}
 
 
 def score_dataset(table, recipe, checkpoint_uri: str) -> dict | None:

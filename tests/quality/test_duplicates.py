@@ -48,7 +48,7 @@ def test_text_and_token_duplicates():
 
 def test_memorisation_columns_flag_training_copies():
     from gen_jobs.core.recipes import load_recipe
-    from gen_jobs.families.dcgan.sampler import row_figures
+    from gen_jobs.quality.digits import row_figures
 
     recipe = load_recipe("dcgan_digits", ["train.epochs=1"])
     raw, labels = bundled_digits()

@@ -16,6 +16,7 @@ from gen_jobs.core.recipes import GuardConfig, RecipeBase, StrictModel
 from gen_jobs.data.digit_sets import DIGIT_SETS
 from gen_jobs.data.image_sources import ImageDataConfig
 from gen_jobs.families.dcgan.model import ModelConfig
+from gen_jobs.quality.digits import DigitsQualityConfig
 
 Augmentation = Literal["translation", "cutout", "color"]
 
@@ -46,20 +47,12 @@ class TrainConfig(StrictModel):
     guard: GanGuard = GanGuard()
 
 
-class QualityConfig(StrictModel):
-    copy_distance: float = Field(
-        0.04, ge=0, le=1,
-        description="bundled digits: a sample closer than this to a training digit (RMS over the set's native "
-                    "pixels, 0-1) is flagged as a copy; the closest two of scikit-learn's 1,797 8x8 digits are "
-                    "0.041 apart (MNIST's: see dcgan_mnist)")
-
-
 class Recipe(RecipeBase):
     family: Literal["dcgan"] = "dcgan"
     model: ModelConfig = ModelConfig()
     data: ImageDataConfig = ImageDataConfig()
     train: TrainConfig
-    quality: QualityConfig = QualityConfig()
+    quality: DigitsQualityConfig = DigitsQualityConfig()
 
     @model_validator(mode="after")
     def _digits_fit(self) -> "Recipe":

@@ -15,10 +15,10 @@ import pyarrow as pa
 import torch
 
 from gen_jobs.core import checkpoint
-from gen_jobs.data.columns import media_column, row_columns, with_features
-from gen_jobs.data.images import encode_png
+from gen_jobs.data.image_rows import image_table
 from gen_jobs.families.dcgan.model import Generator, sample_images
 from gen_jobs.families.dcgan.recipe import Recipe
+from gen_jobs.quality.digits import row_figures
 
 
 class Sampler:
@@ -45,27 +45,7 @@ class Sampler:
         return {**batch, "label": drawn, "image": images}
 
 
-def row_figures(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
-    """A dataset row's figures (digits models; {} otherwise): how sure the reference classifier is of the
-    sample, how near it is to a training digit, whether that is a copy (see gen_jobs.quality.digits)."""
-    from gen_jobs.quality.digits import digits_confidence, scorable, train_distances
-
-    if not scorable(recipe):
-        return {}
-    cfg, images, source = recipe.model, batch["image"], recipe.data.source
-    features, pixels = train_distances(images, cfg.image_size, source)
-    return {"confidence": digits_confidence(images, batch["label"] if cfg.conditional else None, cfg.image_size, source),
-            "train_distance": features, "train_distance_pixels": pixels,
-            "copy": features < recipe.quality.copy_distance}
-
-
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:
     """Sampler output -> Arrow table: id, seed, [label], [digits: confidence, train_distance, train_distance_pixels,
     copy], image{bytes (PNG), path}."""
-    columns = row_columns(batch)
-    if recipe.model.conditional:
-        columns["label"] = pa.array(batch["label"], pa.int64())
-    for name, values in row_figures(batch, recipe).items():
-        columns[name] = pa.array(values, pa.bool_() if name == "copy" else pa.float64())
-    columns["image"] = media_column(encode_png(batch["image"]), [f"{i}.png" for i in batch["id"]])
-    return with_features(pa.table(columns))
+    return image_table(batch, recipe.model.conditional, row_figures(batch, recipe))

@@ -1,4 +1,5 @@
-"""The dataset card's picture of a DCGAN dataset: one row per label (conditional models), else a 10 x 10 grid.
+"""The dataset card's picture of an image dataset (dcgan, diffusion): one row per label (conditional
+models), else a 10 x 10 grid.
 
     called by gen_jobs.quality.card through the family's `preview`
 """
