@@ -74,14 +74,18 @@ def newest_checkpoint(out: str, recipe_name: str) -> str | None:
 
 
 def demo_models(log=print) -> list[dict]:
-    """The demo recipes' newest checkpoints under ./out, trained first where missing."""
+    """The demo recipes' newest checkpoints under ./out: those a plain `raygen demo` runs trained first where
+    missing, the others (`raygen demo --family diffusion`) served when there is one."""
     from gen_jobs.core.recipes import load_recipe
     from gen_jobs.train import train
 
     models = []
     demos = [registry.get(f).demo for f in registry.names()]
-    for recipe_name in [d.recipe for d in demos if d is not None]:
+    for demo in [d for d in demos if d is not None]:
+        recipe_name = demo.recipe
         uri = newest_checkpoint(DEMO_OUT, recipe_name)
+        if uri is None and not demo.in_default_run:
+            continue
         if uri is None:
             log(f"no checkpoint of {recipe_name} under {DEMO_OUT}: training it first (as `raygen demo` does)")
             recipe = load_recipe(recipe_name)

@@ -285,6 +285,14 @@ def music_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def diffusion_checkpoint(tmp_path_factory) -> str:
+    """A diffusion U-Net after 2 in-process training steps (4 sampling steps: rows, not digits)."""
+    from test_diffusion import checkpoint_of
+
+    return checkpoint_of(tmp_path_factory.mktemp("serve"), [])
+
+
+@pytest.fixture(scope="session")
 def style_checkpoint(tmp_path_factory) -> str:
     """A style model after 3 in-process training steps."""
     from gen_jobs.core.recipes import load_recipe
@@ -297,7 +305,8 @@ def style_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_checkpoint, tmp_path_factory):
+def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_checkpoint, diffusion_checkpoint,
+           tmp_path_factory):
     """The raygen app on a free loopback port; yields its base URL. Started once, by the first test that needs
     it (the tests that do run last: see pytest_collection_modifyitems), and shut down with the session."""
     from ray import serve
@@ -307,13 +316,14 @@ def server(ray_cluster, checkpoint, gpt_checkpoint, music_checkpoint, style_chec
     from serving.run import shut_down_serve
 
     os.environ["RAYGEN_API_KEY"] = SERVE_API_KEY  # read (and hashed) by build_app
-    # Five replicas of 0.2 CPU leave one of the cluster's two CPUs for the batch jobs some tests run.
+    # Six replicas, 1 CPU in all, leave one of the cluster's two CPUs for the batch jobs some tests run.
     config = AppConfig(models=[
         {"name": "digits", "checkpoint": checkpoint, "num_cpus": 0.2},
         {"name": "pydoc", "checkpoint": gpt_checkpoint, "num_cpus": 0.2},
         {"name": "chorales", "checkpoint": music_checkpoint, "num_cpus": 0.2},
         {"name": "styles", "checkpoint": style_checkpoint, "num_cpus": 0.2},
-        {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.2, "max_ongoing_requests": 1,
+        {"name": "diffusion", "checkpoint": diffusion_checkpoint, "num_cpus": 0.1},
+        {"name": "digits-small-queue", "checkpoint": checkpoint, "num_cpus": 0.1, "max_ongoing_requests": 1,
          "max_queued_requests": 1, "batching": {"max_batch_size": 1}},
     ], limits={"max_n": 8, "max_tokens": 32, "max_body_bytes": 20_000, "max_image_pixels": 512 * 512,
                "max_prompt_chars": 5_000, "max_input_pixels": 1_000_000, "max_input_bytes": 3_000_000,

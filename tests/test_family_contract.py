@@ -32,7 +32,7 @@ MODULE_PARTS = ("recipe", "training", "sampler", "to_table", "score_dataset", "d
 SERVE_API = ("KIND", "add_routes", "describe", "rows", "respond")  # what serving.app and serving.model_server call
 # A small checkpoint of each family, built without Ray (tests/conftest.py); a new family adds its own.
 CHECKPOINT_FIXTURE = {"dcgan": "random_checkpoint", "gpt": "gpt_checkpoint", "music": "music_checkpoint",
-                      "style": "style_checkpoint"}
+                      "style": "style_checkpoint", "diffusion": "diffusion_checkpoint"}
 
 
 @pytest.mark.parametrize("name", FAMILIES)

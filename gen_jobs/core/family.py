@@ -50,6 +50,8 @@ class DemoDefaults:
     show: Literal["grid", "text", "files"]  # what the demo's report shows: a label grid, texts, or `examples`' files
     examples: str | None = None  # "module:function(dataset, out, name) -> [written URIs]": files beside the dataset
     input: str | None = None  # "module:function(out) -> URI": writes the images an "images" family's demo transforms
+    in_default_run: bool = True  # run by a plain `raygen demo` (and trained by a plain `raygen serve`); else only
+    # with --family, for a family whose training would take the default demo past its 15 minutes on 2 CPUs
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "gpt": "gen_jobs.families.gpt",
     "music": "gen_jobs.families.music",
     "style": "gen_jobs.families.style",
+    "diffusion": "gen_jobs.families.diffusion",
 }
 
 

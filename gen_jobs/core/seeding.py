@@ -24,6 +24,8 @@ Counter layout: a counter is (stream << 40) + index. The streams are
     TOKEN   = 3   index t: the uniform that picks text token t (decoding step t)
     MUSIC   = 4   reserved for the music family (token t, as TOKEN)
     STYLE   = 5   reserved for the style family
+    DIFFUSION = 6 index j: element j of a diffusion row's starting noise (n elements); a stochastic
+                  sampler's step k draws its n normals from index (k + 1) * 2 * ceil(n / 2) on
 
 Derived draws:
     uniform64  top 53 bits / 2**53: float64 in [0, 1)
@@ -43,10 +45,10 @@ import torch
 
 from gen_jobs.core.row_seed import NOISE_VERSION, row_seeds  # re-exported; that module needs NumPy only, no torch
 
-__all__ = ["NOISE_VERSION", "row_seeds", "LABEL", "LATENT", "TOKEN", "MUSIC", "STYLE", "GOLDEN", "mix64",
+__all__ = ["NOISE_VERSION", "row_seeds", "LABEL", "LATENT", "TOKEN", "MUSIC", "STYLE", "DIFFUSION", "GOLDEN", "mix64",
            "seed_tensor", "random_bits", "uniform64", "uniform32", "integers", "normals"]
 
-LABEL, LATENT, TOKEN, MUSIC, STYLE = 1, 2, 3, 4, 5
+LABEL, LATENT, TOKEN, MUSIC, STYLE, DIFFUSION = 1, 2, 3, 4, 5, 6
 _STREAM_SHIFT = 40  # 2**40 indices per stream
 
 
@@ -102,10 +104,11 @@ def integers(seeds: torch.Tensor, stream: int, n: int, index: int = 0) -> torch.
     return (uniform64(seeds, stream, index) * n).floor().to(torch.int64).clamp(max=n - 1)
 
 
-def normals(seeds: torch.Tensor, stream: int, count: int) -> torch.Tensor:
-    """`count` standard normals per row (B x count, float32): Box-Muller in float64."""
+def normals(seeds: torch.Tensor, stream: int, count: int, start: int = 0) -> torch.Tensor:
+    """`count` standard normals per row (B x count, float32): Box-Muller in float64, from the stream's
+    uniforms at indices `start`, `start` + 1, ... (normals at start + j are the same whatever `count` is)."""
     pairs = (count + 1) // 2
-    index = torch.arange(2 * pairs, device=seeds.device)
+    index = start + torch.arange(2 * pairs, device=seeds.device)
     u = uniform64(seeds, stream, index).view(-1, pairs, 2)  # B x P x 2
     radius = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))  # 1 - u in (0, 1]: log is finite
     angle = (2.0 * torch.pi) * u[..., 1]

@@ -59,6 +59,7 @@ CLUSTER_CHANGES = {
     ("applications", 0, "args", "models", 1, "checkpoint"): "${RAYGEN_STORAGE}/runs/gpt_pydoc",
     ("applications", 0, "args", "models", 2, "checkpoint"): "${RAYGEN_STORAGE}/runs/music_chorales",
     ("applications", 0, "args", "models", 3, "checkpoint"): "${RAYGEN_STORAGE}/runs/style_sample",
+    ("applications", 0, "args", "models", 4, "checkpoint"): "${RAYGEN_STORAGE}/runs/diffusion_digits",
     # the decoders and the style network share one GPU node, a quarter GPU each (bench/replica_memory.py)
     ("applications", 0, "args", "models", 1, "gpu"): 0.25,
     ("applications", 0, "args", "models", 2, "gpu"): 0.25,

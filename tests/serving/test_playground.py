@@ -141,8 +141,8 @@ def test_the_key_prompt_then_the_model_list(context, server):
     page.get_by_label("API key").press("Enter")  # the keyboard submits it too
     expect(page.locator("#key-form")).to_be_hidden()
     listed = page.locator("section[data-model]").evaluate_all("(panels) => panels.map((p) => p.dataset.model)")
-    assert listed == ["digits", "pydoc", "chorales", "styles", "digits-small-queue"]
-    expect(page.locator("#status")).to_contain_text("5 models")
+    assert listed == ["digits", "pydoc", "chorales", "styles", "diffusion", "digits-small-queue"]
+    expect(page.locator("#status")).to_contain_text("6 models")
     screenshot(page, "page")
 
     # The key lives in this tab only: not in storage that outlives it, not in a cookie; a new tab asks again.

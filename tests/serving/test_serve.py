@@ -32,7 +32,8 @@ def png(b64: str) -> np.ndarray:
 
 
 def test_openai_client_lists_models_and_completes(client):
-    assert {m.id for m in client.models.list()} == {"digits", "pydoc", "chorales", "styles", "digits-small-queue"}
+    assert {m.id for m in client.models.list()} == {"digits", "pydoc", "chorales", "styles", "diffusion",
+                                                   "digits-small-queue"}
     plain = client.completions.create(model="pydoc", prompt="The with statement", max_tokens=12, seed=7, n=2)
     assert len(plain.choices) == 2 and plain.choices[0].text != plain.choices[1].text
     assert all(c.finish_reason in ("stop", "length") for c in plain.choices)
@@ -147,22 +148,25 @@ def test_images_edit_through_the_openai_client_stylises_as_the_batch_job_does(cl
     assert no_image.status_code == 400 and no_image.json()["error"]["param"] in ("image", "other")
 
 
-def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, checkpoint, gpt_checkpoint, tmp_path):
-    for ckpt, name in ((checkpoint, "images"), (gpt_checkpoint, "texts")):
+def test_same_seed_same_output_and_equal_to_the_batch_jobs_row(client, http, checkpoint, diffusion_checkpoint,
+                                                               gpt_checkpoint, tmp_path):
+    rows = {}
+    for ckpt, name in ((checkpoint, "digits"), (diffusion_checkpoint, "diffusion"), (gpt_checkpoint, "texts")):
         generate(GenerateArgs(checkpoint=ckpt, out=str(tmp_path / name), num_samples=6, rows_per_shard=6, workers=1),
                  log=lambda *_: None)
-    images = read_shards(str(tmp_path / "images"), read_manifest(str(tmp_path / "images")).shards).to_pylist()
-    texts = read_shards(str(tmp_path / "texts"), read_manifest(str(tmp_path / "texts")).shards).to_pylist()
+        rows[name] = read_shards(str(tmp_path / name), read_manifest(str(tmp_path / name)).shards).to_pylist()
+    texts = rows["texts"]
 
-    async def image_requests() -> list[dict]:  # concurrent: the rows share batches in some order
+    async def image_requests(model: str, images: list[dict]) -> list[dict]:  # concurrent: rows share batches
         async with httpx.AsyncClient(base_url=str(http.base_url), headers=http.headers, timeout=60) as c:
             answers = await asyncio.gather(*(
-                c.post("/v1/images/generations", json={"model": "digits", "seed": row["seed"]}) for row in images * 2))
+                c.post("/v1/images/generations", json={"model": model, "seed": row["seed"]}) for row in images * 2))
         return [a.json()["data"][0] for a in answers]
 
-    answers = asyncio.run(image_requests())
-    for row, answer in zip(images * 2, answers):
-        assert base64.b64decode(answer["b64_json"]) == row["image"]["bytes"] and answer["label"] == row["label"]
+    for model in ("digits", "diffusion"):  # a GAN and a 4-step guided diffusion sampler alike
+        answers = asyncio.run(image_requests(model, rows[model]))
+        for row, answer in zip(rows[model] * 2, answers):
+            assert base64.b64decode(answer["b64_json"]) == row["image"]["bytes"] and answer["label"] == row["label"]
 
     for row in texts[:3]:
         for _ in range(2):

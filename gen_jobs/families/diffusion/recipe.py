@@ -1,0 +1,69 @@
+"""The diffusion family's recipe: the U-Net, the noise schedule, training and sampling settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from gen_jobs.core.recipes import GuardConfig, RecipeBase, StrictModel
+from gen_jobs.data.digit_sets import DIGIT_SETS
+from gen_jobs.data.image_sources import ImageDataConfig
+from gen_jobs.families.diffusion.model import ModelConfig, NoiseConfig
+from gen_jobs.quality.digits import DigitsQualityConfig
+
+
+class DiffusionGuard(GuardConfig):
+    # The loss is a mean squared error against unit-variance targets: about 1 untrained, far below once trained.
+    max_loss: float | None = Field(10.0, gt=0, description="a step loss above this is divergence; null: only "
+                                                           "non-finite losses or weights are")
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(32, gt=0, description="per worker; the global batch is this times --workers")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="share of training rows shown as 'no label': "
+                                                              "the unconditional model guidance needs")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the U-Net's weights (sampling uses it); 0 = off")
+    seed: int = Field(0, ge=0)
+    checkpoint_every: int = Field(10, gt=0, description="epochs between checkpoints (the last is always kept)")
+    quality_samples: int = Field(200, ge=0, description="EMA samples scored each epoch; 0 disables scoring")
+    max_failures: int = Field(2, ge=0, description="worker failures Ray Train recovers from")
+    guard: DiffusionGuard = DiffusionGuard()
+
+
+class SamplingConfig(StrictModel):
+    scheduler: Literal["dpm_solver", "ddim"] = Field(
+        "dpm_solver", description="DPM-Solver++ (2nd order, multistep) or DDIM; both deterministic at eta 0")
+    steps: int = Field(15, ge=1, le=1000, description="denoising steps (U-Net calls per row, twice with guidance)")
+    guidance_scale: float = Field(1.5, ge=0, description="classifier-free guidance: 1 = the conditional model "
+                                                         "alone (one U-Net call a step), above 1 pushes towards "
+                                                         "the label at some cost in diversity")
+    eta: float = Field(0.0, ge=0, le=1, description="DDIM only: 0 deterministic, 1 as stochastic as DDPM (its noise "
+                                                    "drawn from the row's seed)")
+    chunk: int = Field(128, gt=0, le=4096, description="rows per U-Net call, the last one padded, so a row's output "
+                                                      "never depends on how many came with it: larger calls cost "
+                                                      "less a row on a batch, smaller ones answer one image sooner")
+
+
+class Recipe(RecipeBase):
+    family: Literal["diffusion"] = "diffusion"
+    model: ModelConfig = ModelConfig()
+    noise: NoiseConfig = NoiseConfig()
+    data: ImageDataConfig = ImageDataConfig()
+    train: TrainConfig
+    sampling: SamplingConfig = SamplingConfig()
+    quality: DigitsQualityConfig = DigitsQualityConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.data.source in DIGIT_SETS and self.model.conditional and self.model.num_classes != 10:
+            raise ValueError(f"{self.data.source} has 10 classes: set model.num_classes=10")
+        if self.sampling.eta and self.sampling.scheduler != "ddim":
+            raise ValueError("sampling.eta applies to DDIM only: set sampling.scheduler=ddim or sampling.eta=0")
+        return self
+
+    def row_classes(self) -> int | None:
+        return self.model.num_classes if self.model.conditional else None
