@@ -67,8 +67,8 @@ def test_a_learning_rate_that_blows_up_rolls_back_and_training_recovers():
     event, = metrics["guard_events"]
     assert "above train.guard.max_loss 100 at step 1 of epoch 1: rolled back to epoch 0, learning rates x1e-05" in event
     assert metrics["loss_d"] < 100 and metrics["loss_g"] < 100  # the rerun epoch trained at 1000 x 1e-5
-    assert task.gan.opt_g.param_groups[0]["lr"] == pytest.approx(1000 * 1e-5)
-    assert all(torch.isfinite(p).all() for p in task.gan.G.parameters())
+    assert task.model.opt_g.param_groups[0]["lr"] == pytest.approx(1000 * 1e-5)
+    assert all(torch.isfinite(p).all() for p in task.model.G.parameters())
 
 
 def test_divergence_that_persists_stops_training_with_the_reason():
@@ -82,7 +82,7 @@ def test_divergence_that_persists_stops_training_with_the_reason():
 def crippled(recipe, task):
     """A generator that ignores its noise: every weight zero and frozen, so every sample is the same image."""
     with torch.no_grad():
-        for G in (task.gan.G, task.gan.G_ema):
+        for G in (task.model.G, task.model.G_ema):
             for p in G.parameters():
                 p.zero_()
                 p.requires_grad_(False)

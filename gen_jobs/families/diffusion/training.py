@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gen_jobs.core import checkpoint
-from gen_jobs.data.image_sources import check_source, load_images
 from gen_jobs.families.diffusion.model import build_unet, training_scheduler
 from gen_jobs.families.diffusion.recipe import Recipe
 from gen_jobs.families.diffusion.sampler import sample_images
-from gen_jobs.quality.digits import DigitsReference, collapse_warnings, scorable
 from gen_jobs.training.harness import Workers
+from gen_jobs.training.image_task import ImageTrainingTask, describe_digits_epoch
 
 
 class Denoiser:
@@ -39,7 +37,6 @@ class Denoiser:
         t = recipe.train
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.noise = training_scheduler(recipe.noise)
-        self.alphas = self.noise.alphas_cumprod.to(device)
         self.step = 0
 
     def train_step(self, x0: torch.Tensor, labels: torch.Tensor | None, workers: Workers | None = None) -> float:
@@ -88,72 +85,23 @@ class Denoiser:
         self.step = int(state["step"])
 
 
-class TrainingTask:
+class TrainingTask(ImageTrainingTask):
     """The harness's view of the diffusion family: a denoising step on a slice of the images, digits figures
     of the EMA model's samples each epoch."""
 
     def __init__(self, recipe: Recipe, prepared: dict, workers: Workers):
-        self.recipe, self.workers = recipe, workers
-        images, labels = load_images(recipe.data, recipe.model.image_size, recipe.model.channels)
-        if recipe.model.conditional and labels is None:
-            raise ValueError(f"{recipe.data.source} has no labels: set model.conditional=false to train unconditionally")
-        self.images = torch.from_numpy(images)  # N x C x S x S in [-1, 1]
-        self.labels = torch.from_numpy(labels) if labels is not None else None  # N
-        self.num_examples = len(self.images)
-        self.model = Denoiser(recipe, workers.device)
-        self.reference = None
-        if workers.rank == 0 and recipe.train.quality_samples and scorable(recipe):
-            self.reference = DigitsReference(recipe.model.image_size, source=recipe.data.source)
-
-    @staticmethod
-    def prepare(recipe: Recipe) -> dict:
-        check_source(recipe.data)  # fail fast, before any worker starts
-        return {}
+        super().__init__(recipe, workers, Denoiser(recipe, workers.device))
 
     def train_step(self, indices: torch.Tensor) -> dict[str, float]:
-        device = self.workers.device
-        labels = self.labels[indices].to(device) if self.labels is not None else None
-        return {"loss": self.model.train_step(self.images[indices].to(device), labels, self.workers)}
+        return {"loss": self.model.train_step(*self.batch(indices), self.workers)}
 
-    def end_epoch(self, epoch: int) -> dict[str, Any]:
-        """The training log's figures: the EMA U-Net's samples for fixed seeds, labels cycling 0..9."""
-        if self.reference is None:
-            return {}
-        cfg = self.recipe.model
-        seeds = np.arange(self.recipe.train.quality_samples, dtype=np.int64)
-        labels = (seeds % cfg.num_classes) if cfg.conditional else None
-        images, drawn = sample_images(self.model.ema, self.recipe, seeds, labels, self.workers.device)
-        figures = self.reference.score(images, drawn if cfg.conditional else None, tstr=False)
-        return figures.model_dump(exclude_none=True, exclude={"num_samples", "requested_classes"})
+    def sample(self, seeds: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return sample_images(self.model.ema, self.recipe, seeds, labels, self.workers.device)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.model.unet]
 
-    def collapse(self, figures: dict) -> list[str]:
-        """The mode-collapse warnings of an epoch's figures, significant for the samples scored."""
-        if "classes_covered" not in figures:
-            return []
-        scored = {**figures, "num_samples": self.recipe.train.quality_samples}
-        return [w for w in collapse_warnings(scored) if w.startswith("mode collapse")]
-
-    def save(self, folder: Path, info: dict) -> None:
-        self.model.save(folder, info)
-
-    def train_state(self) -> dict:
-        return self.model.train_state()
-
-    def load(self, folder: Path, state: dict) -> None:
-        self.model.load(folder, state)
-
 
 def describe_epoch(m: dict, epochs: int) -> tuple[str, list[str]]:
     """The training log's line for one epoch (rank 0's reported metrics), and its warnings."""
-    line = f"epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}"
-    if "classes_covered" in m:
-        line += f"  classes {m['classes_covered']}/10  diversity {m['diversity']:.2f}"
-        if "label_agreement" in m:
-            line += f"  label agreement {m['label_agreement']:.2f}"
-    line += f"  ({m['seconds']:.1f} s)"
-    if "classes_covered" in m and m["epoch"] > epochs // 4:  # early epochs are expected to look unformed
-        return line, [f"warning: {w}" for w in collapse_warnings(m)]
-    return line, []
+    return describe_digits_epoch(m, epochs, f"loss {m['loss']:.4f}")
