@@ -102,19 +102,22 @@ exited_while_starting() {  # node name, its log file's name
     die "$1 exited while starting; log: $STATE/logs/$2"
 }
 
-# Worker node $1 (of a cluster with $1 + 1 nodes once it is up). Ray's node start waits a
-# fixed 30 s for the new raylet to register with the GCS (ray/_private/node.py), which a
-# loaded small machine can miss; such a worker is stopped and started again, up to 3 tries.
+# Worker node $1 (of a cluster with $1 + 1 nodes once it is up) joining the GCS on port $2, seen
+# through the dashboard on port $3; the rest are extra flags for the node (the object store's size).
+# Ray's node start waits a fixed 30 s for the new raylet to register with the GCS
+# (ray/_private/node.py), which a loaded small machine can miss; such a worker is stopped and
+# started again, up to 3 tries.
 start_worker() {
-    local i="$1" try pid log
+    local i="$1" gcs_port="$2" dashboard_port="$3" try pid log p1 p2 p3 p4 p5 p6
+    local node_flags=("${@:4}")
     for try in 1 2 3; do
         log="worker-$i.log"
         (( try == 1 )) || log="worker-$i-try$try.log"
         read -r p1 p2 p3 p4 p5 p6 <<< "$(free_ports 6)"
-        pid=$(start_detached "$STATE/logs/$log" python3 "$HERE/local_worker.py" --address="127.0.0.1:$GCS_PORT" \
-            --num-cpus="$WORKER_CPUS" --ports "$p1" "$p2" "$p3" "$p4" "$p5" "$p6" "${store[@]}")
+        pid=$(start_detached "$STATE/logs/$log" python3 "$HERE/local_worker.py" --address="127.0.0.1:$gcs_port" \
+            --num-cpus="$WORKER_CPUS" --ports "$p1" "$p2" "$p3" "$p4" "$p5" "$p6" "${node_flags[@]}")
         echo "$pid" > "$STATE/worker-$i.pid"
-        wait_for_nodes $(( i + 1 )) "http://127.0.0.1:$DASHBOARD_PORT" && return 0
+        wait_for_nodes $(( i + 1 )) "http://127.0.0.1:$dashboard_port" && return 0
         [[ "$EXITED" == "worker-$i" ]] || exited_while_starting "$EXITED" "$EXITED.log"
         if (( try == 3 )) || ! grep -q "timed out during startup" "$STATE/logs/$log"; then
             exited_while_starting "$EXITED" "$log"
@@ -213,8 +216,7 @@ VARS
 
     # One worker node at a time, each registered before the next starts: started together on a
     # small machine, they starve each other and Ray gives up on them ("timed out during startup").
-    GCS_PORT=$gcs DASHBOARD_PORT=$dashboard
-    for i in $(seq 1 "$workers"); do start_worker "$i"; done
+    for i in $(seq 1 "$workers"); do start_worker "$i" "$gcs" "$dashboard" "${store[@]}"; done
     trap - EXIT
     print_addresses
 }
