@@ -270,7 +270,7 @@ def plan(args: GenerateArgs, log=print) -> Plan:
             what = label_flag.removeprefix("--")
             raise UserError(f"{label_flag} {args.labels}: {what} {bad} out of range; this model has {what} "
                             f"0..{classes - 1}")
-    source = row_source(args, family, ckpt)
+    source = row_source(args, family, ckpt, recipe.rows_from(family.rows_from))
     identity = DatasetIdentity(
         family=recipe.family,
         recipe=recipe.model_dump(mode="json"),
@@ -330,12 +330,13 @@ def _recipe_value(recipe: dict, dotted: str) -> Any:
     return recipe
 
 
-def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
-    """The row source the arguments name, if the family (a gen_jobs.core.family.Family) makes rows from it."""
+def row_source(args: GenerateArgs, family, ckpt: str, rows_from: str) -> RowSource:
+    """The row source the arguments name, if the model (of `family`, a gen_jobs.core.family.Family) makes rows
+    from it: `rows_from`, the recipe's (recipe.rows_from)."""
     if args.prompts:
-        if family.rows_from != "prompts":
-            raise UserError(f"--prompts needs a model that continues prompts (text, music); {ckpt} is a "
-                            f"{family.name} model")
+        if rows_from != "prompts":
+            raise UserError(f"--prompts needs a model that continues prompts (text, music) or draws images from "
+                            f"them (a text-to-image pipeline); {ckpt} is a {family.name} model that does not")
         return plan_prompts(storage.absolute(args.prompts), args.prompt_column, args.samples_per_prompt, family.prompt_files)
     if args.requests:
         if family.serve_api is None:
@@ -345,11 +346,11 @@ def row_source(args: GenerateArgs, family, ckpt: str) -> RowSource:
                 raise UserError(f"{flag} does not apply to --requests: each line's body says what it asks for")
         return plan_requests(storage.absolute(args.requests))
     if args.input:
-        if family.rows_from != "images":
+        if rows_from != "images":
             raise UserError(f"--input needs a model that transforms images (style transfer); {ckpt} is a "
                             f"{family.name} model")
         return plan_images(storage.absolute(args.input), args.input_column, args.samples_per_input)
-    if family.rows_from == "images":
+    if rows_from == "images":
         raise UserError(f"a {family.name} model makes rows from input images: pass --input URI instead of --num-samples")
     return RowSource()
 

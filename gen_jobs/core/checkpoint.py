@@ -9,6 +9,10 @@
 
 Weights are safetensors, never an arbitrary pickle, so a checkpoint from
 someone else cannot run code when loaded.
+
+A folder made elsewhere (no recipe.json) is read by the family whose
+`foreign_files` it holds: a HuggingFace causal-LM folder (text), a diffusers
+pipeline folder (diffusion); that family describes it with a recipe.
 """
 
 from __future__ import annotations
@@ -45,8 +49,18 @@ def write(folder: Path, recipe: RecipeBase, weights: dict[str, dict], info: dict
 
 def read_recipe(uri: str) -> RecipeBase:
     """The recipe stored in a checkpoint; a clear error if `uri` is not a raygen checkpoint."""
-    names = _checkpoint_names(uri, [RECIPE_FILE, SAMPLER_WEIGHTS, "config.json"])
+    names = _checkpoint_names(uri, [RECIPE_FILE, SAMPLER_WEIGHTS, *_foreign_files()])
     return _recipe(uri, names, lambda name: storage.read_bytes(storage.join(uri, name)))
+
+
+def _foreign_families() -> list:
+    """The families that read folders made elsewhere, each with the files that mark them."""
+    families = (registry.get(name) for name in registry.names())
+    return [family for family in families if family.foreign_checkpoint and family.foreign_files]
+
+
+def _foreign_files() -> set[str]:
+    return {name for family in _foreign_families() for name in family.foreign_files}
 
 
 def _must_exist(uri: str) -> None:
@@ -63,17 +77,17 @@ def _checkpoint_names(uri: str, wanted: list[str]) -> set[str]:
 def _recipe(uri: str, names: set[str], read) -> RecipeBase:
     """The checkpoint's recipe, from its file names and `read(name) -> bytes` (not called without a
     recipe.json); a clear error if the folder is no checkpoint."""
-    if RECIPE_FILE not in names and SAMPLER_WEIGHTS in names and "config.json" in names:
-        # A checkpoint made elsewhere (e.g. a HuggingFace save_pretrained folder): a family that reads it says so.
-        for name in registry.names():
-            family = registry.get(name)
-            if family.foreign_checkpoint:
+    if RECIPE_FILE not in names:
+        # A checkpoint made elsewhere (a HuggingFace save_pretrained folder): the family whose files it holds reads it.
+        for family in _foreign_families():
+            if set(family.foreign_files) <= names:
                 return family.load("foreign_checkpoint")(uri)
     if RECIPE_FILE not in names or SAMPLER_WEIGHTS not in names:
+        made_elsewhere = "; ".join(f"{' and '.join(f.foreign_files)} ({f.name})" for f in _foreign_families())
         raise UserError(
-            f"{uri} is not a raygen checkpoint (it needs {RECIPE_FILE} and {SAMPLER_WEIGHTS}) nor a "
-            "HuggingFace causal-LM folder (config.json and model.safetensors): "
-            "pass the folder printed as 'checkpoint: ...' by raygen train"
+            f"{uri} is not a raygen checkpoint (it needs {RECIPE_FILE} and {SAMPLER_WEIGHTS}) nor a folder made "
+            f"elsewhere that raygen reads ({made_elsewhere}): pass the folder printed as 'checkpoint: ...' by "
+            "raygen train"
         )
     recipe_uri = storage.join(uri, RECIPE_FILE)
     try:
@@ -101,7 +115,8 @@ def latest(uri: str) -> str:
     complete = {SAMPLER_WEIGHTS, RECIPE_FILE, INFO_FILE}
     candidates = sorted(name for name, files in present.items() if name.startswith("checkpoint_") and complete <= files)
     if not candidates:
-        read_recipe(uri)  # raises the usual "not a checkpoint" error, with how to fix it
+        read_recipe(uri)  # a folder made elsewhere (a pipeline) is its own checkpoint; else the usual error
+        return uri
     return storage.join(uri, candidates[-1])
 
 
@@ -173,7 +188,7 @@ class Pinned:
 
     uri: str
     files: dict[str, bytes]  # {relative path: bytes}, all but TRAINING_ONLY
-    sha256: str  # of SAMPLER_WEIGHTS: the checkpoint's identity in a dataset's manifest
+    sha256: str  # the checkpoint's identity in a dataset's manifest: see files_sha256
     recipe: RecipeBase
 
 
@@ -192,7 +207,18 @@ def pin(uri: str) -> Pinned:
         if relative.split("/")[-1] not in TRAINING_ONLY:
             files[relative] = storage.read_bytes(storage.join(uri, relative))
     recipe = foreign or _recipe(uri, set(files), files.__getitem__)
-    return Pinned(uri, files, hashlib.sha256(files[SAMPLER_WEIGHTS]).hexdigest(), recipe)
+    return Pinned(uri, files, files_sha256(files), recipe)
+
+
+def files_sha256(files: dict[str, bytes]) -> str:
+    """A checkpoint's identity: the sha256 of its SAMPLER_WEIGHTS where it has them (raygen's checkpoints, a
+    HuggingFace LM folder); for a folder made elsewhere without (a diffusers pipeline: weights, configs and
+    tokenizer in sub-folders), the sha256 of its `sha256sum`-style listing, one "<sha256>  <path>" line per
+    file in path order, so any file's change changes it."""
+    if SAMPLER_WEIGHTS in files:
+        return hashlib.sha256(files[SAMPLER_WEIGHTS]).hexdigest()
+    listing = "".join(f"{hashlib.sha256(files[path]).hexdigest()}  {path}\n" for path in sorted(files))
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def materialise(pinned: Pinned) -> tempfile.TemporaryDirectory:

@@ -26,6 +26,8 @@ and, as plain values:
     demo            its demo defaults (recipe name, rows, what to show, example files, input), or None
     foreign_checkpoint  a `module:function` that describes a checkpoint folder made
                     elsewhere (no raygen recipe.json) with a recipe, or None
+    foreign_files   the files whose presence marks such a folder as this family's (text:
+                    config.json and model.safetensors; diffusion: model_index.json)
     generate_options    its own `raygen generate` flags (GenerateOption), which --help shows
                     under the family's name: each sets a recipe key or is the family's name for
                     a shared option (style's --styles is --labels)
@@ -101,6 +103,7 @@ class Family:
     serve_api: str | None = None
     demo: DemoDefaults | None = None
     foreign_checkpoint: str | None = None
+    foreign_files: tuple[str, ...] = ()  # with foreign_checkpoint: the files that mark such a folder
     figures: str | None = None  # "module:DICT"
     preview: str | None = None  # "module:function"
     generate_options: tuple[GenerateOption, ...] = ()

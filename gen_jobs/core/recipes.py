@@ -68,6 +68,11 @@ class RecipeBase(StrictModel):
         """How many classes a row may ask for (`raygen generate --labels`, Serve's `label`); None: none."""
         return None
 
+    def rows_from(self, family_rows_from: str) -> str:
+        """What this model's rows are made from: its family's `rows_from` ("ids", "prompts", "images"), unless
+        the recipe says otherwise (a diffusion pipeline made elsewhere that draws images from prompts)."""
+        return family_rows_from
+
     def for_dataset(self) -> "RecipeBase":
         """This recipe with whatever the machine would choose fixed (checked), for a dataset's identity.
 

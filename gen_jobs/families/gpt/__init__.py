@@ -25,4 +25,5 @@ FAMILY = Family(
     serve_api="serving.apis.text",
     demo=DemoDefaults(recipe="gpt_pydoc", num_samples=1_000, show="text"),
     foreign_checkpoint="gen_jobs.families.gpt.recipe:recipe_for_pretrained",
+    foreign_files=("config.json", "model.safetensors"),
 )
