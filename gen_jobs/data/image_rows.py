@@ -1,4 +1,4 @@
-"""The Arrow table of an image family's rows (dcgan, diffusion): id, seed, [label], [figures], image.
+"""The Arrow table of an image family's rows (dcgan, diffusion): id, seed, [prompt], [label], [figures], image.
 
     called by each image family's `to_table`, which adds its per-row figures (gen_jobs.quality.digits.row_figures)
 """
@@ -13,9 +13,12 @@ from gen_jobs.data.images import encode_png
 
 
 def image_table(batch: dict[str, np.ndarray], conditional: bool, figures: dict[str, np.ndarray]) -> pa.Table:
-    """Sampler output {id, seed, label (B), image (uint8 B x S x S x C)} -> id, seed, [label (conditional models)],
-    the row's figures (bool `copy`, float64 others), image{bytes (PNG), path "<id>.png"}."""
+    """Sampler output {id, seed, [prompt], label (B), image (uint8 B x S x S x C)} -> id, seed, [prompt
+    (text-to-image models)], [label (conditional models)], the row's figures (bool `copy`, float64 others),
+    image{bytes (PNG), path "<id>.png"}."""
     columns = row_columns(batch)
+    if "prompt" in batch:
+        columns["prompt"] = pa.array([str(p) for p in batch["prompt"]], pa.string())
     if conditional:
         columns["label"] = pa.array(batch["label"], pa.int64())
     for name, values in figures.items():

@@ -18,10 +18,10 @@ def preview(dataset: str, manifest) -> Preview:
     from gen_jobs.data.images import decode_png, image_grid, labelled_grid, png_bytes
     from gen_jobs.data.manifest import read_shards
 
-    table = read_shards(dataset, manifest.shards, ["label", "image"], max_rows=ROWS_READ)
+    conditional = manifest.recipe.get("model", {}).get("conditional")  # else its rows have no label column
+    table = read_shards(dataset, manifest.shards, ["label", "image"] if conditional else ["image"], max_rows=ROWS_READ)
     images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])  # N x H x W x C
-    labels = table.column("label").to_pylist()
-    if manifest.recipe.get("model", {}).get("conditional") and None not in labels:
+    if conditional and None not in (labels := table.column("label").to_pylist()):
         grid = labelled_grid(images, np.asarray(labels), cell=CELL)
         if grid is not None:
             return Preview(png_bytes(grid), "samples, one row per label (written at the left), the first 10 of each")

@@ -1,14 +1,15 @@
 """Image models over the OpenAI API: POST /v1/images/generations.
 
-Request fields: model, prompt (accepted, unused: these models are not
-text-conditioned), n, response_format ("b64_json"; URLs are not offered),
+Request fields: model, prompt (what a text-to-image model draws; accepted and
+unused by the others), n, response_format ("b64_json"; URLs are not offered),
 size ("WxH"; default: the model's own size, other sizes are nearest-neighbour
 resized), seed, and the raygen extension `label` (a class index, for
 class-conditional models; omitted: drawn from the seed, as in a dataset).
 
-Each returned image carries the `seed` and `label` it was sampled with. Image k
-of a request with seed s uses seed s + k; the PNG equals the `raygen generate`
-dataset row with that seed (and label) byte for byte.
+Each returned image carries the `seed` (and, for a class-conditional model, the
+`label`) it was sampled with. Image k of a request with seed s uses seed s + k;
+the PNG equals the `raygen generate` dataset row with that seed (and label, or
+prompt) byte for byte.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ async def rows(sampler, request: ImageRequest, limits: Limits) -> dict[str, np.n
     return {
         "seed": np.array([choice_seed(request.seed, k) for k in range(request.n)], dtype=np.int64),
         "label": np.full(request.n, -1 if request.label is None else request.label, dtype=np.int64),
+        "prompt": np.full(request.n, request.prompt, dtype=object),  # read by text-to-image models only
     }
 
 
@@ -129,8 +131,11 @@ def respond(sampler, request: ImageRequest, out: dict[str, np.ndarray], model: s
     size = request.pixels()
     if size and size != (images.shape[2], images.shape[1]):
         images = resize(images, size)
-    data = [{"b64_json": base64.b64encode(png).decode(), "seed": int(seed), "label": int(label)}
-            for png, seed, label in zip(encode_png(images), out["seed"], out["label"])]
+    conditional = sampler.recipe.model.conditional
+    data = []
+    for png, seed, label in zip(encode_png(images), out["seed"], out["label"]):
+        image = {"b64_json": base64.b64encode(png).decode(), "seed": int(seed)}
+        data.append({**image, "label": int(label)} if conditional else image)
     return {"created": int(time.time()), "data": data}
 
 

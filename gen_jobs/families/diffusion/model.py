@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from gen_jobs.core.recipes import StrictModel
 
 
 class ModelConfig(StrictModel):
-    image_size: int = Field(16, description="output side in pixels: 16, 32 or 64 (a multiple of the U-Net's "
-                                            "downsampling)")
+    image_size: int = Field(16, ge=8, le=2048, description="output side in pixels, a multiple of the U-Net's "
+                                                          "downsampling (16, 32, 64 for the bundled digits)")
     channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB")
     block_channels: list[int] = Field(default_factory=lambda: [16, 32], min_length=1, max_length=4,
                                       description="channels of each U-Net resolution, from the finest down")
@@ -31,13 +31,6 @@ class ModelConfig(StrictModel):
     num_classes: int = Field(10, gt=0)
     conditional: bool = Field(True, description="class-conditional U-Net (class embedding), guided by "
                                                 "sampling.guidance_scale")
-
-    @field_validator("image_size")
-    @classmethod
-    def _size(cls, v: int) -> int:
-        if v not in (16, 32, 64):
-            raise ValueError("must be one of 16, 32, 64")
-        return v
 
     @model_validator(mode="after")
     def _fits(self) -> "ModelConfig":
@@ -87,12 +80,13 @@ def training_scheduler(noise: NoiseConfig):
                          prediction_type=noise.prediction_type, clip_sample=False)
 
 
-def sampling_scheduler(noise: NoiseConfig, kind: Literal["ddim", "dpm_solver"]):
-    """A fresh sampling scheduler (DPM-Solver++ keeps the last model outputs: one per call, never shared)."""
+def sampling_scheduler(schedule: dict, kind: Literal["ddim", "dpm_solver"]):
+    """A fresh sampling scheduler on the training schedule `schedule` (a scheduler's config: a model trained
+    here, `training_scheduler(noise).config`; a pipeline's own). DPM-Solver++ keeps the last model outputs: one
+    per walk, never shared."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    config = training_scheduler(noise).config
     if kind == "ddim":
-        return DDIMScheduler.from_config(config, timestep_spacing="trailing")
-    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+        return DDIMScheduler.from_config(schedule, timestep_spacing="trailing")
+    return DPMSolverMultistepScheduler.from_config(schedule, algorithm_type="dpmsolver++", solver_order=2,
                                                    timestep_spacing="trailing")

@@ -1,4 +1,5 @@
-"""The diffusion family's recipe: the U-Net, the noise schedule, training and sampling settings."""
+"""The diffusion family's recipe: the U-Net, the noise schedule, training and sampling settings; for a
+diffusers pipeline folder made elsewhere, what raygen read of it (`pipeline`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from gen_jobs.core.recipes import GuardConfig, RecipeBase, StrictModel
 from gen_jobs.data.digit_sets import DIGIT_SETS
 from gen_jobs.data.image_sources import ImageDataConfig
 from gen_jobs.families.diffusion.model import ModelConfig, NoiseConfig
+from gen_jobs.families.diffusion.pipeline import PipelineConfig
 from gen_jobs.quality.digits import DigitsQualityConfig
 
 
@@ -46,12 +48,16 @@ class SamplingConfig(StrictModel):
     chunk: int = Field(128, gt=0, le=4096, description="rows per U-Net call, the last one padded, so a row's output "
                                                       "never depends on how many came with it: larger calls cost "
                                                       "less a row on a batch, smaller ones answer one image sooner")
+    negative_prompt: str = Field("", description="text-to-image pipelines: what guidance steers away from")
 
 
 class Recipe(RecipeBase):
     family: Literal["diffusion"] = "diffusion"
     model: ModelConfig = ModelConfig()
-    noise: NoiseConfig = NoiseConfig()
+    noise: NoiseConfig | None = Field(NoiseConfig(), description="the training schedule; null for a pipeline made "
+                                                                "elsewhere, whose scheduler config is the schedule")
+    pipeline: PipelineConfig | None = Field(None, description="a diffusers pipeline folder made elsewhere: what raygen "
+                                                             "read of it (set by raygen, not by hand)")
     data: ImageDataConfig = ImageDataConfig()
     train: TrainConfig
     sampling: SamplingConfig = SamplingConfig()
@@ -63,7 +69,27 @@ class Recipe(RecipeBase):
             raise ValueError(f"{self.data.source} has 10 classes: set model.num_classes=10")
         if self.sampling.eta and self.sampling.scheduler != "ddim":
             raise ValueError("sampling.eta applies to DDIM only: set sampling.scheduler=ddim or sampling.eta=0")
+        if self.pipeline is None and self.noise is None:
+            raise ValueError("noise is needed: the schedule a model trained here is noised and sampled with")
+        text = self.prompted
+        if self.sampling.negative_prompt and not text:
+            raise ValueError("sampling.negative_prompt applies to text-to-image pipelines only")
+        if text and self.sampling.eta:
+            raise ValueError("sampling.eta: a text-to-image pipeline draws DDIM's noise from its own generator, "
+                             "not from the row's seed; keep sampling.eta=0")
+        if self.pipeline is not None and self.pipeline.kind == "unet" and self.model.conditional \
+                and self.sampling.guidance_scale != 1.0:
+            raise ValueError("sampling.guidance_scale: a class-conditional pipeline made elsewhere has no known "
+                             "'no label' class to guide away from; keep sampling.guidance_scale=1")
         return self
+
+    @property
+    def prompted(self) -> bool:
+        """A text-to-image pipeline: its rows are drawn from prompts."""
+        return self.pipeline is not None and self.pipeline.kind == "text_to_image"
+
+    def rows_from(self, family_rows_from: str) -> str:
+        return "prompts" if self.prompted else family_rows_from
 
     def row_classes(self) -> int | None:
         return self.model.num_classes if self.model.conditional else None

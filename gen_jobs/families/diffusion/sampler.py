@@ -13,13 +13,17 @@ place, so a row's bytes are the same alone, in a Serve request or in a shard.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import torch
 
 from gen_jobs.core import checkpoint, seeding
 from gen_jobs.data.image_rows import image_table
-from gen_jobs.families.diffusion.model import build_unet, sampling_scheduler
+from gen_jobs.families.diffusion.model import build_unet, sampling_scheduler, training_scheduler
+from gen_jobs.families.diffusion.pipeline import load_pipeline, sample_prompted
 from gen_jobs.families.diffusion.recipe import Recipe
 from gen_jobs.quality.digits import row_figures
 
@@ -40,45 +44,94 @@ def _denoise(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: to
     return torch.cat(out)
 
 
+class Walk:
+    """Rows on their way from noise to images, one denoising step at a time.
+
+    The rows' labels (given, or drawn from the seed where < 0 or None) and starting
+    noise come from their seeds; `schedule` is the training scheduler's config (None:
+    the recipe's noise; a U-Net pipeline made elsewhere gives its own). Rows whose
+    `live` entry is False before a step get no more U-Net calls (a Serve client left):
+    the others' numbers do not change, since every call holds `sampling.chunk` rows.
+    """
+
+    def __init__(self, unet: torch.nn.Module, recipe: Recipe, seeds: np.ndarray, labels: np.ndarray | None,
+                 device: torch.device, schedule: dict | None = None):
+        cfg, self.sampling, self.unet = recipe.model, recipe.sampling, unet
+        self.s = seeding.seed_tensor(seeds, device)  # B
+        y = seeding.integers(self.s, seeding.LABEL, cfg.num_classes)  # B
+        if labels is not None:
+            given = torch.as_tensor(np.ascontiguousarray(labels, dtype=np.int64), device=device)
+            y = torch.where(given >= 0, given, y)
+        self.labels = y
+        self.shape = (len(self.s), cfg.channels, cfg.image_size, cfg.image_size)
+        self.n = cfg.channels * cfg.image_size ** 2
+        self.scheduler = sampling_scheduler(schedule or training_scheduler(recipe.noise).config, self.sampling.scheduler)
+        self.scheduler.set_timesteps(self.sampling.steps, device=device)
+        self.x = seeding.normals(self.s, seeding.DIFFUSION, self.n).view(self.shape) * self.scheduler.init_noise_sigma
+        self.guided = cfg.conditional and self.sampling.guidance_scale != 1.0
+        self.class_labels = y if cfg.conditional else None
+        self.no_label = cfg.num_classes  # the class embedding that means "no label"
+        self.live = torch.ones(len(self.s), dtype=torch.bool, device=device)  # B
+
+    def steps(self) -> Iterator[int]:
+        """Take the denoising steps, yielding each one's index after it (rows in `live` only)."""
+        sampling = self.sampling
+        stride = self.n + self.n % 2  # Box-Muller draws pairs: each step's normals start on a fresh pair
+        with torch.inference_mode():
+            for k, t in enumerate(self.scheduler.timesteps):
+                everyone = bool(self.live.all())
+                live = slice(None) if everyone else self.live.nonzero().squeeze(1)  # L rows
+                if not everyone and len(live) == 0:
+                    return
+                model_in = self.scheduler.scale_model_input(self.x, t)[live]  # L x C x S x S
+                if self.guided:  # one call on [conditional rows; the same rows with "no label"]
+                    y = self.class_labels[live]
+                    both = torch.cat([y, torch.full_like(y, self.no_label)])
+                    cond, uncond = _denoise(self.unet, torch.cat([model_in, model_in]), t, both, sampling.chunk).chunk(2)
+                    predicted = uncond + sampling.guidance_scale * (cond - uncond)
+                else:
+                    y = None if self.class_labels is None else self.class_labels[live]
+                    predicted = _denoise(self.unet, model_in, t, y, sampling.chunk)
+                if everyone:
+                    out = predicted
+                else:  # rows no longer live get nothing: their x is never read
+                    out = torch.zeros_like(self.x)
+                    out[live] = predicted
+                if sampling.scheduler == "ddim":
+                    noise = seeding.normals(self.s, seeding.DIFFUSION, self.n, start=(k + 1) * stride).view(
+                        self.shape) if sampling.eta else None
+                    self.x = self.scheduler.step(out, t, self.x, eta=sampling.eta, variance_noise=noise).prev_sample
+                else:
+                    self.x = self.scheduler.step(out, t, self.x).prev_sample
+                yield k
+
+    def images(self) -> np.ndarray:
+        """The rows' images as they stand: uint8 B x S x S x C."""
+        return ((self.x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def sample_images(unet: torch.nn.Module, recipe: Recipe, seeds: np.ndarray, labels: np.ndarray | None,
-                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Images for rows with the given seeds; labels < 0 (or None) are drawn from the seed.
+                  device: torch.device, schedule: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images for rows with the given seeds, every step taken (Walk says what the arguments mean).
 
     Returns (uint8 B x S x S x C, int64 labels B).
     """
-    cfg, sampling = recipe.model, recipe.sampling
-    s = seeding.seed_tensor(seeds, device)  # B
-    y = seeding.integers(s, seeding.LABEL, cfg.num_classes)  # B
-    if labels is not None:
-        given = torch.as_tensor(np.ascontiguousarray(labels, dtype=np.int64), device=device)
-        y = torch.where(given >= 0, given, y)
-    shape = (len(s), cfg.channels, cfg.image_size, cfg.image_size)
-    n = cfg.channels * cfg.image_size ** 2
-    stride = n + n % 2  # Box-Muller draws pairs: each step's normals start on a fresh pair
-    scheduler = sampling_scheduler(recipe.noise, sampling.scheduler)
-    scheduler.set_timesteps(sampling.steps, device=device)
-    x = seeding.normals(s, seeding.DIFFUSION, n).view(shape) * scheduler.init_noise_sigma  # B x C x S x S
+    walk = Walk(unet, recipe, seeds, labels, device, schedule)
+    for _ in walk.steps():
+        pass
+    return walk.images(), walk.labels.cpu().numpy()
 
-    guided = cfg.conditional and sampling.guidance_scale != 1.0
-    if guided:  # one call on [conditional rows; the same rows with "no label"]
-        both = torch.cat([y, torch.full_like(y, cfg.num_classes)])
-    with torch.inference_mode():
-        for k, t in enumerate(scheduler.timesteps):
-            model_in = scheduler.scale_model_input(x, t)
-            if guided:
-                out = _denoise(unet, torch.cat([model_in, model_in]), t, both, sampling.chunk)
-                cond, uncond = out.chunk(2)
-                out = uncond + sampling.guidance_scale * (cond - uncond)
-            else:
-                out = _denoise(unet, model_in, t, y if cfg.conditional else None, sampling.chunk)
-            if sampling.scheduler == "ddim":
-                noise = seeding.normals(s, seeding.DIFFUSION, n, start=(k + 1) * stride).view(shape) \
-                    if sampling.eta else None
-                x = scheduler.step(out, t, x, eta=sampling.eta, variance_noise=noise).prev_sample
-            else:
-                x = scheduler.step(out, t, x).prev_sample
-    images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-    return images.cpu().numpy(), y.cpu().numpy()
+
+@dataclass
+class Denoising:
+    """One Serve row's state between steps, as model_server's step batches read it (like a text row's)."""
+
+    label: int  # given, or drawn from the seed
+    finish_reason: str | None = None  # "stop" once its image is made; "cancelled" when its client left
+    image: np.ndarray | None = None  # uint8 S x S x C, once made
+
+    def snapshot(self) -> "Denoising":
+        return self  # nothing of it changes once read: the image is set once, at the end
 
 
 def load_unet(folder, recipe: Recipe, device: torch.device) -> torch.nn.Module:
@@ -92,21 +145,63 @@ class Sampler:
     """Checkpoint -> images. One instance per Ray Data actor or Serve replica.
 
     __call__ maps a batch {"seed": int64 B, optional "label": int64 B (-1 = draw
-    from the seed), other columns passed through} to the same batch plus
-    "label" (int64 B) and "image" (uint8 B x S x S x C). A dataset row's figures are added
-    by `to_table` (Serve does not need them).
+    from the seed), optional "prompt" (text-to-image pipelines), other columns passed
+    through} to the same batch plus "label" (int64 B) and "image" (uint8 B x S x S x C).
+    A dataset row's figures are added by `to_table` (Serve does not need them).
     """
 
     def __init__(self, checkpoint_uri: str, device: str = "cpu", recipe: Recipe | None = None):
         self.device = torch.device(device)
+        self.pipe = self.schedule = None
         with checkpoint.LocalCheckpoint(checkpoint_uri, recipe) as ckpt:  # recipe.json is read only when none is given
             self.recipe: Recipe = ckpt.recipe
-            self.unet = load_unet(ckpt.path, self.recipe, self.device)
+            if self.recipe.pipeline is None:
+                self.unet = load_unet(ckpt.path, self.recipe, self.device)
+            else:  # a diffusers pipeline folder made elsewhere
+                self.pipe = load_pipeline(ckpt.path, self.device)
+                self.unet = self.pipe.unet.eval().requires_grad_(False)
+                self.schedule = dict(self.pipe.scheduler.config)  # its own, before any sampler replaces it
+
+    def _walk(self, batch: dict[str, np.ndarray]) -> Walk:
+        labels = batch.get("label")
+        return Walk(self.unet, self.recipe, np.asarray(batch["seed"]), None if labels is None else np.asarray(labels),
+                    self.device, self.schedule)
+
+    def stream(self, batch: dict[str, np.ndarray]) -> Iterator[list[Denoising]]:
+        """Sample a batch, yielding its rows' states after every step (the same objects): a row whose
+        finish_reason is set meanwhile ("cancelled": its Serve client left) gets no more U-Net calls. Serve's
+        step batches use it. A text-to-image pipeline is one call: its rows are yielded once, made."""
+        if self.recipe.prompted:
+            out = self(batch)
+            yield [Denoising(-1, "stop", image) for image in out["image"]]
+            return
+        walk = self._walk(batch)
+        rows = [Denoising(int(label)) for label in walk.labels.cpu().numpy()]
+        for _ in walk.steps():
+            yield rows
+            walk.live = torch.tensor([row.finish_reason is None for row in rows], device=self.device)
+        for row, image in zip(rows, walk.images()):
+            if row.finish_reason is None:
+                row.finish_reason, row.image = "stop", image
+        yield rows
+
+    def output(self, batch: dict[str, np.ndarray], rows: list[Denoising]) -> dict[str, np.ndarray]:
+        """The output columns of a streamed batch (`rows`: the last states `stream` yielded for it); a row
+        stopped before its image was made (nobody reads it) is black."""
+        cfg = self.recipe.model
+        blank = np.zeros((cfg.image_size, cfg.image_size, cfg.channels), np.uint8)
+        return {**batch, "label": np.array([row.label for row in rows], dtype=np.int64),
+                "image": np.stack([blank if row.image is None else row.image for row in rows])}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        labels = batch.get("label")
-        images, drawn = sample_images(self.unet, self.recipe, np.asarray(batch["seed"]),
-                                      None if labels is None else np.asarray(labels), self.device)
+        seeds, labels = np.asarray(batch["seed"]), batch.get("label")
+        if self.recipe.prompted:
+            prompts = [str(p) for p in batch.get("prompt", [""] * len(seeds))]
+            with torch.inference_mode():
+                images = sample_prompted(self.pipe, self.schedule, self.recipe, seeds, prompts, self.device)
+            return {**batch, "label": np.full(len(seeds), -1, dtype=np.int64), "image": images}
+        images, drawn = sample_images(self.unet, self.recipe, seeds, None if labels is None else np.asarray(labels),
+                                      self.device, self.schedule)
         return {**batch, "label": drawn, "image": images}
 
 
