@@ -143,6 +143,23 @@ def test_the_identity_digest_covers_every_file_of_the_folder(text_pipeline, tmp_
     assert checkpoint.pin(str(copy)).sha256 != before
 
 
+def test_a_pipeline_folder_on_s3_is_pinned_and_samples_as_the_local_one(s3_server, text_pipeline):
+    """What `raygen generate --checkpoint s3://...` does: pin the folder's files once, sample from a copy."""
+    from gen_jobs.core import storage
+
+    for path in sorted(p for p in text_pipeline.rglob("*") if p.is_file()):
+        storage.write_bytes_atomic(f"s3://raygen/pipelines/tiny-sd/{path.relative_to(text_pipeline)}", path.read_bytes())
+    pinned = checkpoint.pin(checkpoint.latest("s3://raygen/pipelines/tiny-sd"))
+    local = checkpoint.pin(str(text_pipeline))
+    assert pinned.sha256 == local.sha256 and pinned.recipe.pipeline == local.recipe.pipeline
+    recipe = pinned.recipe.model_copy(update={"sampling": pinned.recipe.sampling.model_copy(update={"steps": 3,
+                                                                                                      "chunk": 4})})
+    with checkpoint.materialise(pinned) as folder:
+        from_s3 = Sampler(folder, "cpu", recipe)
+    batch = rows([0, 1], ["a red circle", "a tree"])
+    assert np.array_equal(from_s3(batch)["image"], sampler_for(text_pipeline, FEW_STEPS)(batch)["image"])
+
+
 @pytest.mark.parametrize("change, says", [
     (lambda f: _edit_index(f, _class_name="FluxPipeline"), "holds a 'FluxPipeline'"),
     (lambda f: _edit_index(f, vae=["my_module", "MyVAE"]), "component vae comes from 'my_module'"),
