@@ -25,7 +25,7 @@ FAMILY = Family(
     describe_epoch="gen_jobs.families.diffusion.training:describe_epoch",
     rows_from="ids",  # a text-to-image pipeline's recipe says "prompts" (Recipe.rows_from)
     serve_api="serving.apis.images",
-    foreign_checkpoint="gen_jobs.families.diffusion.pipeline:recipe_for_pipeline",
+    foreign_checkpoint="gen_jobs.families.diffusion.recipe:recipe_for_pipeline",
     foreign_files=("model_index.json",),
     # About 6 minutes of training on 2 CPUs: run by `raygen demo --family diffusion`, not by the 15-minute default demo.
     demo=DemoDefaults(recipe="diffusion_digits", num_samples=10_000, show="grid", in_default_run=False),
