@@ -8,7 +8,9 @@ tokenised, images decoded, primers parsed: once per request, whatever its n),
 then their rows are batched: up to `max_batch_size` rows, waiting at most
 `batch_wait_timeout_s` for a batch to fill. The sampler runs in a worker
 thread so the replica keeps accepting requests, and forming the next batch,
-while a batch computes.
+while a batch computes. A sampler that works in steps (`stream`: text a token
+at a time, diffusion a denoising step at a time) is run a step at a time, so the
+rows of a client that leaves are stopped at the next step.
 """
 
 from __future__ import annotations
@@ -106,9 +108,9 @@ class ModelServer:
         except ApiError as e:
             return e
         # A request larger than a batch goes in several (concurrent) pieces.
-        if not hasattr(self.api, "Stream"):  # one sampler call per batch (images: milliseconds)
+        if not hasattr(self.sampler, "stream"):  # one sampler call per batch (DCGAN images: milliseconds)
             parts = await asyncio.gather(*(self._sample(part) for part in split_rows(rows, self.max_batch_size)))
-        else:  # token by token, in the same step batches as streams, so a client that leaves frees its rows
+        else:  # step by step (tokens, denoising steps), in step batches, so a client that leaves frees its rows
             request_id = uuid.uuid4().hex
             rows["_request"] = np.full(len(rows["seed"]), request_id, dtype=object)
             try:
@@ -156,7 +158,8 @@ class ModelServer:
 
     @serve.batch(batch_size_fn=count_rows)
     async def _sample_steps(self, batches: list[dict[str, np.ndarray]]) -> AsyncIterator[list]:
-        """Per decoding step, each request's rows (copies of their state); StopIteration ends a request's stream."""
+        """Per step (a token, a denoising step), each request's rows (snapshots of their state: anything with a
+        finish_reason); StopIteration ends a request's stream."""
         merged, starts = concat(batches)
         self.metrics.batch_rows.observe(starts[-1], self.tags)
         steps = self.sampler.stream(merged)

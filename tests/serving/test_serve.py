@@ -307,6 +307,36 @@ def test_overload_gets_quick_503s_then_recovers(http):
     assert http.post("/v1/images/generations", json={"model": "digits-small-queue"}).status_code == 200
 
 
+def rows_stopped_after_clients_give_up(server: str, replica, path: str, body: dict) -> int:
+    """Rows `replica` stopped after 20 clients posted `body` (seeds 0, 1000, ...) to `path` and gave up.
+
+    A client that gives up before its request reached a batch stops no row (there is none yet): on a loaded
+    machine a whole round can be such, so the clients wait a little longer each round (0.1, 0.5, 2 s) until
+    rows are stopped.
+    """
+    before = replica.stats.remote().result()["rows_cancelled"]
+
+    async def give_up(seed: int, patience: float) -> None:
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"},
+                                     timeout=patience) as c:
+            try:
+                await c.post(path, json={**body, "seed": seed})
+            except httpx.TimeoutException:
+                pass
+
+    async def all_give_up(patience: float) -> None:
+        await asyncio.gather(*(give_up(1000 * k, patience) for k in range(20)))
+
+    for patience in (0.1, 0.5, 2.0):
+        asyncio.run(all_give_up(patience))
+        deadline = time.monotonic() + 20
+        while replica.stats.remote().result()["rows_cancelled"] == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if replica.stats.remote().result()["rows_cancelled"] > before:
+            break
+    return replica.stats.remote().result()["rows_cancelled"] - before
+
+
 @pytest.mark.slow
 def test_clients_that_disconnect_mid_stream_free_their_rows(server, http):
     """20 clients hang up after their first chunk: their rows stop decoding, and a new request is served."""
@@ -338,32 +368,23 @@ def test_clients_that_disconnect_mid_stream_free_their_rows(server, http):
         assert time.monotonic() < deadline, "no row was stopped after its client left"
         time.sleep(0.2)
 
-    # Plain (non-streamed) requests whose clients give up are stopped too. A client that gives up before its
-    # request reached a batch stops no row (there is none yet): on a loaded machine the first round can be all
-    # such, so the clients wait a little longer each round (0.1, 0.5, 2 s) until rows are stopped.
-    before = replica.stats.remote().result()["rows_cancelled"]
-
-    async def give_up(seed: int, patience: float) -> None:
-        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"},
-                                     timeout=patience) as c:
-            try:
-                await c.post("/v1/completions", json={**body, "stream": False, "seed": seed})
-            except httpx.TimeoutException:
-                pass
-
-    async def all_give_up(patience: float) -> None:
-        await asyncio.gather(*(give_up(seed, patience) for seed in range(20)))
-
-    for patience in (0.1, 0.5, 2.0):
-        asyncio.run(all_give_up(patience))
-        deadline = time.monotonic() + 20
-        while replica.stats.remote().result()["rows_cancelled"] == before and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if replica.stats.remote().result()["rows_cancelled"] > before:
-            break
-    stopped = replica.stats.remote().result()["rows_cancelled"] - before
+    # Plain (non-streamed) requests whose clients give up are stopped too.
+    stopped = rows_stopped_after_clients_give_up(server, replica, "/v1/completions", {**body, "stream": False})
     assert stopped > 0, "no row was stopped after its (non-streaming) client left"
     assert http.post("/v1/completions", json={"model": "pydoc", "prompt": "The", "max_tokens": 8}).status_code == 200
+
+
+@pytest.mark.slow
+def test_diffusion_clients_that_give_up_stop_their_rows_between_denoising_steps(server, http):
+    """Image requests to the diffusion model whose clients give up: their rows get no more U-Net calls (the
+    replica counts them), and the model still answers."""
+    from ray import serve
+
+    replica = serve.get_deployment_handle("model-diffusion", "raygen")
+    body = {"model": "diffusion", "n": 8}
+    assert rows_stopped_after_clients_give_up(server, replica, "/v1/images/generations", body) > 0, \
+        "no row was stopped after its client left"
+    assert http.post("/v1/images/generations", json={"model": "diffusion", "seed": 1}).status_code == 200
 
 
 @pytest.mark.slow

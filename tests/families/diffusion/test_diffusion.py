@@ -107,6 +107,32 @@ def test_labels_are_given_or_drawn_from_the_seed_and_steer_the_image(diffusion_c
     assert all(a.tobytes() != b.tobytes() for a, b in zip(fixed["image"], other["image"]))  # same noise, new label
 
 
+def test_a_row_stopped_between_steps_gets_no_more_unet_calls_and_the_others_do_not_change(diffusion_checkpoint):
+    """What Serve does when a client leaves: its rows' finish_reason is set between steps (serving.model_server)."""
+    sampler = Sampler(diffusion_checkpoint)
+    ids = np.arange(5, dtype=np.int64)
+    batch = {"id": ids, "seed": row_seeds(0, ids)}
+    whole = sampler(batch)
+    calls = []
+    hook = sampler.unet.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    try:
+        steps = sampler.stream(batch)
+        rows = next(steps)  # after the first step: 5 rows, guided, are 10 U-Net rows, two calls of 8
+        assert calls == [8, 8]
+        for row in rows[1:4]:
+            row.finish_reason = "cancelled"
+        for rows in steps:
+            pass
+    finally:
+        hook.remove()
+    steps_left = sampler.recipe.sampling.steps - 1
+    assert calls[2:] == [8] * steps_left  # 2 rows left, 4 U-Net rows: one padded call a step
+    out = sampler.output(batch, rows)
+    assert np.array_equal(out["image"][[0, 4]], whole["image"][[0, 4]])  # the others' bytes are unchanged
+    assert [row.finish_reason for row in rows] == ["stop", "cancelled", "cancelled", "cancelled", "stop"]
+    assert list(out["label"]) == list(whole["label"])
+
+
 def test_a_saved_model_samples_as_it_did_before_saving(tmp_path):
     recipe = load_recipe("diffusion_digits", TINY_DIFFUSION)
     task, _ = train_in_process(recipe, 3)
