@@ -1,6 +1,6 @@
 """Images/s of raygen's DCGAN Sampler vs a bare `G(z)` loop, and CPU-vs-device agreement.
 
-    .venv/bin/python bench/dcgan_sampler.py [--device cuda] [--rows 65536] [--batch 1024] [--set model.width=64 ...]
+    .venv/bin/python bench/dcgan_sampler.py [--device cuda] [--rows 16384] [--batch 1024] [--pairs 5] [--set model.width=64 ...]
 
 Both sides use the same generator (random weights: the cost does not depend on
 them) and batch size in one process; the Sampler adds what a dataset row needs:
@@ -8,7 +8,11 @@ its label and latent from the row's seed (gen_jobs.core.seeding's counter-based
 noise, computed on the device) and the uint8 image; the bare loop uses torch.randn.
 On a GPU it also prints how many images differ from the CPU's and by how much.
 
-    sampler <img/s> vs bare G(z) <img/s>, ratio <R>
+The two run in turn, --pairs times (this machine drifts by 10% within minutes):
+
+    pair 1: sampler <img/s>, bare G(z) <img/s>, ratio <R>
+    ...
+    median ratio <R> over <P> pairs (<min> to <max>); <rows> images a side, batch <B>, <device>
     cpu vs cuda: <D> of <N> images differ, max |pixel diff| <M>
 """
 
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pairs import interleaved_ratios, summary
 
 
 def main() -> None:
@@ -28,6 +33,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--rows", type=int, default=16384)
     p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
 
@@ -63,9 +69,9 @@ def main() -> None:
         return args.rows / (time.perf_counter() - started)
 
     sampler_rate(), bare_rate()  # warm-up (cuDNN algorithm choice, allocator)
-    ours, theirs = sampler_rate(), bare_rate()
-    print(f"sampler {ours:,.0f} img/s vs bare G(z) {theirs:,.0f} img/s, ratio {ours / theirs:.2f} "
-          f"({args.rows:,} images, batch {args.batch}, {args.device})")
+    ratios = interleaved_ratios(sampler_rate, bare_rate, args.pairs,
+                                lambda _, ours, theirs: f"sampler {ours:,.0f} img/s, bare G(z) {theirs:,.0f} img/s")
+    print(f"{summary(ratios)}; {args.rows:,} images a side, batch {args.batch}, {args.device}")
     if cpu is not None:
         batch = {"seed": seeds[:256]}
         a, b = sampler(batch)["image"].astype(int), cpu(batch)["image"].astype(int)

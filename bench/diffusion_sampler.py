@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pairs import interleaved_ratios, summary
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     args = p.parse_args()
 
     from gen_jobs.core.recipes import load_recipe
-    from gen_jobs.families.diffusion.model import sampling_scheduler
+    from gen_jobs.families.diffusion.model import sampling_scheduler, training_scheduler
     from gen_jobs.families.diffusion.sampler import Sampler
     from gen_jobs.families.diffusion.training import Denoiser
 
@@ -62,7 +63,7 @@ def main() -> None:
         with torch.inference_mode():
             for i in range(0, args.rows, args.batch):
                 n = min(args.batch, args.rows - i)
-                scheduler = sampling_scheduler(recipe.noise, sampling.scheduler)
+                scheduler = sampling_scheduler(training_scheduler(recipe.noise).config, sampling.scheduler)
                 scheduler.set_timesteps(sampling.steps, device=device)
                 x = torch.randn(n, cfg.channels, cfg.image_size, cfg.image_size, device=device)
                 y = torch.randint(cfg.num_classes, (n,), device=device)
@@ -75,15 +76,9 @@ def main() -> None:
         return args.rows / (time.perf_counter() - started)
 
     sampler_rate(), bare_rate()  # warm-up (allocator, cuDNN's algorithm choice)
-    ratios = []
-    for k in range(args.pairs):
-        if k % 2:  # alternate which side goes first, so drift does not favour one
-            theirs, ours = bare_rate(), sampler_rate()
-        else:
-            ours, theirs = sampler_rate(), bare_rate()
-        ratios.append(ours / theirs)
-        print(f"pair {k + 1}: sampler {ours:,.1f} img/s, bare {theirs:,.1f} img/s, ratio {ratios[-1]:.3f}", flush=True)
-    print(f"median ratio {np.median(ratios):.3f} over {args.pairs} pairs ({min(ratios):.3f} to {max(ratios):.3f}); "
+    ratios = interleaved_ratios(sampler_rate, bare_rate, args.pairs,
+                                lambda _, ours, theirs: f"sampler {ours:,.1f} img/s, bare {theirs:,.1f} img/s")
+    print(f"{summary(ratios)}; "
           f"{args.rows:,} images a side, batch {args.batch}, chunk {sampling.chunk}, {args.device}")
 
 

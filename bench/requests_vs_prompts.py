@@ -8,7 +8,7 @@ a JSONL file of prompts, `--requests` from one `/v1/completions` line per prompt
 no settings, so each line is answered with its row's seed and the recipe's sampling, the same work.
 Each run is the ShardWriter's whole path in this process (what a Ray Data actor runs: read the
 input slice, sample in the recipe's micro-batches, write Parquet), without Ray's start-up, which
-both sides share. The runs alternate (A B A B ...), since this machine's speed drifts; printed:
+both sides share. The runs alternate (A B, B A, ...), since this machine's speed drifts; printed:
 each pair's ratio, then the median ratio (requests / prompts; the goal is at least 0.9) and the
 spread. The benchmark also checks that both sides wrote the same texts.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from pairs import interleaved_ratios, summary
 
 PROMPTS = ["The with statement", "A list comprehension", "The import system", "Exceptions are", "def ", ""]
 
@@ -75,17 +75,19 @@ def main() -> None:
         (tmp / "requests.jsonl").write_text("".join(json.dumps(
             {"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions", "body": {"model": "m", "prompt": p}}) + "\n"
             for i, p in enumerate(prompts)))
-        ratios = []
-        for k in range(args.pairs):
-            a = write(checkpoint, tmp / f"prompts-{k}", prompts=str(tmp / "prompts.jsonl"), rows_per_shard=args.rows)
-            b = write(checkpoint, tmp / f"requests-{k}", requests=str(tmp / "requests.jsonl"), rows_per_shard=args.rows)
-            ratios.append(a / b)  # rows/s of requests over rows/s of prompts
-            print(f"pair {k + 1}: --prompts {args.rows / a:,.1f} rows/s, --requests {args.rows / b:,.1f} rows/s, "
-                  f"ratio {ratios[-1]:.3f}", flush=True)
-        same = texts(tmp / "prompts-0", False) == texts(tmp / "requests-0", True)
+        runs = {"prompts": 0, "requests": 0}
+
+        def rate(source: str) -> float:
+            """Rows/s of one whole write of the dataset from --prompts or --requests, into a folder of its own."""
+            runs[source] += 1
+            out = tmp / f"{source}-{runs[source]}"
+            return args.rows / write(checkpoint, out, **{source: str(tmp / f"{source}.jsonl")}, rows_per_shard=args.rows)
+
+        ratios = interleaved_ratios(lambda: rate("requests"), lambda: rate("prompts"), args.pairs,
+                                    lambda _, a, b: f"--requests {a:,.1f} rows/s, --prompts {b:,.1f} rows/s")
+        same = texts(tmp / "prompts-1", False) == texts(tmp / "requests-1", True)
         print(f"same texts on both sides: {same}")
-        print(f"requests / prompts: median ratio {statistics.median(ratios):.3f} over {args.pairs} pairs "
-              f"(spread {min(ratios):.3f} .. {max(ratios):.3f})")
+        print(f"requests / prompts: {summary(ratios)}")
         if not same:
             sys.exit(1)
 

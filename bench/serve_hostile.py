@@ -19,7 +19,7 @@ unanswered):
 
     pair 1: idle p99 <ms> ms, under attack p99 <ms> ms, ratio <r>
     ...
-    p99 under attack / idle: median <r> (min <r>, max <r>) over <n> pairs; goal <= 2: met|not met
+    p99 under attack / idle: median ratio <r> over <n> pairs (<min> to <max>); goal <= 2: met|not met
     costly requests answered: {status: count}; left running afterwards: <n> primer processes
 """
 
@@ -42,7 +42,8 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import QUIET, free_port  # noqa: E402  (this folder's own helpers)
+from pairs import summary  # noqa: E402  (this folder's own helpers)
+from serve_load import QUIET, free_port  # noqa: E402
 
 from serving.primer import running_parsers  # noqa: E402
 
@@ -127,9 +128,8 @@ async def run(url: str, pairs: int, requests: int) -> None:
             print(f"pair {pair}: idle p99 {idle:.0f} ms, under attack p99 {loaded:.0f} ms, ratio {ratios[-1]:.2f}",
                   flush=True)
     await asyncio.sleep(1)
-    median = statistics.median(ratios)
-    print(f"p99 under attack / idle: median {median:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}) over "
-          f"{len(ratios)} pairs; goal <= 2: {'met' if median <= 2 else 'not met'}")
+    met = statistics.median(ratios) <= 2
+    print(f"p99 under attack / idle: {summary(ratios)}; goal <= 2: {'met' if met else 'not met'}")
     print(f"costly requests answered: {dict(sorted(statuses.items()))}; left running afterwards: "
           f"{running_parsers()} primer processes")
 
