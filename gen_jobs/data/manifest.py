@@ -378,7 +378,9 @@ def shard_tag(uri: str) -> dict | None:
 def read_shards(out: str, entries: list[ShardEntry], columns: list[str] | None = None,
                 max_rows: int | None = None):
     """The listed shards as one Arrow table, in id order; the first `max_rows` rows when given (reading only
-    the row groups that hold them: a card's preview of 10 rows does not read a 1 GB shard)."""
+    the row groups that hold them: a card's preview of 10 rows does not read a 1 GB shard).
+
+    A requested column a shard lacks is an error naming it (pyarrow would quietly leave it out)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -388,6 +390,11 @@ def read_shards(out: str, entries: list[ShardEntry], columns: list[str] | None =
             break
         fs, path = storage.resolve(storage.join(out, entry.file))
         parquet = pq.ParquetFile(path, filesystem=fs)
+        missing = [c for c in columns or () if c not in parquet.schema_arrow.names]
+        if missing:
+            raise UserError(f"shard {storage.join(out, entry.file)} has no column {', '.join(missing)} "
+                            f"(its columns: {', '.join(parquet.schema_arrow.names)}): it was not written by the "
+                            "family this reader expects; regenerate the dataset or read the columns it has")
         if max_rows is None:
             tables.append(parquet.read(columns=columns))
         else:

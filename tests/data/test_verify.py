@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from gen_jobs.data.manifest import ShardEntry, read_manifest
+from gen_jobs.core.errors import UserError
+from gen_jobs.data.manifest import ShardEntry, read_manifest, read_shards
 from gen_jobs.data.run_record import write_manifest
 from gen_jobs.data.shard_writer import ShardWriter
 from gen_jobs.generate import ANSWERER, GenerateArgs, plan
@@ -56,6 +57,14 @@ def test_manifest_records_every_shard(dataset, random_checkpoint):
                                                         "train_distance_pixels", "copy", "image"]
     assert raw["recipe"]["family"] == "dcgan" and raw["raygen_version"]
     assert not (dataset / "_pending.json").exists()
+
+
+@pytest.mark.parametrize("max_rows", [None, 5])
+def test_reading_a_column_the_shards_lack_names_it_whether_or_not_rows_are_limited(dataset, max_rows):
+    shards = read_manifest(str(dataset)).shards
+    assert read_shards(str(dataset), shards, ["id", "label"], max_rows=max_rows).num_rows == (max_rows or 50)
+    with pytest.raises(UserError, match=r"part-00000.parquet has no column prompt \(its columns: id, seed, label"):
+        read_shards(str(dataset), shards, ["id", "prompt"], max_rows=max_rows)
 
 
 def test_verify_passes_with_one_line(dataset, capsys):
