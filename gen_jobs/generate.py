@@ -50,7 +50,7 @@ from gen_jobs.core.console import format_seconds, progress
 from gen_jobs.core.errors import UserError
 from gen_jobs.core.family import Family, GenerateOption
 from gen_jobs.core.lease import Lease
-from gen_jobs.core.recipes import StrictModel, apply_overrides, recipe_from_dict
+from gen_jobs.core.recipes import RecipeBase, StrictModel, apply_overrides, recipe_from_dict
 from gen_jobs.data import output_folder
 from gen_jobs.data.gate import parse_filter
 from gen_jobs.data.manifest import (
@@ -270,7 +270,7 @@ def plan(args: GenerateArgs, log=print) -> Plan:
             what = label_flag.removeprefix("--")
             raise UserError(f"{label_flag} {args.labels}: {what} {bad} out of range; this model has {what} "
                             f"0..{classes - 1}")
-    source = row_source(args, family, ckpt, recipe.rows_from(family.rows_from))
+    source = row_source(args, family, ckpt, recipe)
     identity = DatasetIdentity(
         family=recipe.family,
         recipe=recipe.model_dump(mode="json"),
@@ -330,9 +330,10 @@ def _recipe_value(recipe: dict, dotted: str) -> Any:
     return recipe
 
 
-def row_source(args: GenerateArgs, family, ckpt: str, rows_from: str) -> RowSource:
-    """The row source the arguments name, if the model (of `family`, a gen_jobs.core.family.Family) makes rows
-    from it: `rows_from`, the recipe's (recipe.rows_from)."""
+def row_source(args: GenerateArgs, family: Family, ckpt: str, recipe: RecipeBase) -> RowSource:
+    """The row source the arguments name, if the model (`recipe`, of `family`, a gen_jobs.core.family.Family)
+    makes rows from it (recipe.rows_from: ids, prompts or images)."""
+    rows_from = recipe.rows_from(family.rows_from)
     if args.prompts:
         if rows_from != "prompts":
             raise UserError(f"--prompts needs a model that continues prompts (text, music) or draws images from "

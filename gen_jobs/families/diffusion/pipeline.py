@@ -39,7 +39,9 @@ UNET_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 TEXT_PIPELINES = ("StableDiffusionPipeline",)
 # Component libraries a pipeline may name: diffusers and transformers classes only (no other module is imported).
 LIBRARIES = ("diffusers", "transformers")
-WEIGHTED = ("unet", "vae", "text_encoder")  # the components with weights: safetensors files, never pickles
+MODEL_CONFIG = "config.json"  # a component folder holding it is a model (diffusers' and transformers' alike):
+# it has weights, which must be safetensors, never pickles. Schedulers, tokenizers and feature extractors
+# name their configs otherwise (scheduler_config.json, tokenizer_config.json, preprocessor_config.json).
 
 
 class PipelineConfig(StrictModel):
@@ -61,6 +63,12 @@ def read_json(uri: str, name: str) -> dict:
         return json.loads(storage.read_bytes(path))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
+def weighted_components(uri: str, index: dict) -> list[str]:
+    """The components of model_index.json that are models (their folder holds a config.json)."""
+    return [name for name, spec in index.items()
+            if isinstance(spec, list) and spec[0] is not None and storage.exists(storage.join(uri, name, MODEL_CONFIG))]
 
 
 def load_pipeline(folder, device):

