@@ -10,6 +10,7 @@ import io
 
 import numpy as np
 
+DPI = 100
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
@@ -24,7 +25,7 @@ def _pyplot():
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     _pyplot().close(fig)
     return buf.getvalue()
 
@@ -56,15 +57,20 @@ def piano_rolls_png(rolls: list[tuple[np.ndarray, int, float]], titles: list[str
 
 
 def titled_grid_png(rows: list[list[np.ndarray]], column_titles: list[str]) -> bytes:
-    """A grid of RGB pictures (uint8 (H, W, 3)), one row per list, each column headed by its title."""
+    """A grid of RGB pictures (uint8 (H, W, 3), all one size), one row per list, each column headed by its
+    title; every picture is drawn pixel for pixel (a 256-pixel picture stays 256 pixels, not resampled)."""
     plt = _pyplot()
-    columns = len(column_titles)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 1.6 * len(rows) + 0.3), squeeze=False)
+    h, w = rows[0][0].shape[:2]
+    gap, title = 6, 24  # pixels between pictures, and above them for the titles
+    width = len(column_titles) * (w + gap) + gap
+    height = title + len(rows) * (h + gap)
+    fig = plt.figure(figsize=(width / DPI, height / DPI))
     for r, pictures in enumerate(rows):
         for c, picture in enumerate(pictures):
-            axes[r, c].imshow(picture, interpolation="nearest")
-            axes[r, c].axis("off")
-    for c, title in enumerate(column_titles):
-        axes[0, c].set_title(title, fontsize=9)
-    fig.tight_layout(pad=0.3)
+            left, bottom = gap + c * (w + gap), height - title - r * (h + gap) - h
+            ax = fig.add_axes((left / width, bottom / height, w / width, h / height))
+            ax.imshow(picture, interpolation="nearest")
+            ax.axis("off")
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=10, pad=4)
     return _png(fig)

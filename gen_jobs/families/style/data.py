@@ -127,7 +127,7 @@ def held_out_crops(count: int, size: int, seed: int = 1) -> np.ndarray:
     return random_crops([bundled_image(name) for name in HELD_OUT_PHOTOS], count, size, seed)
 
 
-def write_demo_inputs(out: str, count: int = 32, size: int = 192) -> str:
+def write_demo_inputs(out: str, count: int = 32, size: int = 256) -> str:
     """OUT/style_inputs/crop-NN.png: `count` crops of the held-out photos, for the demo to stylise."""
     import io
 

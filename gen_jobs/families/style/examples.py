@@ -14,7 +14,7 @@ from gen_jobs.core import storage
 from gen_jobs.core.family import Preview
 
 ROWS = 6  # inputs shown
-CELL = 128  # pixels per picture
+CELL = 256  # pixels per picture: texture shows at this size, not at 128
 
 
 def before_after(dataset: str, manifest) -> bytes | None:
