@@ -66,6 +66,11 @@ def mean_below(values: Sequence[float] | np.ndarray, goal: float) -> bool:
     return float(t.cdf(statistic, n - 1)) < SIGNIFICANCE
 
 
+def mean_above(values: Sequence[float] | np.ndarray, goal: float) -> bool:
+    """Whether per-row `values` have a mean significantly above `goal` (mean_below's mirror)."""
+    return mean_below(-np.asarray(values, dtype=np.float64), -goal)
+
+
 # One-sided normal quantile at SIGNIFICANCE (scipy.stats.norm.isf(1e-3)).
 Z_SIGNIFICANT = 3.090232306167813
 

@@ -148,7 +148,21 @@ def test_style_stylises_held_out_photos_in_each_styles_palette(demo):
     assert all(s["colour_shift"] > 0.2 for s in quality["per_style"].values()), quality["per_style"]
     assert quality["style_loss_ratio"] < 0.6, quality["summary"]
     grid = Image.open(demo.folder / "style_sample_before_after.png")
-    assert grid.size == (3 * 160, 6 * 160 + 30)  # input, flower, retina, under their titles; six photos
+    assert grid.size == (6 + 3 * (256 + 6), 24 + 6 * (256 + 6))  # input, flower, retina at 256 px under titles
+    # No blotches on the demo's held-out photos: the figure is in every row and the card, and gives no warning.
+    assert quality["blotch"] < 0.05 and not any("blotch" in w for w in quality["warnings"]), quality["summary"]
+    card = (demo.folder / "style_sample" / "README.md").read_text()
+    assert "| `blotch` |" in card and "| `texture_to_style` |" in card and "| `per_style.flower.blotch` |" in card
+
+
+def test_style_imposes_palette_and_texture_on_tinted_photos_it_never_saw(demo):
+    """The style family's goals (gen_jobs.families.style.colour_casts): 12 crops of a held-out photo in six
+    strong colour casts, stylised in each style by the demo's checkpoint."""
+    from gen_jobs.families.style.colour_casts import cast_figures, misses, tinted_crops
+    from gen_jobs.families.style.sampler import Sampler
+
+    figures = cast_figures(Sampler(demo.checkpoint("style_sample")), tinted_crops())
+    assert misses(figures) == [], figures
 
 
 @pytest.mark.parametrize("family, recipe, sizes", [

@@ -68,6 +68,7 @@ class Residual(nn.Module):
         return x + self.b(self.a(x, style), style)
 
 
+MIN_SPREAD = 0.05  # colour matching: a channel's spread counts as at least this (a flat one is not amplified)
 MIN_SIDE = 16  # smaller images are padded (edge-replicated) to this before the network, then cropped back
 
 
@@ -75,7 +76,7 @@ class TransformerNet(nn.Module):
     def __init__(self, cfg: ModelConfig, styles: int):
         super().__init__()
         w, k = cfg.width, cfg.edge_kernel
-        self.styles = styles
+        self.styles, self.colour_match, self.detail_only = styles, cfg.colour_match, cfg.detail_only
         self.down = nn.ModuleList([ConvNorm(3, w, k, 1, styles), ConvNorm(w, 2 * w, 3, 2, styles),
                                    ConvNorm(2 * w, 4 * w, 3, 2, styles)])
         self.blocks = nn.ModuleList([Residual(4 * w, styles) for _ in range(cfg.residual_blocks)])
@@ -88,8 +89,20 @@ class TransformerNet(nn.Module):
         # Saved with the weights, so a checkpoint alone can say which palette each style has.
         self.register_buffer("style_colour", torch.zeros(styles, 6))
 
+    def match_colours(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """x (B x 3 x H x W in [0, 1]) with each channel's mean and spread made its style's (style_colour);
+        x itself when the recipe's model.colour_match is off."""
+        if not self.colour_match:
+            return x
+        target = self.style_colour[style]  # B x 6: mean R, G, B, then std
+        mean, std = x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True, correction=0)  # B x 3 x 1 x 1
+        # A flat channel keeps its flatness: its spread counts as at least MIN_SPREAD, not blown up to the style's.
+        matched = (x - mean) / std.clamp_min(MIN_SPREAD) * target[:, 3:, None, None] + target[:, :3, None, None]
+        return matched.clamp(0, 1)
+
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """x: B x 3 x H x W in [0, 1]; style: B int64 -> B x 3 x H x W in (0, 1)."""
+        x = self.match_colours(x, style)
         h, w = x.shape[-2:]
         ph, pw = max(MIN_SIDE, -(-h // 4) * 4), max(MIN_SIDE, -(-w // 4) * 4)
         y = F.pad(x, [0, pw - w, 0, ph - h], mode="replicate") if (ph, pw) != (h, w) else x
@@ -100,10 +113,26 @@ class TransformerNet(nn.Module):
         for layer in self.up:
             y = layer(F.interpolate(y, scale_factor=2, mode="nearest"), style)
         change = self.out(F.pad(y, [self.out_pad] * 4, mode="reflect"))[..., :h, :w]
+        if self.detail_only:
+            change = change - gaussian_blur(change, self.detail_only)
         # A change to the input in logit space: the untrained network is the identity (the last
         # convolution starts at zero), so content and edges are there from the first step and
         # training spends its steps on the style; the sigmoid keeps every colour in (0, 1).
         return torch.sigmoid(torch.logit(x, eps=1e-3) + change)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """B x C x H x W blurred by a Gaussian of `sigma` pixels (separable, reflection at the borders)."""
+    radius = max(1, int(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    for dim in (2, 3):  # rows, then columns; replicate padding works on any size (reflect needs > radius)
+        pad = [0, 0, radius, radius] if dim == 2 else [radius, radius, 0, 0]
+        shape = (1, 1, len(taps), 1) if dim == 2 else (1, 1, 1, len(taps))
+        x = F.conv2d(F.pad(x, pad, mode="replicate"), kernel.view(shape).expand(c, -1, -1, -1), groups=c)
+    return x
 
 
 def stylise(net: TransformerNet, image: torch.Tensor, style: int) -> torch.Tensor:

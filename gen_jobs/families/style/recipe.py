@@ -44,6 +44,12 @@ class ModelConfig(StrictModel):
     width: int = Field(16, ge=4, le=256, description="channels of the first layer (x2, x4 after each down-sampling)")
     residual_blocks: int = Field(3, ge=0, le=16)
     edge_kernel: int = Field(9, ge=3, le=9, description="kernel of the first and last convolutions (odd)")
+    detail_only: float = Field(0.0, ge=0, le=64, description="remove from the network's change what is smoother "
+                                                               "than this Gaussian sigma in pixels (0: keep it all): "
+                                                               "the network adds texture, never smooth patches")
+    colour_match: bool = Field(False, description="give each input its style's colour mean and spread per channel "
+                                                  "before the network (an affine recolouring: the palette, whatever "
+                                                  "the photo's colour cast); the network then adds the rest")
 
     @field_validator("edge_kernel")
     @classmethod
@@ -58,7 +64,12 @@ class LossConfig(StrictModel):
     style_weight: float = Field(1.5, ge=0)
     colour_weight: float = Field(4.0, ge=0, description="the pixels' Gram (the palette) counts as this many style layers")
     tv_weight: float = Field(0.1, ge=0, description="total variation (mean neighbour difference), against noise")
+    blotch_weight: float = Field(0.0, ge=0, description="smooth patches of change (the low-passed change's spatial "
+                                                         "variance, what the blotch figure measures): against blotches")
     content_layer: int = Field(1, ge=0, description="the loss network's layer (scale) the content loss compares")
+    centred: bool = Field(False, description="style layers compared by their features' covariance and mean, each "
+                                             "normalised (the texture counts); false: by the Gram matrix, which the "
+                                             "mean activations dominate (gen_jobs.families.style.losses.Judge)")
 
 
 class StyleDataConfig(StrictModel):

@@ -30,8 +30,9 @@ from gen_jobs.families.style.quality import colour_figures, image_figures
 from gen_jobs.families.style.recipe import Recipe
 from gen_jobs.families.style.training import STYLE_TARGETS
 
-FIGURES = {"change": pa.float32(), "edge_correlation": pa.float32(), "colour_shift": pa.float32(),
-           "palette_style": pa.int64(), "style_loss_ratio": pa.float32(), "content_loss": pa.float32()}
+FIGURES = {"change": pa.float32(), "edge_correlation": pa.float32(), "blotch": pa.float32(),
+           "colour_shift": pa.float32(), "palette_style": pa.int64(), "style_loss_ratio": pa.float32(),
+           "content_loss": pa.float32(), "texture_to_style": pa.float32(), "texture_from_input": pa.float32()}
 JUDGED_PIXELS = 256 * 256  # the losses are measured on the images shrunk to at most this (cost, not quality)
 
 
@@ -58,8 +59,12 @@ class Sampler:
         if self.recipe.stylize.figures and self.recipe.loss_network.kind == "random":  # rebuilt from its seed
             network, _ = load_loss_network(self.recipe.loss_network)
             layers = len(self.recipe.loss_network.channels) + 1  # the pixels, then each layer
-            self.judge = Judge(network, [[targets[f"{k}.{l}"] for l in range(layers)] for k in range(self.styles)],
-                               self.recipe.loss.content_layer, self.recipe.loss.colour_weight).to(self.device)
+            grams = [[targets[f"{k}.{l}"] for l in range(layers)] for k in range(self.styles)]
+            means = ([[targets[f"{k}.{l}.mean"] for l in range(layers)] for k in range(self.styles)]
+                     if "0.0.mean" in targets else None)  # older checkpoints: no texture figures
+            loss = self.recipe.loss
+            self.judge = Judge(network, grams, means, loss.content_layer, loss.colour_weight,
+                               loss.centred and means is not None).to(self.device)
 
     def style_of(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         seeds = seeding.seed_tensor(np.asarray(batch["seed"]), self.device)
@@ -95,7 +100,8 @@ class Sampler:
             else:
                 row = {}
             for name, values in figures.items():
-                values.append(row.get(name))
+                value = row.get(name)
+                values.append(None if value != value else value)  # NaN (not measurable here): null
         out = {key: value for key, value in batch.items() if key not in ("input", "label")}
         out.update(style=styles.astype(np.int64), status=object_column(status), image=object_column(images))
         if limits.figures:
@@ -104,14 +110,22 @@ class Sampler:
 
     @torch.no_grad()
     def losses(self, before: np.ndarray, after: np.ndarray, style: int) -> dict[str, float]:
-        """style_loss_ratio and content_loss of one image (needs the loss network: the random one)."""
+        """style_loss_ratio, content_loss and the texture figures of one image (needs the loss network: the
+        random one). texture_to_style: the output's Gram distance to its style over the input's (< 1: closer);
+        texture_from_input: the output's Gram distance from its input over the input's to the style (0: the
+        input's texture kept, 1: as far from it as the style is)."""
         if self.judge is None:
             return {}
         x, y = (shrink(torch.from_numpy(a.copy()).to(self.device)) for a in (before, after))
         fx, fy = self.judge.features(x), self.judge.features(y)
         k = torch.tensor([style], device=self.device)
         ratio = self.judge.style_loss(fy, k) / self.judge.style_loss(fx, k).clamp_min(1e-12)
-        return {"style_loss_ratio": round(ratio.item(), 5), "content_loss": round(self.judge.content_loss(fy, fx).item(), 5)}
+        figures = {"style_loss_ratio": round(ratio.item(), 5), "content_loss": round(self.judge.content_loss(fy, fx).item(), 5)}
+        if self.judge.covariances is not None:
+            to_style, input_to_style, from_input = (d.item() for d in self.judge.texture_distances(fy, fx, k))
+            figures.update(texture_to_style=round(to_style / max(input_to_style, 1e-12), 5),
+                           texture_from_input=round(from_input / max(input_to_style, 1e-12), 5))
+        return figures
 
 
 def shrink(image: torch.Tensor) -> torch.Tensor:

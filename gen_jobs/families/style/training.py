@@ -19,13 +19,14 @@ import torch
 
 from gen_jobs.core import checkpoint
 from gen_jobs.families.style import data
-from gen_jobs.families.style.losses import Judge, total_variation
+from gen_jobs.families.style.losses import Judge, smooth_change, total_variation
 from gen_jobs.families.style.model import TransformerNet, load_loss_network
 from gen_jobs.families.style.quality import colour_stats, image_figures
 from gen_jobs.families.style.recipe import Recipe
 from gen_jobs.training.harness import Workers
 
-STYLE_TARGETS = "style_targets"  # checkpoint weights file: every style's Gram targets (the figures use them)
+STYLE_TARGETS = "style_targets"  # checkpoint weights file: every style's Gram targets "k.l" and feature means
+# "k.l.mean" (the figures use them; checkpoints from before the means were saved have Grams only)
 
 
 def style_tensors(recipe: Recipe) -> list[torch.Tensor]:
@@ -45,7 +46,8 @@ class TrainingTask:
         self.held_out = torch.from_numpy(data.held_out_crops(recipe.train.held_out, d.crop_size)) if recipe.train.held_out else None
         network, self.loss_weights_sha256 = load_loss_network(recipe.loss_network)
         styles = style_tensors(recipe)
-        self.judge = Judge.from_style_images(network, styles, recipe.loss.content_layer, recipe.loss.colour_weight).to(device)
+        self.judge = Judge.from_style_images(network, styles, recipe.loss.content_layer, recipe.loss.colour_weight,
+                                             recipe.loss.centred).to(device)
         self.net = TransformerNet(recipe.model, len(recipe.styles))
         self.net.style_colour.copy_(torch.stack([torch.from_numpy(colour_stats(s.permute(1, 2, 0).numpy()))
                                                  for s in styles]))
@@ -74,11 +76,12 @@ class TrainingTask:
     def losses(self, x: torch.Tensor, styles: torch.Tensor, net) -> dict[str, torch.Tensor]:
         y = net(x, styles)
         out_features = self.judge.features(y)
-        with torch.no_grad():
-            in_features = self.judge.features(x)
+        with torch.no_grad():  # the content is the input as the network starts from it (its colours matched)
+            start = self.net.match_colours(x, styles)
+            in_features = self.judge.features(start)
         return {"content_loss": self.judge.content_loss(out_features, in_features).mean(),
                 "style_loss": self.judge.style_loss(out_features, styles).mean(),
-                "tv_loss": total_variation(y)}
+                "tv_loss": total_variation(y), "blotch_loss": smooth_change(y - start)}
 
     def train_step(self, indices: torch.Tensor) -> dict[str, float]:
         w = self.recipe.loss
@@ -86,7 +89,8 @@ class TrainingTask:
         styles = torch.randint(len(self.recipe.styles), (len(indices),)).to(self.workers.device)
         self.ddp_net.train()
         parts = self.losses(x, styles, self.ddp_net)
-        loss = w.content_weight * parts["content_loss"] + w.style_weight * parts["style_loss"] + w.tv_weight * parts["tv_loss"]
+        loss = (w.content_weight * parts["content_loss"] + w.style_weight * parts["style_loss"]
+                + w.tv_weight * parts["tv_loss"] + w.blotch_weight * parts["blotch_loss"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -115,6 +119,7 @@ class TrainingTask:
 
     def save(self, folder: Path, info: dict) -> None:
         targets = {f"{k}.{layer}": t for k, style in enumerate(self.judge.targets) for layer, t in enumerate(style)}
+        targets.update({f"{k}.{layer}.mean": m for k, style in enumerate(self.judge.means) for layer, m in enumerate(style)})
         loss_network = {"kind": self.recipe.loss_network.kind, "seed": self.recipe.loss_network.seed,
                         "weights_sha256": self.loss_weights_sha256}
         checkpoint.write(folder, self.recipe, {"model": self.net.state_dict(), STYLE_TARGETS: targets},
