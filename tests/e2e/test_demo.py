@@ -152,7 +152,8 @@ def test_style_stylises_held_out_photos_in_each_styles_palette(demo):
     # No blotches on the demo's held-out photos: the figure is in every row and the card, and gives no warning.
     assert quality["blotch"] < 0.05 and not any("blotch" in w for w in quality["warnings"]), quality["summary"]
     card = (demo.folder / "style_sample" / "README.md").read_text()
-    assert "| `blotch` |" in card and "| `texture_to_style` |" in card and "| `per_style.flower.blotch` |" in card
+    assert "| `blotch` |" in card and "| `texture_to_style` |" in card and "| `texture_from_input` |" in card
+    assert all("blotch" in s and "texture_to_style" in s for s in quality["per_style"].values()), quality["per_style"]
 
 
 def test_style_imposes_palette_and_texture_on_tinted_photos_it_never_saw(demo):

@@ -1,4 +1,5 @@
-"""Perceptual losses: content (features), style (Gram matrices), total variation.
+"""Perceptual losses: content (features), style (Gram matrices, or covariances and means), total variation,
+blotch (smooth patches of change); and the texture distances the per-row figures report.
 
 Each layer's loss is divided by the mean square of its target, so every layer
 and every loss term starts near 1 whatever the loss network's scale (its
@@ -10,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gen_jobs.families.style.model import gram
+from gen_jobs.families.style.model import gaussian_blur, gram
+from gen_jobs.families.style.quality import BLOTCH_SCALE
 
 
 class Judge:
@@ -126,8 +128,5 @@ def total_variation(y: torch.Tensor) -> torch.Tensor:
 def smooth_change(change: torch.Tensor) -> torch.Tensor:
     """The spatial variance of the low-passed change (B x 3 x H x W -> scalar): smooth patches of change, what
     quality.blotch measures (Gaussian sigma: 1/BLOTCH_SCALE of the shorter side), less its per-image mean."""
-    from gen_jobs.families.style.model import gaussian_blur
-    from gen_jobs.families.style.quality import BLOTCH_SCALE
-
     low = gaussian_blur(change, max(1.0, min(change.shape[-2:]) / BLOTCH_SCALE))
     return (low - low.mean(dim=(2, 3), keepdim=True)).square().mean()

@@ -7,6 +7,7 @@ has a scale and shift per style, and each image picks its own (B styles).
     x B x 3 x H x W in [0, 1] -> pad to a multiple of 4 -> conv k x k (w) -> conv /2 (2w) -> conv /2 (4w)
       -> R residual blocks (4w) -> upsample x2 + conv (2w) -> upsample x2 + conv (w) -> conv k x k (3)
       -> crop to H x W -> a change to the input: sigmoid(logit(x) + change)
+    (with model.colour_match, x is first given its style's colour mean and spread per channel)
 
 Up-sampling is nearest-neighbour then a convolution (no transposed convolution:
 no checkerboard artefacts); padding is by reflection. Any H x W >= 1 works.
@@ -115,14 +116,14 @@ class TransformerNet(nn.Module):
         change = self.out(F.pad(y, [self.out_pad] * 4, mode="reflect"))[..., :h, :w]
         if self.detail_only:
             change = change - gaussian_blur(change, self.detail_only)
-        # A change to the input in logit space: the untrained network is the identity (the last
-        # convolution starts at zero), so content and edges are there from the first step and
-        # training spends its steps on the style; the sigmoid keeps every colour in (0, 1).
+        # A change to the (colour-matched) input in logit space: the untrained network is the identity
+        # on it (the last convolution starts at zero), so content and edges are there from the first
+        # step and training spends its steps on the style; the sigmoid keeps every colour in (0, 1).
         return torch.sigmoid(torch.logit(x, eps=1e-3) + change)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """B x C x H x W blurred by a Gaussian of `sigma` pixels (separable, reflection at the borders)."""
+    """B x C x H x W blurred by a Gaussian of `sigma` pixels (separable; borders repeat their edge pixels)."""
     radius = max(1, int(3 * sigma))
     taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)

@@ -111,9 +111,10 @@ class Sampler:
     @torch.no_grad()
     def losses(self, before: np.ndarray, after: np.ndarray, style: int) -> dict[str, float]:
         """style_loss_ratio, content_loss and the texture figures of one image (needs the loss network: the
-        random one). texture_to_style: the output's Gram distance to its style over the input's (< 1: closer);
-        texture_from_input: the output's Gram distance from its input over the input's to the style (0: the
-        input's texture kept, 1: as far from it as the style is)."""
+        random one). texture_to_style: the output's texture (covariance) distance to its style over the input's
+        (< 1: closer); texture_from_input: its distance from its input over the input's to the style (0: the
+        input's texture kept, 1: as far from it as the style is). Checkpoints without the targets' means
+        (saved before the texture figures) get neither."""
         if self.judge is None:
             return {}
         x, y = (shrink(torch.from_numpy(a.copy()).to(self.device)) for a in (before, after))
